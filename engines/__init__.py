@@ -1,0 +1,1 @@
+"""Model engines of the pack. Nothing under engines/ imports ComfyUI."""

@@ -1,0 +1,1 @@
+"""decoder stage of the Step-Audio-EditX data path."""

@@ -1,0 +1,1 @@
+"""frontend stage of the Step-Audio-EditX data path."""

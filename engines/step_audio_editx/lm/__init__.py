@@ -1,0 +1,1 @@
+"""lm stage of the Step-Audio-EditX data path."""

@@ -1,0 +1,50 @@
+"""Shared fixtures: where the parity fixture set lives, and how to read its references.
+
+Parity sets are folders in the official on-disk format plus ``reference/`` outputs computed by the
+official implementation. ``STEP_AUDIO_PARITY_DIR`` points at one (default ``../shared/parity/A`` from
+the repository root); tests must pass for any set in that format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "A"
+
+
+def parity_dir() -> Path:
+    return Path(os.environ.get("STEP_AUDIO_PARITY_DIR", DEFAULT_PARITY_DIR)).resolve()
+
+
+class ParitySet:
+    """One fixture set: model folders and reference arrays (read at test time, never copied)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.editx_dir = root / "Step-Audio-EditX"
+        self.tokenizer_dir = root / "Step-Audio-Tokenizer"
+        self.reference_dir = root / "reference"
+        self._npz: dict[str, np.lib.npyio.NpzFile] = {}
+
+    def npz(self, name: str):
+        if name not in self._npz:
+            self._npz[name] = np.load(self.reference_dir / f"{name}.npz", allow_pickle=False)
+        return self._npz[name]
+
+    def json(self, name: str) -> dict:
+        with open(self.reference_dir / f"{name}.json", encoding="utf-8") as f:
+            return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def parity() -> ParitySet:
+    root = parity_dir()
+    if not (root / "reference" / "reference.json").is_file():
+        pytest.skip(f"parity fixture set not found at {root} (set STEP_AUDIO_PARITY_DIR to a folder with reference/reference.json)")
+    return ParitySet(root)

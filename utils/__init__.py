@@ -1,0 +1,1 @@
+"""Helpers shared by nodes and engines that are not model code."""

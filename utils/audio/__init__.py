@@ -1,0 +1,1 @@
+"""Audio post-processing: applying edit tags over segments, joining chunks."""

@@ -1,0 +1,1 @@
+"""Pure-Python text helpers: inline edit tags, sentence segmentation."""
