@@ -1,0 +1,205 @@
+"""Finding, checking and downloading the official model folders.
+
+Users keep the hub layout (facts doc §1): ``Step-Audio-EditX/`` (language model, text tokenizer,
+CosyVoice decoder) and ``Step-Audio-Tokenizer/`` (vq02 Paraformer + centroids, vq06 ONNX). We look
+for them under the search roots ComfyUI gives us (``models/TTS`` and ``extra_model_paths.yaml``
+entries) or under a folder the user names, and download only the files the pipeline reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+logger = logging.getLogger(__name__)
+
+EDITX_REPO = "stepfun-ai/Step-Audio-EditX"
+TOKENIZER_REPO = "stepfun-ai/Step-Audio-Tokenizer"
+EDITX_DIRNAME = "Step-Audio-EditX"
+TOKENIZER_DIRNAME = "Step-Audio-Tokenizer"
+COSYVOICE_SUBDIR = "CosyVoice-300M-25Hz"
+PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
+
+WEIGHTS_INDEX = "model.safetensors.index.json"
+SINGLE_WEIGHTS = "model.safetensors"
+VQ06_ONNX = "speech_tokenizer_v1.onnx"
+VQ06_CACHED = "speech_tokenizer_v1.safetensors"  # our one-time conversion of the ONNX, written beside it
+
+# Files the pipeline reads, relative to each folder (the LM weights are resolved from the index).
+EDITX_FILES: tuple[str, ...] = (
+    "config.json",
+    "tokenizer.model",
+    f"{COSYVOICE_SUBDIR}/cosyvoice.yaml",
+    f"{COSYVOICE_SUBDIR}/flow.pt",
+    f"{COSYVOICE_SUBDIR}/hift.pt",
+    f"{COSYVOICE_SUBDIR}/campplus.onnx",
+)
+TOKENIZER_FILES: tuple[str, ...] = (
+    "linguistic_tokenizer.npy",
+    f"{PARAFORMER_SUBDIR}/model.pt",
+    f"{PARAFORMER_SUBDIR}/config.yaml",
+    f"{PARAFORMER_SUBDIR}/am.mvn",
+)
+
+
+class ModelFilesError(FileNotFoundError):
+    """Model files are missing: the message lists each file, its folder and the hub repo to get it from."""
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    repo: str
+    folder: Path
+    relpath: str
+
+    def describe(self) -> str:
+        return f"{self.folder / self.relpath}  (from https://huggingface.co/{self.repo}, file {self.relpath})"
+
+
+@dataclass(frozen=True)
+class ModelFolders:
+    """The two official folders, resolved to absolute paths."""
+
+    editx: Path
+    tokenizer: Path
+
+    @property
+    def cosyvoice(self) -> Path:
+        return self.editx / COSYVOICE_SUBDIR
+
+    @property
+    def paraformer(self) -> Path:
+        return self.tokenizer / PARAFORMER_SUBDIR
+
+    def missing(self) -> list[MissingFile]:
+        return missing_editx_files(self.editx) + missing_tokenizer_files(self.tokenizer)
+
+    def verify(self) -> "ModelFolders":
+        """Raise ModelFilesError naming every missing file; return self when complete."""
+        missing = self.missing()
+        if missing:
+            raise ModelFilesError(_missing_message(missing))
+        return self
+
+
+def weight_files(editx_dir: Path) -> list[str]:
+    """Safetensors files of the language model, from the index when there is one."""
+    index = editx_dir / WEIGHTS_INDEX
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map", {})
+        return sorted(set(weight_map.values()))
+    return [SINGLE_WEIGHTS]
+
+
+def missing_editx_files(editx_dir: Path) -> list[MissingFile]:
+    editx_dir = Path(editx_dir)
+    wanted = list(EDITX_FILES)
+    if (editx_dir / WEIGHTS_INDEX).is_file() or not (editx_dir / SINGLE_WEIGHTS).is_file():
+        if not (editx_dir / WEIGHTS_INDEX).is_file():
+            wanted.append(WEIGHTS_INDEX)
+        else:
+            wanted.extend(weight_files(editx_dir))
+    return [MissingFile(EDITX_REPO, editx_dir, f) for f in wanted if not (editx_dir / f).is_file()]
+
+
+def missing_tokenizer_files(tokenizer_dir: Path) -> list[MissingFile]:
+    tokenizer_dir = Path(tokenizer_dir)
+    missing = [MissingFile(TOKENIZER_REPO, tokenizer_dir, f) for f in TOKENIZER_FILES if not (tokenizer_dir / f).is_file()]
+    if not (tokenizer_dir / VQ06_ONNX).is_file() and not (tokenizer_dir / VQ06_CACHED).is_file():
+        missing.append(MissingFile(TOKENIZER_REPO, tokenizer_dir, VQ06_ONNX))
+    return missing
+
+
+def _missing_message(missing: Sequence[MissingFile]) -> str:
+    lines = "\n".join(f"  - {m.describe()}" for m in missing)
+    repos = sorted({(m.repo, m.folder) for m in missing}, key=str)
+    how = "\n".join(f"  hf download {repo} --local-dir \"{folder}\"" for repo, folder in repos)
+    return (
+        f"Step-Audio-EditX model files are missing:\n{lines}\n"
+        f"Download them (or turn on auto-download) with, for example:\n{how}"
+    )
+
+
+def _candidates(roots: Iterable[Path], dirname: str) -> list[Path]:
+    return [Path(root) / dirname for root in roots]
+
+
+def find_model_folders(
+    search_roots: Sequence[Path | str] = (),
+    editx_dir: Path | str | None = None,
+    tokenizer_dir: Path | str | None = None,
+) -> ModelFolders:
+    """Resolve both folders without checking their contents.
+
+    An explicit ``editx_dir`` wins; otherwise the first ``<root>/Step-Audio-EditX`` that exists, else
+    the first root's (where a download would go). The tokenizer folder is looked for beside the EditX
+    folder, inside it, and under each root.
+    """
+    roots = [Path(r).expanduser() for r in search_roots]
+    if editx_dir is None:
+        found = [c for c in _candidates(roots, EDITX_DIRNAME) if c.is_dir()]
+        if found:
+            editx = found[0]
+        elif roots:
+            editx = roots[0] / EDITX_DIRNAME
+        else:
+            raise ModelFilesError(
+                "No model folder given and no search roots: pass the Step-Audio-EditX folder, or a models "
+                "folder that holds Step-Audio-EditX/ and Step-Audio-Tokenizer/."
+            )
+    else:
+        editx = Path(editx_dir).expanduser()
+    if tokenizer_dir is None:
+        options = [editx.parent / TOKENIZER_DIRNAME, editx / TOKENIZER_DIRNAME, *_candidates(roots, TOKENIZER_DIRNAME)]
+        found = [c for c in options if c.is_dir()]
+        tokenizer = found[0] if found else options[0]
+    else:
+        tokenizer = Path(tokenizer_dir).expanduser()
+    return ModelFolders(editx.resolve(), tokenizer.resolve())
+
+
+def download_missing(folders: ModelFolders, token: str | bool | None = None) -> ModelFolders:
+    """Fetch only the missing files the pipeline reads (resumable, with progress bars).
+
+    Offline machines and failed downloads end in a ModelFilesError that lists every file still
+    missing and where to get it.
+    """
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # pragma: no cover - huggingface_hub is a hard requirement
+        raise ModelFilesError(f"huggingface_hub is not installed ({exc}); pip install huggingface_hub") from exc
+
+    for _round in range(2):  # the second round picks up shards named by a freshly downloaded index
+        missing = folders.missing()
+        if not missing:
+            return folders
+        for item in missing:
+            item.folder.mkdir(parents=True, exist_ok=True)
+            logger.info("Downloading %s from %s", item.relpath, item.repo)
+            try:
+                hf_hub_download(item.repo, item.relpath, local_dir=str(item.folder), token=token)
+            except Exception as exc:  # network, auth, disk: report everything still missing
+                still = folders.missing()
+                raise ModelFilesError(
+                    f"Downloading {item.relpath} from {item.repo} failed ({type(exc).__name__}: {exc}).\n"
+                    + _missing_message(still)
+                ) from exc
+    return folders.verify()
+
+
+def resolve_model_folders(
+    search_roots: Sequence[Path | str] = (),
+    editx_dir: Path | str | None = None,
+    tokenizer_dir: Path | str | None = None,
+    download: bool = False,
+    token: str | bool | None = None,
+) -> ModelFolders:
+    """Find the folders and make sure every file is there (downloading when allowed)."""
+    folders = find_model_folders(search_roots, editx_dir, tokenizer_dir)
+    if download:
+        return download_missing(folders, token=token)
+    return folders.verify()

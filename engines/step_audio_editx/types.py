@@ -1,0 +1,154 @@
+"""Requests, settings and results of the engine: typed, so nodes, CLI and scripts share one shape."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .constants import OUTPUT_SAMPLE_RATE
+
+
+class StopReason(str, enum.Enum):
+    """Why generation of one row ended."""
+
+    EOS = "eos"  # the model emitted <|EOT|>: the clip is complete
+    CAP = "truncated"  # the new-token cap was reached first: the audio may be cut short
+    INTERRUPTED = "interrupted"  # the caller cancelled (ComfyUI's Cancel, Ctrl-C)
+
+    @property
+    def truncated(self) -> bool:
+        return self is StopReason.CAP
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen (official defaults); greedy when temperature is 0 or do_sample is off."""
+
+    temperature: float = 0.7
+    top_k: int = 50
+    top_p: float = 1.0
+    do_sample: bool = True
+    repetition_guard: bool = True  # ban a token that occurs twice in the last 10 (official)
+    constrain_audio: bool = True  # vq02/vq06 slots by position; <|EOT|> only at a group boundary
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}.")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling plus the new-token cap policy of one engine call."""
+
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    dynamic_tokens: bool = True  # cap new tokens from the audio/text instead of max_new_tokens
+    max_new_tokens: int = 8192  # the cap when dynamic_tokens is off
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 5:
+            raise ValueError(f"max_new_tokens must be at least 5 (one 120 ms group), got {self.max_new_tokens}.")
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds per stage of one call."""
+
+    frontend_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    decoder_s: float = 0.0
+    total_s: float = 0.0
+
+    def add(self, other: "Timings") -> None:
+        for name in ("frontend_s", "prefill_s", "decode_s", "decoder_s", "total_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class EditRequest:
+    """One edit: the input clip, what it says, and the single-intent edit to apply."""
+
+    audio: torch.Tensor  # [T] or [C, T], float, roughly -1..1
+    sample_rate: int
+    audio_text: str  # transcript of the input (not needed by denoise / vad)
+    edit_type: str  # vocabulary.EDIT_TYPES
+    edit_value: Optional[str] = None  # emotion / style / speed value
+    new_text: Optional[str] = None  # paralinguistic: the transcript with [Tag]s inserted
+    n_iterations: int = 1
+    seed: int = 0
+
+
+@dataclass
+class CloneRequest:
+    """Speak ``target_text`` in the voice of ``prompt_audio`` (whose transcript is ``prompt_text``)."""
+
+    prompt_audio: torch.Tensor  # [T] or [C, T]
+    prompt_sample_rate: int
+    prompt_text: str
+    target_text: str
+    seed: int = 0
+
+
+@dataclass
+class PassResult:
+    """One model call: prompt -> generated audio tokens -> waveform."""
+
+    waveform: torch.Tensor  # [T] float32 on the CPU, OUTPUT_SAMPLE_RATE
+    n_prompt_tokens: int
+    n_generated_tokens: int  # audio tokens, <|EOT|> excluded
+    max_new_tokens: int
+    stop_reason: StopReason
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass
+class AudioResult:
+    """The outcome of ``clone`` or ``edit`` (``passes`` holds one entry per iteration)."""
+
+    waveform: torch.Tensor  # [T] float32 on the CPU
+    sample_rate: int = OUTPUT_SAMPLE_RATE
+    passes: list[PassResult] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return self.passes[-1].stop_reason if self.passes else StopReason.EOS
+
+    @property
+    def truncated(self) -> bool:
+        return any(p.stop_reason.truncated for p in self.passes)
+
+    @property
+    def n_generated_tokens(self) -> int:
+        return sum(p.n_generated_tokens for p in self.passes)
+
+    @property
+    def duration_s(self) -> float:
+        return self.waveform.shape[-1] / self.sample_rate
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every generated token of a model call (and once per other stage)."""
+
+    stage: str  # "frontend", "generate", "decode"
+    done: int  # generate: tokens produced so far by the slowest unfinished row; else items done
+    total: int  # generate: the row's new-token cap; else items in the stage
+    call: int = 1  # model call number within the request (iterations, post-processor steps)
+    calls: int = 1
+
+
+# A progress callback may return True to stop generation (unfinished rows end as INTERRUPTED) or raise
+# to abort the whole call (ComfyUI's interrupt exception must propagate untouched).
+ProgressCallback = Callable[[Progress], Optional[bool]]
