@@ -8,7 +8,8 @@ instructions it never saw.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import re
+from collections.abc import Iterable
 
 EDIT_TYPES: tuple[str, ...] = ("emotion", "style", "speed", "paralinguistic", "denoise", "vad")
 
@@ -45,11 +46,14 @@ class VocabularyError(ValueError):
     """A value outside the trained vocabulary; the message names the closest valid spelling."""
 
 
-def closest(value: str, choices: Iterable[str]) -> str | None:
+CLOSEST_CUTOFF = 0.5  # difflib similarity below which no spelling is suggested
+
+
+def closest(value: str, choices: Iterable[str], cutoff: float = CLOSEST_CUTOFF) -> str | None:
     """The valid spelling nearest to ``value`` (case-insensitive), or None when nothing is close."""
     choices = list(choices)
     lowered = {c.lower(): c for c in choices}
-    hits = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=0.5)
+    hits = difflib.get_close_matches(value.lower(), list(lowered), n=1, cutoff=cutoff)
     return lowered[hits[0]] if hits else None
 
 
@@ -67,6 +71,14 @@ def normalize_speed(value: str) -> str:
     spelled = " ".join(value.strip().lower().replace("_", " ").replace("-", " ").split())
     if spelled in SPEEDS:
         return spelled
+    if spelled == "remove":
+        # The official instruction builder maps speed "remove" onto the emotion-remove sentence
+        # ("Remove any emotion in the following audio ..."): the model never learnt a speed reset.
+        raise VocabularyError(
+            "Speed has no 'remove' in the trained vocabulary (the official code would silently send the "
+            "emotion-remove instruction instead). Apply the opposite speed ('faster' or 'slower') to undo "
+            f"a speed change, or use emotion 'remove'. Valid speed values: {', '.join(SPEEDS)}."
+        )
     raise _reject("speed", value, SPEEDS)
 
 
@@ -101,3 +113,45 @@ def check_paralinguistic_tag(name: str) -> str:
         if tag.lower() == bare.lower():
             return tag
     raise _reject("paralinguistic tag", name, PARALINGUISTIC_TAGS)
+
+
+# --- markup written inside texts -----------------------------------------------------------------
+# One copy of each pattern: the edit-tag parser, the segmenter and the token estimator share them.
+
+# An inline edit tag as users write it (TTS-Audio-Suite syntax): "<", a letter, then letters, digits,
+# "_", "-", ":", "|", "." or spaces, then ">". Its grammar is checked by utils/text/edit_tags.py;
+# anything of this shape that is not a valid tag is an error there, never spoken.
+INLINE_TAG_PATTERN = re.compile(r"<\s*[A-Za-z][A-Za-z0-9_\-:|. ]*>")
+
+# An official transcript mark of a non-verbal sound, e.g. "[Laughter]" (case-insensitive).
+PARALINGUISTIC_BRACKET_PATTERN = re.compile(
+    r"\[\s*(" + "|".join(re.escape(t) for t in PARALINGUISTIC_TAGS) + r")\s*\]", re.IGNORECASE
+)
+
+# A dialect / language prefix of clone text, e.g. "[Sichuanese]".
+DIALECT_PATTERN = re.compile(r"\[\s*(" + "|".join(DIALECTS) + r")\s*\]", re.IGNORECASE)
+
+# Pause markers (TTS-Audio-Suite syntax): [pause:2] and [pause:1.5] are seconds, [pause:2s] seconds,
+# [pause:500ms] milliseconds; "wait" and "stop" are aliases of "pause".
+PAUSE_ALIASES: tuple[str, ...] = ("pause", "wait", "stop")
+PAUSE_PATTERN = re.compile(r"\[\s*(" + "|".join(PAUSE_ALIASES) + r")\s*:([^\[\]]*)\]", re.IGNORECASE)
+_PAUSE_VALUE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*", re.IGNORECASE)
+MAX_PAUSE_SECONDS = 30.0
+_MS_PER_SECOND = 1000.0
+
+
+def pause_seconds(marker: str) -> float:
+    """Seconds of a pause marker (``"[pause:500ms]"``) or of its value alone (``"500ms"``, ``"1.5"``)."""
+    m = PAUSE_PATTERN.fullmatch(marker.strip())
+    spec = m.group(2) if m else marker
+    v = _PAUSE_VALUE.fullmatch(spec)
+    if v is None:
+        raise VocabularyError(
+            f"Pause {marker!r} is not understood: write [pause:1.5] or [pause:1.5s] (seconds) or [pause:500ms]."
+        )
+    seconds = float(v.group(1)) / (_MS_PER_SECOND if (v.group(2) or "").lower() == "ms" else 1.0)
+    if seconds > MAX_PAUSE_SECONDS:
+        raise VocabularyError(
+            f"Pause {marker!r} is {seconds:g} s; the longest pause is {MAX_PAUSE_SECONDS:g} s. Split it into several."
+        )
+    return seconds

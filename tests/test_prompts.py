@@ -1,0 +1,148 @@
+"""Chat-layout prompts: parity with the official new (chat-template) path, plus what it does not cover."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
+from comfyui_step_audio_editx.engines.step_audio_editx import prompts as P
+from comfyui_step_audio_editx.engines.step_audio_editx.frontend.codes import interleave
+from comfyui_step_audio_editx.engines.step_audio_editx.text_tokenizer import TextTokenizer
+from comfyui_step_audio_editx.engines.step_audio_editx.vocabulary import VocabularyError
+
+pytestmark = pytest.mark.parity
+
+
+@pytest.fixture(scope="module")
+def tok(parity) -> TextTokenizer:
+    return TextTokenizer.from_folder(parity.editx_dir)
+
+
+@pytest.fixture(scope="module")
+def ref(parity) -> dict:
+    return parity.json("prompts_new")
+
+
+@pytest.fixture(scope="module")
+def audio(ref, tok) -> list[int]:
+    ids = interleave(ref["vq02_codes"], ref["vq06_codes"])
+    assert tok.encode(ref["audio_token_str"]) == ids
+    return ids
+
+
+def _build(tok, case, audio):
+    if "edit_type" in case:
+        args = (case["edit_type"], case["edit_info"], case["audio_text"], audio, case["text"])
+        return P.build_edit_prompt(tok, *args), P.render_edit_prompt(*args)
+    args = (case["prompt_text"], audio, case["target_text"], case["speaker"])
+    return P.build_clone_prompt(tok, *args), P.render_clone_prompt(*args)
+
+
+def test_prompt_strings_equal_official(ref):
+    assert P.SYSTEM_PROMPT_EDIT == ref["system_prompt_edit"]
+    assert P.CLONE_SYSTEM_PROMPT_TEMPLATE == ref["clone_system_prompt_template"]
+
+
+def test_every_reference_case_ids_and_rendering(ref, tok, audio):
+    kinds = set()
+    for name, case in ref["cases"].items():
+        ids, rendered = _build(tok, case, audio)
+        assert rendered == case["rendered"], name
+        assert ids == case["ids"], name
+        kinds.add(case.get("edit_type", "clone"))
+    assert kinds >= {"clone", "emotion", "style", "speed", "denoise", "vad", "paralinguistic"}
+
+
+def test_instructions_equal_official(ref):
+    for name, case in ref["cases"].items():
+        if "edit_type" in case:
+            got = P.build_edit_instruction(case["edit_type"], case["edit_info"], case["audio_text"], case["text"])
+            assert got == case["instruction"], name
+
+
+def test_layout_frame(tok, audio):
+    ids = P.build_edit_prompt(tok, "emotion", "sad", "Hello there.", audio)
+    assert ids[:2] == [C.BOS_ID, C.BOT_ID]
+    assert ids[-3:] == [C.BOT_ID, tok.piece_to_id("\u2581assistant"), C.NEWLINE_ID]
+    assert ids.count(C.EOT_ID) == 2 and ids.count(C.BOS_ID) == 1
+    start = ids.index(audio[0])
+    assert ids[start:start + len(audio)] == audio
+    assert ids[start - 2:start] == [C.NEWLINE_ID, C.NEWLINE_ID]  # instruction "\n" + separator "\n"
+
+
+@pytest.mark.parametrize(
+    "edit_type, value, expected",
+    [
+        ("speed", "more slower", "Make the following audio more more slower. The text corresponding to the audio is: Hi.\n"),
+        ("speed", "more_slower", "Make the following audio more more slower. The text corresponding to the audio is: Hi.\n"),
+        ("speed", "slower", "Make the following audio more slower. The text corresponding to the audio is: Hi.\n"),
+        ("style", "act coy", "Make the following audio more act_coy style. The text corresponding to the audio is: Hi.\n"),
+        ("emotion", "Remove", "Remove any emotion in the following audio and the reference text is: Hi.\n"),
+        ("denoise", None, P.INSTRUCTION_DENOISE),
+        ("vad", "ignored", P.INSTRUCTION_VAD),
+    ],
+)
+def test_instructions_beyond_the_reference(edit_type, value, expected):
+    assert P.build_edit_instruction(edit_type, value, "  Hi. \n") == expected
+
+
+def test_ids_equal_tokenising_the_rendered_string_for_other_inputs(tok, audio):
+    cases = [
+        ("speed", "more slower", "It's 3.14 — okay?  Yes.", None),
+        ("style", "whisper", "今日はいい天気ですね。", None),
+        ("paralinguistic", None, "I can't believe it we won!", "I can't believe it [Laughter] we won!"),
+    ]
+    for edit_type, value, text, new_text in cases:
+        ids = P.build_edit_prompt(tok, edit_type, value, text, audio, new_text)
+        assert ids == tok.encode(P.render_edit_prompt(edit_type, value, text, audio, new_text))
+    ids = P.build_clone_prompt(tok, "Reference words.", np.array(audio), "  Target, with spaces  ")
+    assert ids == tok.encode(P.render_clone_prompt("Reference words.", audio, "  Target, with spaces  "))
+    assert "speaker name: debug\n" in P.render_clone_prompt("a", audio, "b")
+
+
+def test_speed_remove_is_rejected_with_the_reason(tok, audio):
+    with pytest.raises(VocabularyError, match="emotion 'remove'"):
+        P.build_edit_prompt(tok, "speed", "remove", "Hi.", audio)
+
+
+@pytest.mark.parametrize(
+    "edit_type, value, closest",
+    [("emotion", "fearful", "fear"), ("style", "whispr", "whisper"), ("speed", "fastr", "faster"), ("emotoin", "happy", "emotion")],
+)
+def test_unknown_values_name_the_closest(edit_type, value, closest, tok, audio):
+    with pytest.raises(ValueError, match=f"'{closest}'"):
+        P.build_edit_prompt(tok, edit_type, value, "Hi.", audio)
+
+
+def test_value_required(tok, audio):
+    with pytest.raises(VocabularyError, match="needs a value"):
+        P.build_edit_prompt(tok, "style", None, "Hi.", audio)
+
+
+def test_paralinguistic_new_text_checks(tok, audio):
+    fixed = P.build_edit_instruction("paralinguistic", None, "Hello world", "Hello [laughter] world")
+    assert "[Laughter]" in fixed and "[laughter]" not in fixed
+    assert "[sic]" in P.check_paralinguistic_text("He said [sic] [Sigh] so.")
+    with pytest.raises(P.PromptError, match="needs new_text"):
+        P.build_edit_prompt(tok, "paralinguistic", None, "Hello world", audio)
+    with pytest.raises(P.PromptError, match="no paralinguistic"):
+        P.build_edit_prompt(tok, "paralinguistic", None, "Hello world", audio, "Hello world")
+    with pytest.raises(P.PromptError, match=r"Did you mean \[Laughter\]"):
+        P.check_paralinguistic_text("Hello [Laughtr] world")
+    with pytest.raises(P.PromptError, match=r"\[Laughter\]"):
+        P.check_paralinguistic_text("Hello <Laughter:2> world")
+
+
+def test_bad_audio_and_texts_are_rejected(tok, audio):
+    with pytest.raises(P.PromptError, match="empty"):
+        P.build_edit_prompt(tok, "emotion", "happy", "Hi.", [])
+    with pytest.raises(P.PromptError, match="65536"):
+        P.build_edit_prompt(tok, "emotion", "happy", "Hi.", [5, 6, 7])  # raw codes, not LM ids
+    with pytest.raises(P.PromptError, match="control piece"):
+        P.build_edit_prompt(tok, "emotion", "happy", "Hi <|EOT|> there", audio)
+    with pytest.raises(P.PromptError, match="control piece"):
+        P.build_clone_prompt(tok, "ref", audio, "say <audio_12> this")
+    with pytest.raises(P.PromptError, match="target_text"):
+        P.build_clone_prompt(tok, "ref", audio, "   ")
+    with pytest.raises(P.PromptError, match="speaker"):
+        P.build_clone_prompt(tok, "ref", audio, "text", speaker="a\nb")
