@@ -50,3 +50,58 @@ DECODER_CODEBOOK_SIZE = VQ02_CODEBOOK_SIZE + VQ06_CODEBOOK_SIZE + 1  # 5121
 MIN_INPUT_SECONDS = 0.5
 MAX_INPUT_SECONDS = 30.0
 EDIT_INPUT_PEAK = 0.6  # inputs are scaled to this peak before editing (avoids clipping over passes)
+
+# --- audio front end: official preprocess_wav, Paraformer vq02, S3 vq06, CAM++ ------------------
+SILENT_PEAK = 1.0 / 32768  # a clip whose peak stays below one 16-bit step is all-silent
+PEAK_NORM_TARGET = 0.999  # official energy_norm_fn: peak -> 0.999 ...
+PEAK_NORM_FLOOR = 0.01  # ... dividing by at least 0.01, so quiet clips are not blown up
+TRIM_TOP_DB = 20.0  # librosa.effects.trim: frames quieter than the loudest by this much are silence
+TRIM_FRAME_LENGTH = 512
+TRIM_HOP_LENGTH = 128
+TRIM_AMIN = 1e-5  # librosa amplitude_to_db floor
+TRIM_KEEP_LEFT_SECONDS = 0.05  # silence kept before the speech
+TRIM_KEEP_RIGHT_SECONDS = 0.22  # silence kept after the speech
+TRIM_ROUND_SAMPLES = 240  # the speech span is rounded up to a multiple of this (15 ms at 16 kHz)
+
+KALDI_WAVE_SCALE = 32768.0  # the Paraformer fbank reads int16-scaled samples; CAM++ reads them unscaled
+PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
+VQ02_CENTROIDS_FILE = "linguistic_tokenizer.npy"
+PARAFORMER_CHUNK_SIZE = (0, 4, 5)  # official StepAudioTokenizer: (left, chunk, overlap) in LFR frames
+PARAFORMER_ENCODER_LOOK_BACK = 4  # chunks of cached keys/values each encoder layer attends to
+PARAFORMER_SAMPLES_PER_CHUNK_UNIT = 960  # FunASR: chunk stride = chunk_size[1] * 960 samples (240 ms)
+PARAFORMER_MIN_TAIL_SAMPLES = 480  # a final chunk this short that yields no frame is skipped
+
+VQ06_ONNX_FILE = "speech_tokenizer_v1.onnx"
+VQ06_MODEL_NAME = "speech_tokenizer_v1_25hz"  # the s3tokenizer name of the 25 Hz v1 tokenizer
+VQ06_CHUNK_SECONDS = 30  # official get_vq06_code cuts audio into 30 s pieces ...
+VQ06_MIN_CHUNK_SAMPLES = 480  # ... and drops pieces shorter than 30 ms
+VQ06_MEL_HOP = 160  # whisper log-mel hop at 16 kHz (100 frames/s)
+VQ06_MAX_CODE_DRIFT = 2  # official assert: |codes - 25 * seconds| <= 2 per piece
+VQ06_V1_HEADS = 20  # attention heads of the v1 tokenizer (not visible in the ONNX weight shapes)
+
+COSYVOICE_SUBDIR = "CosyVoice-300M-25Hz"
+CAMPPLUS_FILE = "campplus.onnx"
+SPEAKER_FBANK_BINS = 80  # CAM++ input: kaldi fbank, 80 bins, dither 0, time mean removed
+
+# --- official model files (hub layout) ----------------------------------------------------------
+HUB_REPO_EDITX = "stepfun-ai/Step-Audio-EditX"  # LM + tokenizer.model + CosyVoice-300M-25Hz/
+HUB_REPO_TOKENIZER = "stepfun-ai/Step-Audio-Tokenizer"  # vq02 Paraformer + vq06 ONNX + centroids
+MODEL_CONFIG_FILE = "config.json"
+SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
+SAFETENSORS_SINGLE_FILE = "model.safetensors"
+
+# --- Step1 attention (sqrt-ALiBi) ---------------------------------------------------------------
+# Slopes: n = 2^floor(log2(H)); 2^(-ALIBI_SLOPE_BASE_EXP*k/n) for k = 1..n, then, for H > n,
+# 2^(-ALIBI_SLOPE_EXTRA_EXP*m/n) for odd m (facts doc section 2).
+ALIBI_SLOPE_BASE_EXP = 8.0
+ALIBI_SLOPE_EXTRA_EXP = 4.0
+# Dense bias buffers get their key dimension padded to a multiple of this many elements, so that the
+# memory-efficient SDPA and xformers kernels can read them without a per-layer aligned copy.
+ATTN_BIAS_ALIGNMENT = 8
+# SDPA with enable_gqa=True (unexpanded K/V) is used from this CUDA compute capability (Hopper) on.
+SDPA_GQA_MIN_CAPABILITY = 9
+# transformers renamed from_pretrained's torch_dtype= to dtype= in this version.
+TRANSFORMERS_DTYPE_KWARG_VERSION = "4.56"
+
+# --- decoder (token2wav) run settings -----------------------------------------------------------
+DECODER_CFM_STEPS = 10  # Euler steps of the flow matching (official CosyVoice(n_timesteps=10))

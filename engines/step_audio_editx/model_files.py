@@ -14,19 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .constants import CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
+from .frontend.semantic import cache_path_next_to
+
 logger = logging.getLogger(__name__)
 
 EDITX_REPO = "stepfun-ai/Step-Audio-EditX"
 TOKENIZER_REPO = "stepfun-ai/Step-Audio-Tokenizer"
 EDITX_DIRNAME = "Step-Audio-EditX"
 TOKENIZER_DIRNAME = "Step-Audio-Tokenizer"
-COSYVOICE_SUBDIR = "CosyVoice-300M-25Hz"
-PARAFORMER_SUBDIR = "dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online"
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SINGLE_WEIGHTS = "model.safetensors"
-VQ06_ONNX = "speech_tokenizer_v1.onnx"
-VQ06_CACHED = "speech_tokenizer_v1.safetensors"  # our one-time conversion of the ONNX, written beside it
 
 # Files the pipeline reads, relative to each folder (the LM weights are resolved from the index).
 EDITX_FILES: tuple[str, ...] = (
@@ -35,10 +34,10 @@ EDITX_FILES: tuple[str, ...] = (
     f"{COSYVOICE_SUBDIR}/cosyvoice.yaml",
     f"{COSYVOICE_SUBDIR}/flow.pt",
     f"{COSYVOICE_SUBDIR}/hift.pt",
-    f"{COSYVOICE_SUBDIR}/campplus.onnx",
+    f"{COSYVOICE_SUBDIR}/{CAMPPLUS_FILE}",
 )
 TOKENIZER_FILES: tuple[str, ...] = (
-    "linguistic_tokenizer.npy",
+    VQ02_CENTROIDS_FILE,
     f"{PARAFORMER_SUBDIR}/model.pt",
     f"{PARAFORMER_SUBDIR}/config.yaml",
     f"{PARAFORMER_SUBDIR}/am.mvn",
@@ -109,8 +108,9 @@ def missing_editx_files(editx_dir: Path) -> list[MissingFile]:
 def missing_tokenizer_files(tokenizer_dir: Path) -> list[MissingFile]:
     tokenizer_dir = Path(tokenizer_dir)
     missing = [MissingFile(TOKENIZER_REPO, tokenizer_dir, f) for f in TOKENIZER_FILES if not (tokenizer_dir / f).is_file()]
-    if not (tokenizer_dir / VQ06_ONNX).is_file() and not (tokenizer_dir / VQ06_CACHED).is_file():
-        missing.append(MissingFile(TOKENIZER_REPO, tokenizer_dir, VQ06_ONNX))
+    onnx = tokenizer_dir / VQ06_ONNX_FILE
+    if not onnx.is_file() and not cache_path_next_to(onnx).is_file():  # our converted copy alone will do
+        missing.append(MissingFile(TOKENIZER_REPO, tokenizer_dir, VQ06_ONNX_FILE))
     return missing
 
 
