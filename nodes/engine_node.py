@@ -1,0 +1,108 @@
+"""Step Audio EditX Engine: how the model is loaded and the generation defaults, as a handle for other nodes.
+
+The node loads nothing: the engine loads on first use by a generating node and is shared by every
+handle with the same load config.
+"""
+
+from __future__ import annotations
+
+from ..engines.step_audio_editx.engine import EngineConfig
+from ..engines.step_audio_editx.model_loader import ATTENTION_CHOICES, DTYPE_CHOICES, backend_unavailable_reason
+from ..engines.step_audio_editx.types import GenerationSettings, SamplingConfig
+from . import comfy_bridge as bridge
+from .engine_cache import EngineHandle
+from .model_folders import AUTO_DOWNLOAD, list_model_folders, model_choices, resolve_model_choice
+from .widgets import (
+    CATEGORY,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_TEMPERATURE,
+    ENGINE_TYPE,
+    MAX_MAX_NEW_TOKENS,
+    MAX_TEMPERATURE,
+    MIN_MAX_NEW_TOKENS,
+    TEMPERATURE_STEP,
+    TIP_DYNAMIC_TOKEN,
+    seed_widget,
+)
+
+DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu", "mps")
+
+
+def build_handle(model: str, device: str = "auto", dtype: str = "auto", attention: str = "auto",
+                 fast_decode: bool = True, dynamic_token: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> EngineHandle:
+    """An engine handle from the Engine node's widget values (``model``: a combo value)."""
+    roots = bridge.tts_model_roots()
+    editx_dir, download = resolve_model_choice(model, roots) if model is not None else (None, False)
+    config = EngineConfig(editx_dir=editx_dir, search_roots=tuple(roots), download=download,
+                          device=str(bridge.torch_device(device)), dtype=dtype, attention=attention,
+                          fast_decode=bool(fast_decode))
+    settings = GenerationSettings(sampling=SamplingConfig(temperature=float(temperature)),
+                                  dynamic_tokens=bool(dynamic_token), max_new_tokens=int(max_new_tokens))
+    return EngineHandle(config, settings, int(seed))
+
+
+def default_engine_handle() -> EngineHandle:
+    """The engine a generating node uses when no Engine node is connected: the first model folder found."""
+    folders = list_model_folders(bridge.tts_model_roots())
+    return build_handle(folders[0] if folders else None)
+
+
+class StepAudioEditXEngine:
+    DESCRIPTION = (
+        "Chooses the Step-Audio-EditX model folder and how it runs. The model (~7 GB language model in bf16 plus "
+        "~1 GB of audio tokenizer and decoder) loads on first use and is shared by every node using the same "
+        "model/device/dtype/attention/fast_decode; ComfyUI's 'Unload models' frees it."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (ENGINE_TYPE,)
+    RETURN_NAMES = ("engine",)
+    OUTPUT_TOOLTIPS = ("Connect to the Audio Editor and Clone nodes.",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (model_choices(bridge.tts_model_roots()), {"tooltip": (
+                "A Step-Audio-EditX folder under models/TTS (with Step-Audio-Tokenizer beside it). "
+                f"'{AUTO_DOWNLOAD}' fetches the missing files (~10 GB) from Hugging Face into models/TTS.")}),
+            "device": (list(DEVICE_CHOICES), {"default": "auto", "tooltip": (
+                "auto: ComfyUI's device (honours --cpu). Needs ~12 GB of GPU memory in bf16/fp16, ~20 GB in fp32.")}),
+            "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": (
+                "auto: bf16 on GPUs of compute capability 8.0+, fp16 on older GPUs, fp32 on the CPU. fp32 doubles "
+                "the memory and is slower on GPUs.")}),
+            "attention": (list(ATTENTION_CHOICES), {"default": "auto", "tooltip": (
+                "auto picks the fastest exact backend per part. The language model's sqrt-ALiBi cannot run on "
+                "flash_attention_2 (only the decoder can); an unavailable choice is an error, not a silent "
+                "fallback.")}),
+            "fast_decode": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off", "tooltip": (
+                "Static KV cache with a compiled / CUDA-graph decode step where the device supports it. "
+                "The first call after loading pays a one-time warm-up; later calls generate much faster.")}),
+            "dynamic_token": ("BOOLEAN", {"default": True, "label_on": "on", "label_off": "off",
+                                          "tooltip": TIP_DYNAMIC_TOKEN + " The Audio Editor has its own toggle."}),
+            "max_new_tokens": ("INT", {
+                "default": DEFAULT_MAX_NEW_TOKENS, "min": MIN_MAX_NEW_TOKENS, "max": MAX_MAX_NEW_TOKENS,
+                "tooltip": "Cap on generated tokens per model call when dynamic_token is off (41.7 tokens = 1 s "
+                           "of speech; 8192 = 196 s). A run that never ends costs time up to this cap."}),
+            "temperature": ("FLOAT", {
+                "default": DEFAULT_TEMPERATURE, "min": 0.0, "max": MAX_TEMPERATURE, "step": TEMPERATURE_STEP,
+                "tooltip": "Sampling temperature (official 0.7). 0 = greedy (deterministic without a seed)."}),
+            "seed": seed_widget("Default seed for nodes whose seed is -1.", allow_engine_seed=False),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, device=None, attention=None):
+        if device is not None and device not in DEVICE_CHOICES:
+            return f"Unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}."
+        if attention is not None and attention not in ATTENTION_CHOICES:
+            return f"Unknown attention backend {attention!r}; choose one of {', '.join(ATTENTION_CHOICES)}."
+        try:
+            resolved = bridge.torch_device(device or "auto")
+        except ValueError as exc:
+            return str(exc)
+        reason = backend_unavailable_reason(attention, resolved) if attention not in (None, "auto") else None
+        return f"Attention backend {attention!r} is unavailable on {resolved}: {reason}." if reason else True
+
+    def make(self, model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens, temperature, seed):
+        return (build_handle(model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens,
+                             temperature, seed),)

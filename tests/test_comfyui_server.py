@@ -1,0 +1,405 @@
+"""The node pack inside a real ComfyUI server, driven through its HTTP API.
+
+Runs when COMFYUI_DIR (a ComfyUI tree) and COMFYUI_PYTHON (a Python that runs it, with this pack's
+requirements installed) are set, e.g.::
+
+    COMFYUI_DIR=/path/to/ComfyUI COMFYUI_PYTHON=/path/to/venv/bin/python python -m pytest -q -m comfyui
+
+The server runs on the CPU in a temporary base directory (``--base-directory``): its own custom_nodes/
+(a link to this checkout), models/TTS/ (a tiny random model folder) and input/ (the example clip), so
+the ComfyUI tree itself is never written to. Tests that need the model to run skip, naming the reason,
+until the engine and its tiny-model writer exist; everything up to that point is checked regardless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import shutil
+import socket
+import subprocess
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
+if not (COMFYUI_DIR and COMFYUI_PYTHON):
+    pytest.skip("set COMFYUI_DIR (a ComfyUI tree) and COMFYUI_PYTHON (a Python that runs it) to run the real "
+                "ComfyUI server tests", allow_module_level=True)
+
+from comfyui_step_audio_editx.engines.step_audio_editx.engine import EngineConfig, StepAudioEditX  # noqa: E402
+
+pytestmark = pytest.mark.comfyui
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = REPO_ROOT / "example_workflows"
+PACK_DIRNAME = "ComfyUI-Step-Audio-EditX"
+SAMPLE_WAV, SAMPLE_TXT = "sample_speech.wav", "sample_speech.txt"
+TINY_MODEL_DIRNAME = "Step-Audio-EditX"
+EXPECTED_INPUTS = runpy.run_path(str(Path(__file__).with_name("test_nodes.py")))["EXPECTED_INPUTS"]
+
+STARTUP_TIMEOUT_S = 180.0
+RUN_TIMEOUT_S = 600.0
+POLL_S = 0.05
+INTERRUPT_AFTER_TOKENS = 20  # let the generation get going before pressing Cancel
+INTERRUPT_DEADLINE_S = 3.0  # Cancel must end the run this fast (one token takes milliseconds on the tiny model)
+UNLOAD_TIMEOUT_S = 20.0
+LONG_MAX_NEW_TOKENS = 3000  # random weights rarely emit the end token; fits a tiny model's 4096-token context
+
+
+# --- the server ---------------------------------------------------------------------------------------------
+class ComfyServer:
+    """A ComfyUI process on a free port, with JSON helpers for its HTTP API."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.log_path = base / "comfyui.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--disable-auto-launch", "--base-directory", str(base),
+                "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
+                "--user-directory", str(base / "user")]
+        if "--database-url" in (Path(COMFYUI_DIR) / "comfy" / "cli_args.py").read_text(encoding="utf-8"):
+            args += ["--database-url", "sqlite:///:memory:"]
+        self.log = open(self.log_path, "w", encoding="utf-8")
+        self.proc = subprocess.Popen(args, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.client_id = uuid.uuid4().hex
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        pytest.fail(f"ComfyUI did not answer /system_stats in {STARTUP_TIMEOUT_S:.0f} s:\n{self.log_text()[-4000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            status, raw = err.code, err.read()
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            return status, json.loads(text) if text else None
+        except ValueError:
+            return status, text
+
+    def get(self, path: str) -> object:
+        status, body = self.request("GET", path)
+        assert status == 200, f"GET {path}: {status} {body}"
+        return body
+
+    def queue(self, prompt: dict) -> tuple[int, dict]:
+        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+
+    def wait(self, prompt_id: str, timeout: float = RUN_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+                return entry
+            time.sleep(POLL_S)
+        pytest.fail(f"prompt {prompt_id} did not finish in {timeout:.0f} s:\n{self.log_text()[-4000:]}")
+
+    def run(self, prompt: dict) -> dict:
+        status, body = self.queue(prompt)
+        assert status == 200 and body["node_errors"] == {}, body
+        return self.wait(body["prompt_id"])
+
+    def status(self) -> dict:
+        return self.get("/step_audio_editx/status")
+
+
+def _write_models(tts: Path) -> str | None:
+    """Put a tiny model folder under ``tts``; None when the engine can run it, else why not."""
+    try:
+        from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import write_tiny_model
+    except ImportError:
+        (tts / TINY_MODEL_DIRNAME).mkdir(parents=True)  # listed by the Engine node, not loadable
+        (tts / TINY_MODEL_DIRNAME / "config.json").write_text(json.dumps({"model_type": "step1"}))
+        return "engine not implemented yet (no tiny_models.write_tiny_model)"
+    folders = write_tiny_model(tts, seed=0)
+    engine = StepAudioEditX(EngineConfig(editx_dir=str(folders.editx), tokenizer_dir=str(folders.tokenizer),
+                                         device="cpu"))
+    try:
+        engine.load()
+    except NotImplementedError:
+        return "engine not implemented yet"
+    engine.unload()
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfyui_base")
+    for sub in ("custom_nodes", "models/TTS", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True)
+    (base / "custom_nodes" / PACK_DIRNAME).symlink_to(REPO_ROOT, target_is_directory=True)
+    for name in (SAMPLE_WAV, SAMPLE_TXT):
+        shutil.copy(EXAMPLES_DIR / name, base / "input" / name)
+    not_runnable = _write_models(base / "models" / "TTS")
+    srv = ComfyServer(base)
+    srv.not_runnable = not_runnable
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def needs_engine(server: ComfyServer) -> None:
+    if server.not_runnable:
+        pytest.skip(server.not_runnable)
+
+
+def api_example(name: str, prefix: str) -> dict:
+    """An API-format example pointed at the test's model folder and input clip, saving under ``prefix``."""
+    prompt = json.loads((EXAMPLES_DIR / name).read_text(encoding="utf-8"))
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "StepAudioEditXEngine":
+            inputs["model"] = TINY_MODEL_DIRNAME
+        elif node["class_type"] in ("StepAudioEditXLoadAudioWithTranscript", "LoadAudio"):
+            inputs["audio"] = SAMPLE_WAV
+        elif node["class_type"] == "SaveAudio":
+            inputs["filename_prefix"] = f"audio/{prefix}"
+    return prompt
+
+
+def node_id_of(prompt: dict, class_type: str) -> str:
+    return next(i for i, n in prompt.items() if n["class_type"] == class_type)
+
+
+def error_message(entry: dict) -> dict:
+    return next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+
+
+API_EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*_api.json"))
+
+
+# --- the pack loads ------------------------------------------------------------------------------------------
+def test_pack_imports_without_errors(server):
+    log = server.log_text()
+    assert "IMPORT FAILED" not in log, log[-4000:]
+    assert any(PACK_DIRNAME in line and "seconds" in line for line in log.splitlines()), log[-4000:]
+    assert set(server.status()) == {"engines", "progress"}  # the pack's status route is registered
+    templates = server.get("/workflow_templates")[PACK_DIRNAME]  # the examples appear as templates in the UI
+    assert {p.stem for p in EXAMPLES_DIR.glob("*.json")} == set(templates)
+
+
+def test_object_info_lists_the_nodes_in_frozen_widget_order(server):
+    info = server.get("/object_info")
+    for name, expected in EXPECTED_INPUTS.items():
+        order = info[name]["input_order"]
+        assert order["required"] + order.get("optional", []) == expected, name
+        assert info[name]["category"] == "audio/Step-Audio-EditX"
+    engine = info["StepAudioEditXEngine"]["input"]["required"]
+    assert TINY_MODEL_DIRNAME in engine["model"][0]  # the tiny folder under the server's models/TTS
+    loader = info["StepAudioEditXLoadAudioWithTranscript"]["input"]["required"]["audio"]
+    assert SAMPLE_WAV in loader[0] and loader[1]["audio_upload"] is True
+    assert info["StepAudioEditXAudioEditor"]["input"]["hidden"] == {"unique_id": "UNIQUE_ID"}
+    assert all(cls in info for cls in ("LoadAudio", "SaveAudio", "PreviewAny"))  # core nodes of the examples
+
+
+# --- bad inputs come back as node errors ---------------------------------------------------------------------
+def test_bad_widget_values_are_node_errors(server):
+    prompt = api_example("step_audio_editx_edit_emotion_api.json", "bad")
+    editor, engine = node_id_of(prompt, "StepAudioEditXAudioEditor"), node_id_of(prompt, "StepAudioEditXEngine")
+    prompt[editor]["inputs"]["transcript"] = ""  # unlinked and empty: an emotion edit needs it
+    prompt[engine]["inputs"]["attention"] = "xformers"  # CUDA-only, and the server runs --cpu
+    status, body = server.queue(prompt)
+    assert status == 400
+    errors = body["node_errors"]
+    assert errors[editor]["class_type"] == "StepAudioEditXAudioEditor"
+    assert "needs the transcript" in errors[editor]["errors"][0]["details"]
+    assert errors[engine]["errors"][0]["extra_info"]["input_name"] in ("device", "attention")
+    assert "xformers" in errors[engine]["errors"][0]["details"]
+
+
+def test_run_time_input_errors_name_the_node(server):
+    prompt = api_example("step_audio_editx_clone_inline_tags_api.json", "bad")
+    batch = {"class_type": "StepAudioEditXAudioBatch", "inputs": {
+        "audio_1": ["1", 0], "transcript_1": ["1", 1], "audio_2": ["1", 0], "transcript_2": ["1", 1]}}
+    prompt["99"] = batch
+    clone = node_id_of(prompt, "StepAudioEditXClone")
+    prompt[clone]["inputs"]["reference_audio"] = ["99", 0]
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    err = error_message(entry)
+    assert (err["node_id"], err["node_type"]) == (clone, "StepAudioEditXClone")
+    assert "batch of 2 clips" in err["exception_message"]
+
+
+# --- the examples ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", API_EXAMPLES)
+def test_api_example_is_accepted_and_runs_to_audio_files(server, name):
+    prefix = Path(name).stem
+    prompt = api_example(name, prefix)
+    status, body = server.queue(prompt)
+    assert status == 200 and body["node_errors"] == {}, body
+    entry = server.wait(body["prompt_id"])
+    if server.not_runnable:
+        err = error_message(entry)  # it got as far as running the model
+        assert err["node_type"] in ("StepAudioEditXAudioEditor", "StepAudioEditXClone"), err
+        pytest.skip(f"accepted and run up to the model; {server.not_runnable}")
+    failed = entry["status"]["status_str"] == "error"
+    if failed and "edit_post_processor" in error_message(entry)["exception_message"]:
+        pytest.skip("the edit post-processor (utils/audio/edit_post_processor.py) is not written yet")
+    assert entry["status"]["status_str"] == "success", error_message(entry)
+    saved = entry["outputs"][node_id_of(prompt, "SaveAudio")]["audio"]
+    batched = any(n["class_type"] == "StepAudioEditXAudioBatch" for n in prompt.values())
+    assert len(saved) == (2 if batched else 1)  # SaveAudio writes one file per batch item
+    for item in saved:
+        path = server.base / "output" / item["subfolder"] / item["filename"]
+        assert path.is_file() and path.stat().st_size > 0
+    info = entry["outputs"][node_id_of(prompt, "PreviewAny")]["text"][0]
+    assert "model calls" in info and "time:" in info
+
+
+# --- interruption and unloading ----------------------------------------------------------------------------
+def test_interrupt_stops_a_long_generation_quickly(server):
+    needs_engine(server)
+    prompt = api_example("step_audio_editx_edit_emotion_api.json", "interrupt")
+    editor, engine = node_id_of(prompt, "StepAudioEditXAudioEditor"), node_id_of(prompt, "StepAudioEditXEngine")
+    prompt[engine]["inputs"].update(dynamic_token=False, max_new_tokens=LONG_MAX_NEW_TOKENS)
+    prompt[editor]["inputs"].update(dynamic_token=False, n_edit_iterations=5, seed=int(time.time()))
+    queued_at = time.time()
+    status, body = server.queue(prompt)
+    assert status == 200, body
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        progress = server.status()["progress"]
+        if (progress and progress["node"] == editor and progress["time"] > queued_at
+                and progress["stage"] == "generate" and progress["done"] >= INTERRUPT_AFTER_TOKENS):
+            break
+        assert time.monotonic() < deadline, "the generation never started"
+        entry = server.get(f"/history/{body['prompt_id']}").get(body["prompt_id"])
+        assert not entry, f"finished before it could be interrupted: {entry and entry['status']}"
+        time.sleep(POLL_S)
+    pressed = time.monotonic()
+    assert server.request("POST", "/interrupt")[0] == 200
+    entry = server.wait(body["prompt_id"], timeout=30)
+    took = time.monotonic() - pressed
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    assert took < INTERRUPT_DEADLINE_S, f"Cancel took {took:.2f} s"
+
+
+def test_free_unload_models_unloads_the_engine(server):
+    needs_engine(server)
+    prompt = api_example("step_audio_editx_edit_emotion_api.json", "free")
+    prompt[node_id_of(prompt, "StepAudioEditXAudioEditor")]["inputs"]["seed"] = int(time.time()) + 1
+    assert server.run(prompt)["status"]["status_str"] == "success"
+    assert any(e["loaded"] and e["managed"] for e in server.status()["engines"])
+    assert server.request("POST", "/free", {"unload_models": True})[0] == 200
+    deadline = time.monotonic() + UNLOAD_TIMEOUT_S
+    while any(e["loaded"] for e in server.status()["engines"]):
+        assert time.monotonic() < deadline, server.status()
+        time.sleep(POLL_S)
+
+
+# --- the bridge against ComfyUI's own model management, with a fake engine (no server) ----------------------
+BRIDGE_PROBE = textwrap.dedent('''
+    import importlib.util, sys
+    import torch
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management as mm
+    import comfy.utils
+
+    pack_dir = sys.argv[1]
+    spec = importlib.util.spec_from_file_location("pack", pack_dir + "/__init__.py",
+                                                  submodule_search_locations=[pack_dir])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["pack"] = pack
+    spec.loader.exec_module(pack)
+    bridge = sys.modules["pack.nodes.comfy_bridge"]
+    cache = sys.modules["pack.nodes.engine_cache"]
+    from pack.engines.step_audio_editx.engine import EngineConfig
+    from pack.engines.step_audio_editx.types import Progress
+
+    class FakeEngine:
+        def __init__(self, config):
+            self.config, self.loads, self.lm = config, 0, None
+        def load(self):
+            self.lm, self.loads = torch.nn.Linear(64, 64), self.loads + 1
+            return self
+        @property
+        def loaded(self):
+            return self.lm is not None
+        @property
+        def device(self):
+            return self.lm.weight.device
+        def modules(self):
+            return {"lm": self.lm}
+        def to(self, device):
+            self.lm.to(device)
+            return self
+        def unload(self):
+            self.lm = None
+
+    bridge.ENGINE_CACHE = cache.EngineCache(factory=FakeEngine)
+    handle = cache.EngineHandle(EngineConfig(device="cpu"))
+    engine = bridge.prepare_engine(handle)
+    patcher = bridge._PATCHERS[id(engine)]
+    assert engine.loaded and [m.model for m in mm.current_loaded_models] == [patcher]
+    assert patcher.model_size() == (64 * 64 + 64) * 4 and patcher.loaded_size() == patcher.model_size()
+    assert bridge.prepare_engine(handle) is engine and engine.loads == 1
+    mm.unload_all_models()  # what POST /free {"unload_models": true} runs
+    assert not engine.loaded and mm.current_loaded_models == []
+    assert bridge.status()["engines"][0]["loaded"] is False
+    assert bridge.prepare_engine(handle) is engine and engine.loads == 2 and len(mm.current_loaded_models) == 1
+
+    events = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: events.append((v, t, node_id)))
+    progress = bridge.NodeProgress("7")
+    progress(Progress("generate", 3, 10))
+    assert events[-1] == (3, 10, "7"), events
+    mm.interrupt_current_processing(True)
+    try:
+        progress(Progress("generate", 4, 10))
+    except mm.InterruptProcessingException:
+        pass
+    else:
+        raise AssertionError("the interrupt was not raised")
+    print("BRIDGE PROBE OK")
+''')
+
+
+def test_bridge_drives_comfyui_model_management(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(BRIDGE_PROBE)
+    done = subprocess.run([COMFYUI_PYTHON, str(script), str(REPO_ROOT)], cwd=COMFYUI_DIR, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": COMFYUI_DIR})
+    assert done.returncode == 0 and "BRIDGE PROBE OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
