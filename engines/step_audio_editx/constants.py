@@ -105,3 +105,6 @@ TRANSFORMERS_DTYPE_KWARG_VERSION = "4.56"
 
 # --- decoder (token2wav) run settings -----------------------------------------------------------
 DECODER_CFM_STEPS = 10  # Euler steps of the flow matching (official CosyVoice(n_timesteps=10))
+
+# --- language model context ----------------------------------------------------------------------
+MAX_CONTEXT_TOKENS = 8_192  # the official pipeline's max_length / max_model_len (prompt + new tokens)

@@ -1,19 +1,44 @@
-"""Choices made once per load: which attention backend and which dtype each part runs in.
+"""Choices made once per load (attention backend, dtype, device) and loading the Step1 LM from a folder.
 
 The general priority is flash_attention_2 > xformers > sdpa > eager, limited to what is installed,
 what the device can run and what the model's math allows. Step1's sqrt-ALiBi bias cannot be expressed
 by flash-attn's linear ``alibi_slopes``, so for ``step1`` only bias-capable backends are candidates.
 (The seed forced eager for step1 because the hub's remote code supports nothing else; our native
-Step1 lifts that rule.)
+Step1 lifts that rule: every backend in ``MODEL_BACKENDS["step1"]`` computes the exact sqrt-ALiBi.)
+
+``load_step1`` reads an official model folder (config.json + single or sharded safetensors) into the
+native ``Step1ForCausalLM`` without executing any code from the folder: the model is built on the meta
+device, then every tensor is read from the memory-mapped file straight onto the target device and cast
+there to the target dtype: host RAM holds one tensor in flight (plus the model itself when the target is
+the CPU), never a full fp32 copy of the bf16 weights. A missing file raises ``ModelFilesError`` (folder,
+file, hub repo); a checkpoint whose tensors do not match the config (for example no ``lm_head.weight``)
+raises ``Step1CheckpointError``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import time
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
+
+from .constants import (
+    HUB_REPO_EDITX,
+    MODEL_CONFIG_FILE,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_SINGLE_FILE,
+    TRANSFORMERS_DTYPE_KWARG_VERSION,
+)
+from .model_files import ModelFilesError as _MissingFilesError
+
+if TYPE_CHECKING:
+    from .lm.step1 import Step1ForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +171,201 @@ def resolve_device(requested: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {requested!r} was asked for but this PyTorch sees no CUDA GPU; use 'cpu' or 'auto'.")
     return device
+
+
+# --- transformers version quirks ----------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def transformers_dtype_kwarg() -> str:
+    """The dtype keyword of ``from_pretrained`` / ``_from_config``: ``dtype`` on transformers >= 4.56, else
+    ``torch_dtype`` (passing neither loads fp32). Detected once per process."""
+    import transformers
+    from packaging.version import Version
+
+    installed = Version(transformers.__version__).release
+    return "dtype" if installed >= Version(TRANSFORMERS_DTYPE_KWARG_VERSION).release else "torch_dtype"
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``{"dtype": dtype}`` or ``{"torch_dtype": dtype}``, whichever the installed transformers reads."""
+    return {transformers_dtype_kwarg(): dtype}
+
+
+# --- loading Step1 from a model folder -------------------------------------------------------------------
+
+class ModelFilesError(_MissingFilesError):
+    """A model folder lacks a file the loader needs; the message names the folder, the file and the hub repo.
+
+    A ``FileNotFoundError``, and a ``model_files.ModelFilesError``: one ``except`` catches both kinds."""
+
+    def __init__(self, folder: Path | str, missing: str, repo: str = HUB_REPO_EDITX, detail: str = "") -> None:
+        self.folder = Path(folder)
+        self.missing = missing
+        self.repo = repo
+        extra = f" {detail}" if detail else ""
+        super().__init__(
+            f"Model folder {self.folder} is missing {missing}.{extra} Get the official files from the Hugging Face "
+            f"hub repo {repo} (for example: huggingface-cli download {repo} --local-dir {self.folder})."
+        )
+
+
+class Step1CheckpointError(ValueError):
+    """The folder's config or tensors do not describe a Step1 model (wrong type, missing or extra tensors)."""
+
+    def __init__(self, folder: Path | str, problem: str, repo: str = HUB_REPO_EDITX) -> None:
+        self.folder = Path(folder)
+        super().__init__(
+            f"Model folder {self.folder}: {problem} Re-download the official files from the Hugging Face hub repo "
+            f"{repo}."
+        )
+
+
+def _safetensors_shards(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The weight files: the shards an index names (each must exist), else model.safetensors, else *.safetensors."""
+    index_path = folder / SAFETENSORS_INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise Step1CheckpointError(folder, f"{SAFETENSORS_INDEX_FILE} is not a safetensors index ({exc}).") from exc
+        names = sorted(set(weight_map.values()))
+        for name in names:
+            if not (folder / name).is_file():
+                raise ModelFilesError(folder, f"the weight shard {name}", detail=f"{SAFETENSORS_INDEX_FILE} lists it.")
+        return [folder / name for name in names], weight_map
+    single = folder / SAFETENSORS_SINGLE_FILE
+    if single.is_file():
+        return [single], None
+    found = sorted(folder.glob("*.safetensors"))
+    if not found:
+        raise ModelFilesError(folder, f"the weights ({SAFETENSORS_INDEX_FILE} with its shards, or *.safetensors)")
+    return found, None
+
+
+def _tensor_inventory(folder: Path, shards: list[Path], weight_map: dict[str, str] | None
+                      ) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Tensor name -> (shard, shape), read from the safetensors headers only (no tensor data)."""
+    from safetensors import safe_open
+
+    inventory: dict[str, tuple[Path, tuple[int, ...]]] = {}
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                for key in handle.keys():
+                    if key in inventory:
+                        raise Step1CheckpointError(folder, f"tensor {key!r} is stored twice ({inventory[key][0].name}, "
+                                                           f"{shard.name}).")
+                    inventory[key] = (shard, tuple(handle.get_slice(key).get_shape()))
+        except Step1CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise Step1CheckpointError(folder, f"{shard.name} is not a readable safetensors file ({exc}).") from exc
+    if weight_map is not None:
+        for key, name in weight_map.items():
+            if key not in inventory or inventory[key][0].name != name:
+                raise Step1CheckpointError(folder, f"{SAFETENSORS_INDEX_FILE} places {key!r} in {name}, "
+                                                   "but that file does not hold it.")
+    return inventory
+
+
+def _check_tensors(folder: Path, expected: dict[str, tuple[int, ...]],
+                   inventory: dict[str, tuple[Path, tuple[int, ...]]]) -> None:
+    """Every parameter present with its shape, nothing extra; lm_head is never silently tied."""
+    missing = sorted(set(expected) - set(inventory))
+    if "lm_head.weight" in missing:
+        raise Step1CheckpointError(
+            folder, "the checkpoint has no 'lm_head.weight'. Step1's output head is a separate matrix that is never "
+                    "tied to the embedding (a tied head makes the model hum until max tokens), so the checkpoint "
+                    "must store it."
+        )
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise Step1CheckpointError(folder, f"the checkpoint lacks {len(missing)} Step1 tensors: {shown}.")
+    unexpected = sorted(set(inventory) - set(expected))
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        raise Step1CheckpointError(
+            folder, f"the checkpoint holds {len(unexpected)} tensors a bf16/fp16 Step1 does not have ({shown}); "
+                    "quantized checkpoints (e.g. AWQ) are not supported by this loader."
+        )
+    for key, shape in expected.items():
+        found = inventory[key][1]
+        if found != shape:
+            raise Step1CheckpointError(folder, f"tensor {key!r} has shape {list(found)} but config.json implies "
+                                               f"{list(shape)}.")
+
+
+def _safetensors_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return str(device)
+
+
+def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               attn_implementation: str = "auto") -> Step1ForCausalLM:
+    """Load the Step1 LM of an official Step-Audio-EditX folder, ready for inference (eval, no grad).
+
+    ``model_dir``: folder with ``config.json`` (model_type "step1"; its ``auto_map`` is ignored, nothing from
+    the folder is executed) and the safetensors weights (an index with its shards, or single files).
+    ``device``: "auto" (first GPU, else CPU) or a device. ``dtype``: "auto" (bf16 on CUDA >= 8.0, fp16 on
+    older GPUs, fp32 on CPU), "bf16", "fp16", "fp32" or a torch dtype. ``attn_implementation``: "auto" or
+    one of eager / sdpa / flex_attention / xformers (flash_attention_2 cannot express sqrt-ALiBi: error).
+    """
+    from .lm.step1 import Step1Config, Step1ForCausalLM
+
+    start = time.perf_counter()
+    folder = Path(model_dir).expanduser()
+    if not folder.is_dir():
+        raise ModelFilesError(folder, "entirely (no such folder)")
+    config_path = folder / MODEL_CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelFilesError(folder, MODEL_CONFIG_FILE)
+    try:
+        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise Step1CheckpointError(folder, f"{MODEL_CONFIG_FILE} is not valid JSON ({exc}).") from exc
+    if raw_config.get("model_type") != Step1Config.model_type:
+        raise Step1CheckpointError(folder, f"{MODEL_CONFIG_FILE} has model_type {raw_config.get('model_type')!r}, "
+                                           f"expected {Step1Config.model_type!r}.")
+    shards, weight_map = _safetensors_shards(folder)
+
+    target_device = resolve_device(device)
+    target_dtype = choose_dtype(target_device, dtype)
+    attn = resolve_attn_implementation(attn_implementation, "step1", target_device)
+    config = Step1Config.from_pretrained(str(folder))
+    with torch.device("meta"):
+        model = Step1ForCausalLM._from_config(config, attn_implementation=attn, **dtype_kwargs(target_dtype))
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    inventory = _tensor_inventory(folder, shards, weight_map)
+    _check_tensors(folder, expected, inventory)
+
+    from safetensors import safe_open
+
+    by_shard: dict[Path, list[str]] = {}
+    for key, (shard, _) in inventory.items():
+        by_shard.setdefault(shard, []).append(key)
+    with tqdm(total=len(inventory), desc="Loading Step1", unit="tensor", disable=None) as progress:
+        for shard, keys in by_shard.items():
+            with safe_open(str(shard), framework="pt", device=_safetensors_device(target_device)) as handle:
+                for key in keys:
+                    tensor = handle.get_tensor(key)
+                    if tensor.dtype != target_dtype:
+                        tensor = tensor.to(target_dtype)
+                    module_name, _, param_name = key.rpartition(".")
+                    setattr(model.get_submodule(module_name), param_name,
+                            torch.nn.Parameter(tensor, requires_grad=False))
+                    progress.update()
+    still_meta = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if still_meta:  # every expected tensor was checked above, so this is a loader bug
+        raise RuntimeError(f"Step1 tensors left unloaded: {still_meta[:5]}")
+
+    if (folder / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(folder))
+    model.config._name_or_path = str(folder)
+    model.eval()
+    logger.info("Loaded Step1 from %s: %d layers, %.2fB parameters, %s on %s, attention %s (%.1f s)", folder,
+                config.num_hidden_layers, sum(t.numel() for t in model.parameters()) / 1e9,
+                str(target_dtype).removeprefix("torch."), target_device, attn, time.perf_counter() - start)
+    return model

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .constants import OUTPUT_SAMPLE_RATE
+from .constants import MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE
 
 
 class StopReason(str, enum.Enum):
@@ -53,7 +53,7 @@ class GenerationSettings:
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dynamic_tokens: bool = True  # cap new tokens from the audio/text instead of max_new_tokens
-    max_new_tokens: int = 8192  # the cap when dynamic_tokens is off
+    max_new_tokens: int = MAX_CONTEXT_TOKENS  # the cap when dynamic_tokens is off (clamped to the context)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 5:

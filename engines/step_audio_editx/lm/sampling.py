@@ -77,9 +77,14 @@ def audio_slot_masks(vocab_size: int, device: torch.device | str) -> torch.Tenso
 
 
 def constrain_logits(logits: torch.Tensor, slot_masks: torch.Tensor, n_generated: torch.Tensor) -> torch.Tensor:
-    """Set to -inf every id not allowed at each row's group position ([B, V] logits, [B] counts)."""
+    """Set to -inf every id not allowed at each row's group position ([B, V] logits, [B] counts).
+
+    <|EOT|> is also refused as the very first token: every output holds at least one group.
+    """
     allowed = slot_masks[n_generated % TOKENS_PER_GROUP]  # [B, V]
-    return logits.masked_fill(~allowed, float("-inf"))
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    first = (n_generated == 0).unsqueeze(-1) & (torch.arange(logits.shape[-1], device=logits.device) == EOT_ID)
+    return logits.masked_fill(first, float("-inf"))
 
 
 def repetition_guard(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
