@@ -1,0 +1,183 @@
+"""The flow-matching estimator: a DiT (adaLN-zero blocks with attention, causal conv and MLP).
+
+Predicts the velocity ``v(x_t, t | mu, spk, cond)`` of the conditional flow. Works in ``[B, T, C]``
+layout at the mel frame rate (50 Hz). Inputs are stacked along channels in the official order
+``[x, mu, spk (broadcast over time), cond]`` (4 x 80 = ``in_channels``). The time step is the same for
+every row of a call, so the adaLN modulation is computed once and broadcast.
+
+Module and parameter names follow the official ``flow.pt`` keys under ``decoder.estimator.``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import KeyPadding, key_padding_attention
+from .config import DiTConfig
+
+# Fixed by the official DiT classes (not stated in the yaml).
+TIME_FREQ_DIM = 256  # sinusoidal timestep features
+TIME_SCALE = 1000  # t in [0, 1] is scaled to [0, 1000] before the sinusoid
+TIME_MAX_PERIOD = 10000
+BLOCK_NORM_EPS = 1e-6  # the non-affine LayerNorms before attention / conv / MLP and the final layer
+QK_NORM_EPS = 1e-5  # affine LayerNorm over each head's query / key (torch default eps)
+CONV_NORM_EPS = 1e-5
+CONV_KERNEL = 3
+MODULATIONS_PER_BLOCK = 9  # shift, scale, gate for attention, MLP and conv
+
+
+def timestep_features(t: torch.Tensor, dim: int = TIME_FREQ_DIM, max_period: int = TIME_MAX_PERIOD) -> torch.Tensor:
+    """Sinusoidal features of (already scaled) time steps ``t [N]`` -> ``[N, dim]`` (cos half, sin half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half).to(t)
+    args = t[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(TIME_FREQ_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """``t [N]`` in [0, 1] -> ``[N, hidden]``."""
+        return self.mlp(timestep_features(t * TIME_SCALE).to(self.mlp[0].weight.dtype))
+
+
+class DiTAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        inner = heads * head_dim
+        self.to_q = nn.Linear(hidden, inner)
+        self.to_k = nn.Linear(hidden, inner)
+        self.to_v = nn.Linear(hidden, inner)
+        self.q_norm = nn.LayerNorm(head_dim, eps=QK_NORM_EPS)
+        self.k_norm = nn.LayerNorm(head_dim, eps=QK_NORM_EPS)
+        self.proj = nn.Linear(inner, hidden)
+        self.backend = "sdpa"
+
+    def forward(self, x: torch.Tensor, padding: KeyPadding | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_norm(self.to_q(x).view(b, t, self.heads, self.head_dim))
+        k = self.k_norm(self.to_k(x).view(b, t, self.heads, self.head_dim))
+        v = self.to_v(x).view(b, t, self.heads, self.head_dim)
+        out = key_padding_attention(q, k, v, padding, self.backend)
+        return self.proj(out.reshape(b, t, self.heads * self.head_dim))
+
+
+class CausalConvBlock(nn.Module):
+    """conv(k=3, left-padded) -> LayerNorm -> Mish -> conv(k=3, left-padded), on ``[B, T, C]``.
+
+    Slots 1, 3 and 6 of ``block`` hold the parameters, as in the official ``conv.block.{1,3,6}`` keys.
+    """
+
+    def __init__(self, channels: int, kernel: int = CONV_KERNEL):
+        super().__init__()
+        self.kernel = kernel
+        self.block = nn.Sequential(
+            nn.Identity(), nn.Conv1d(channels, channels, kernel), nn.Identity(),
+            nn.LayerNorm(channels, eps=CONV_NORM_EPS), nn.Mish(),
+            nn.Identity(), nn.Conv1d(channels, channels, kernel), nn.Identity(),
+        )
+
+    def _conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        return conv(F.pad(x.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._conv(self.block[1], x)
+        x = self.block[4](self.block[3](x))
+        return self._conv(self.block[6], x)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inner: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, inner)
+        self.fc2 = nn.Linear(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.hidden = h
+        self.attn = DiTAttention(h, cfg.num_heads, cfg.head_dim)
+        self.mlp = MLP(h, int(h * cfg.mlp_ratio))
+        self.conv = CausalConvBlock(h)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, MODULATIONS_PER_BLOCK * h))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (self.hidden,), eps=BLOCK_NORM_EPS)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, padding: KeyPadding | None) -> torch.Tensor:
+        """``x [B, T, H]``, ``c [1 or B, 1, H]`` (time embedding) -> ``[B, T, H]``."""
+        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
+         shift_conv, scale_conv, gate_conv) = self.adaLN_modulation(c).chunk(MODULATIONS_PER_BLOCK, dim=-1)
+        x = x + gate_msa * self.attn(_modulate(self._norm(x), shift_msa, scale_msa), padding)
+        x = x + gate_conv * self.conv(_modulate(self._norm(x), shift_conv, scale_conv))
+        x = x + gate_mlp * self.mlp(_modulate(self._norm(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden: int, out_channels: int):
+        super().__init__()
+        self.hidden = hidden
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.linear = nn.Linear(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(_modulate(F.layer_norm(x, (self.hidden,), eps=BLOCK_NORM_EPS), shift, scale))
+
+
+class DiT(nn.Module):
+    """Velocity estimator. ``forward(x, mu, spks, cond, t, padding)``; see :meth:`forward`."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.t_embedder = TimestepEmbedder(cfg.hidden_size)
+        self.in_proj = nn.Linear(cfg.in_channels, cfg.hidden_size)
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg.hidden_size, cfg.out_channels)
+
+    def set_attn_backend(self, backend: str) -> None:
+        for block in self.blocks:
+            block.attn.backend = backend
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        t: torch.Tensor,
+        padding: KeyPadding | None = None,
+    ) -> torch.Tensor:
+        """Velocity ``[B, T, out]`` for noisy mel ``x [B, T, 80]``, encoder mean ``mu [B, T, 80]``,
+        projected speaker ``spks [B, 80]``, prompt condition ``cond [B, T, 80]`` and one time ``t``
+        (0-dim or ``[1]``, in [0, 1]). ``padding`` marks the valid frames of each row.
+        """
+        dtype = self.in_proj.weight.dtype
+        c = self.t_embedder(t.reshape(1)).unsqueeze(1)  # [1, 1, H]
+        spk = spks[:, None, :].expand(-1, x.shape[1], -1)
+        h = self.in_proj(torch.cat([x, mu, spk, cond], dim=-1).to(dtype))
+        for block in self.blocks:
+            h = block(h, c, padding)
+        return self.final_layer(h, c)
