@@ -227,6 +227,18 @@ class Token2Wav:
         return cls.build(config, read_state_dict(folder / FLOW_FILENAME), read_state_dict(folder / HIFT_FILENAME),
                          device=device, dtype=dtype, attn_implementation=attn_implementation, hift_dtype=hift_dtype)
 
+    # -- placement -----------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"flow": self.flow, "hift": self.hift}
+
+    def to(self, device: str | torch.device) -> Token2Wav:
+        """Move both networks (offload / reload); dtypes stay as loaded."""
+        device = torch.device(device)
+        self.flow.to(device)
+        self.hift.to(device)
+        self.device = device
+        return self
+
     # -- facts ---------------------------------------------------------------------------------
     @property
     def sample_rate(self) -> int:

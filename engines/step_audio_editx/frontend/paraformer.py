@@ -447,6 +447,12 @@ class Vq02Tokenizer:
     def device(self) -> torch.device:
         return self.encoder.after_norm.weight.device
 
+    def to(self, device: torch.device | str) -> Vq02Tokenizer:
+        """Move the encoder and the centroids (offload / reload)."""
+        self.encoder.to(device)
+        self.centroids = self.centroids.to(device)
+        return self
+
     @classmethod
     def from_folder(
         cls, tokenizer_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32

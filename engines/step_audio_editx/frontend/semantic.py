@@ -252,6 +252,10 @@ class Vq06Tokenizer:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def to(self, device: torch.device | str) -> Vq06Tokenizer:
+        self.model.to(device)
+        return self
+
     @classmethod
     def from_safetensors(
         cls, path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
