@@ -87,6 +87,7 @@ def backend_unavailable_reason(name: str, device: torch.device | str) -> str | N
             return "xformers' memory-efficient kernels run on CUDA GPUs only"
         if not _installed("xformers"):
             return "the xformers package is not installed (pip install 'comfyui-step-audio-editx[xformers]')"
+        return _xformers_kernel_problem(str(device))
         return None
     if name == "flex_attention":
         if not _installed("torch.nn.attention.flex_attention"):
@@ -95,6 +96,20 @@ def backend_unavailable_reason(name: str, device: torch.device | str) -> str | N
     if name in ("sdpa", "eager"):
         return None
     raise AttentionBackendError(f"Unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_CHOICES)}.")
+
+
+@lru_cache(maxsize=None)
+def _xformers_kernel_problem(device: str) -> str | None:
+    """xformers imports even when its CUDA kernels were built for another torch: run one tiny call to know."""
+    try:
+        from xformers.ops import memory_efficient_attention
+
+        q = torch.zeros(1, 8, 1, 64, device=device, dtype=torch.float16)
+        memory_efficient_attention(q, q, q)
+        return None
+    except Exception as exc:  # any failure means the kernels are unusable here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"xformers is installed but its CUDA kernels do not run with torch {torch.__version__} ({first})"
 
 
 @lru_cache(maxsize=None)
