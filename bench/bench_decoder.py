@@ -53,73 +53,12 @@ from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import (
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.flow import FlowModel
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.hift import HiFTGenerator, Snake
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.random_weights import COSYVOICE_FULL_DIMS, COSYVOICE_TINY_DIMS, cosyvoice_yaml
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.token2wav import Token2Wav, Token2WavInput
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import backend_unavailable_reason
 
 logger = logging.getLogger("bench_decoder")
 
-YAML_TEMPLATE = """
-mel_conf: {{num_mels: 80, n_fft: 1920, hop_size: 480, win_size: 1920, sampling_rate: 24000, fmin: 0, fmax: 8000}}
-flow: !new:stepvocoder.cosyvoice2.flow.flow.CausalMaskedDiffWithXvec
-  input_size: {d}
-  output_size: 80
-  spk_embed_dim: 192
-  output_type: 'mel'
-  vocab_size: 5121
-  input_embedding: !new:stepvocoder.cosyvoice2.embedding.dual_codebook.DualCodebookEmbedding
-    vocab_size: 5121
-    input_size: {d}
-  encoder: !new:stepvocoder.cosyvoice2.transformer.upsample_encoder_v2.UpsampleConformerEncoderV2
-    input_size: {d}
-    output_size: {d}
-    input_layer: 'linear'
-    pre_lookahead_len: 3
-    num_blocks: {blocks}
-    num_up_blocks: {up_blocks}
-    up_stride: 2
-    up_scale_factor: 2
-    attention_heads: {heads}
-    pos_enc_layer_type: 'rel_pos_espnet'
-    selfattention_layer_type: 'rel_selfattn'
-    key_bias: true
-    linear_units: {ffn}
-    normalize_before: True
-  decoder: !new:stepvocoder.cosyvoice2.flow.flow_matching.CausalConditionalCFM
-    inference_cfg_rate: 0.7
-    estimator: !new:stepvocoder.cosyvoice2.flow.decoder_dit.DiT
-      in_channels: 320
-      out_channels: 80
-      mlp_ratio: 4.0
-      depth: {depth}
-      num_heads: {dit_heads}
-      head_dim: {head_dim}
-      hidden_size: {dit_hidden}
-hift: !new:stepvocoder.cosyvoice2.hifigan.generator.HiFTGenerator
-  in_channels: 80
-  base_channels: {base}
-  nb_harmonics: 8
-  sampling_rate: 24000
-  nsf_alpha: 0.1
-  nsf_sigma: 0.003
-  nsf_voiced_threshold: 10
-  upsample_rates: [8, 5, 3]
-  upsample_kernel_sizes: [16, 11, 7]
-  istft_params: {{n_fft: 16, hop_len: 4}}
-  resblock_kernel_sizes: [3, 7, 11]
-  resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
-  source_resblock_kernel_sizes: [7, 7, 11]
-  source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
-  lrelu_slope: 0.1
-  audio_limit: 0.99
-  f0_predictor: !new:stepvocoder.cosyvoice2.hifigan.f0_predictor.ConvRNNF0Predictor
-    num_class: 1
-    in_channels: 80
-    cond_channels: {base}
-"""
-FULL_DIMS = {"d": 512, "blocks": 6, "up_blocks": 4, "heads": 8, "ffn": 2048, "depth": 16, "dit_heads": 8,
-             "head_dim": 64, "dit_hidden": 512, "base": 512}
-TINY_DIMS = {"d": 64, "blocks": 2, "up_blocks": 2, "heads": 4, "ffn": 128, "depth": 2, "dit_heads": 4,
-             "head_dim": 16, "dit_hidden": 64, "base": 32}
 F0_BIAS_HZ = 150.0  # speech-like pitch; few frames fall under the 10 Hz voicing threshold
 LOG_MAGNITUDE_BIAS = -1.8
 F0_SPREAD_HZ = 50.0
@@ -131,7 +70,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def make_config(tiny: bool, yaml_path: Path | None = None) -> CosyVoiceConfig:
     if yaml_path is not None:
         return load_cosyvoice_config(yaml_path)
-    return parse_cosyvoice_config(YAML_TEMPLATE.format(**(TINY_DIMS if tiny else FULL_DIMS)))
+    return parse_cosyvoice_config(cosyvoice_yaml(COSYVOICE_TINY_DIMS if tiny else COSYVOICE_FULL_DIMS))
 
 
 @torch.no_grad()
@@ -298,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__, "tiny": args.tiny, "seconds": args.seconds, "prompt_seconds": args.prompt_seconds,
         "steps": C.DECODER_CFM_STEPS,
         "tf32": {"cudnn_conv": torch.backends.cudnn.allow_tf32, "matmul_precision": torch.get_float32_matmul_precision()},
-        "dims": str(args.yaml) if args.yaml else (TINY_DIMS if args.tiny else FULL_DIMS), "runs": [], "attn_check": [],
+        "dims": str(args.yaml) if args.yaml else (COSYVOICE_TINY_DIMS if args.tiny else COSYVOICE_FULL_DIMS), "runs": [], "attn_check": [],
     }
     for batch in args.batch:
         reference = None

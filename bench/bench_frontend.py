@@ -39,10 +39,10 @@ from comfyui_step_audio_editx.engines.step_audio_editx.frontend.paraformer impor
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.semantic import Vq06Tokenizer, random_s3tokenizer
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.speaker import SpeakerEncoder
+from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import FULL_PARAFORMER
 
 logger = logging.getLogger("bench_frontend")
 
-FULL_PARAFORMER = dict(output_size=512, attention_heads=4, linear_units=2048, num_blocks=50)
 TINY_PARAFORMER = dict(output_size=64, attention_heads=4, linear_units=128, num_blocks=3)
 FULL_S3: dict[str, int] = {}  # s3tokenizer's ModelConfig defaults are the v1 tokenizer's dims
 TINY_S3 = dict(n_audio_state=64, n_audio_head=2, n_audio_layer=2, n_codebook_size=256)

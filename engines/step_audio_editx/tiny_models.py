@@ -1,4 +1,5 @@
-"""Tiny random-weight model folders in the official on-disk layout (``make-tiny-model``).
+"""Random-weight model folders in the official on-disk layout: tiny (``make-tiny-model``, tests) or full size
+(benchmarks).
 
 Every file is written the way the official release stores it (config.json with ``auto_map``,
 safetensors with official keys, SentencePiece model, cosyvoice.yaml with its tags, torch-pickled
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +36,35 @@ from .constants import (
     AUDIO_TOKEN_OFFSET,
     SPEAKER_FBANK_BINS,
 )
+from .decoder.random_weights import COSYVOICE_FULL_DIMS, COSYVOICE_TINY_DIMS, write_random_cosyvoice
 from .model_files import EDITX_DIRNAME, TOKENIZER_DIRNAME, WEIGHTS_INDEX, ModelFolders
 
 logger = logging.getLogger(__name__)
 
-# Tiny dimensions (the official ones are in the facts doc); small enough for CI, real in structure.
-TINY_LM = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_attention_groups=2,
-               num_hidden_layers=2)
-TINY_PARAFORMER = dict(output_size=32, attention_heads=2, linear_units=64, num_blocks=2)
-TINY_S3 = dict(n_audio_state=32, n_audio_head=2, n_audio_layer=2)
-TINY_SPEAKER_HIDDEN = 32
+@dataclass(frozen=True)
+class RandomModelDims:
+    """Widths of every part; an empty dict means the official value (the constructors' defaults)."""
+
+    lm: dict = field(default_factory=dict)  # Step1Config fields
+    paraformer: dict = field(default_factory=lambda: dict(FULL_PARAFORMER))  # encoder_conf of config.yaml
+    s3: dict = field(default_factory=dict)  # s3tokenizer ModelConfig fields (defaults: the v1 25 Hz tokenizer)
+    cosyvoice: dict = field(default_factory=lambda: dict(COSYVOICE_FULL_DIMS))
+    speaker_hidden: int = 512
+
+
+FULL_PARAFORMER = dict(output_size=512, attention_heads=4, linear_units=2048, num_blocks=50)
+MODEL_SIZES: dict[str, RandomModelDims] = {
+    "full": RandomModelDims(),
+    # small enough for CI, real in structure
+    "tiny": RandomModelDims(
+        lm=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_attention_groups=2,
+                num_hidden_layers=2),
+        paraformer=dict(output_size=32, attention_heads=2, linear_units=64, num_blocks=2),
+        s3=dict(n_audio_state=32, n_audio_head=2, n_audio_layer=2),
+        cosyvoice=dict(COSYVOICE_TINY_DIMS),
+        speaker_hidden=32,
+    ),
+}
 SPEAKER_EMBED_DIM = 192
 LM_SHARD = "model-00001.safetensors"
 SPECIAL_PIECES = ("<s>", "</s>", "<|EOT|>", "<|BOT|>")
@@ -97,10 +118,10 @@ def write_sentencepiece_model(path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def _write_language_model(editx: Path, seed: int) -> None:
+def _write_language_model(editx: Path, dims: dict, seed: int) -> None:
     from .lm.step1 import Step1Config
 
-    config = Step1Config(**TINY_LM, vocab_size=TEXT_VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOT_ID,
+    config = Step1Config(**dims, vocab_size=TEXT_VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOT_ID,
                          pad_token_id=PAD_ID)
     h, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     kv = config.num_attention_groups * config.head_dim
@@ -134,7 +155,8 @@ def _write_language_model(editx: Path, seed: int) -> None:
         "auto_map": {"AutoConfig": "configuration_step1.Step1Config",
                      "AutoModelForCausalLM": "modeling_step1.Step1ForCausalLM"},
         "model_type": "step1", "bos_token_id": BOS_ID, "pad_token_id": PAD_ID, "eos_token_id": EOT_ID,
-        **TINY_LM, "max_seq_len": 8192, "vocab_size": TEXT_VOCAB_SIZE, "rms_norm_eps": 1e-5,
+        "hidden_size": h, "intermediate_size": f, "num_attention_heads": config.num_attention_heads,
+        "num_attention_groups": config.num_attention_groups, "num_hidden_layers": layers, "max_seq_len": 8192, "vocab_size": TEXT_VOCAB_SIZE, "rms_norm_eps": 1e-5,
         "tie_word_embeddings": False, "torch_dtype": "bfloat16",
     }
     (editx / "config.json").write_text(json.dumps(official, indent=2))
@@ -146,7 +168,7 @@ def _write_language_model(editx: Path, seed: int) -> None:
 
 
 # --- Step-Audio-EditX: CAM++ speaker encoder --------------------------------------------------------
-def write_speaker_onnx(path: Path, seed: int, hidden: int = TINY_SPEAKER_HIDDEN) -> None:
+def write_speaker_onnx(path: Path, seed: int, hidden: int) -> None:
     """input [B, T, 80] -> output [B, 192]: a per-frame MLP, then mean and std pooling and a projection
     (the statistics pooling shape of CAM++, with random weights)."""
     import onnx
@@ -230,7 +252,7 @@ def _write_am_mvn(path: Path, dim: int, seed: int) -> None:
     )
 
 
-def _write_tokenizer_folder(tokenizer: Path, seed: int) -> None:
+def _write_tokenizer_folder(tokenizer: Path, dims: RandomModelDims, seed: int) -> None:
     from .frontend.fbank import FbankConfig
     from .frontend.paraformer import SanmEncoderConfig, random_sanm_encoder
     from .frontend.semantic import cache_path_next_to, random_s3tokenizer, save_s3tokenizer
@@ -239,7 +261,7 @@ def _write_tokenizer_folder(tokenizer: Path, seed: int) -> None:
 
     para = tokenizer / PARAFORMER_SUBDIR
     para.mkdir(parents=True, exist_ok=True)
-    text = _PARAFORMER_YAML.format(**TINY_PARAFORMER)
+    text = _PARAFORMER_YAML.format(**{**FULL_PARAFORMER, **dims.paraformer})
     (para / "config.yaml").write_text(text)
     config = yaml.safe_load(text)
     fbank = FbankConfig.from_config(config["frontend_conf"])
@@ -251,23 +273,33 @@ def _write_tokenizer_folder(tokenizer: Path, seed: int) -> None:
         "file_path_metas": {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"token_list": "tokens.json"},
                             "frontend_conf": {"cmvn_file": "am.mvn"}}}, indent=2))
     (para / "tokens.json").write_text(json.dumps(["<blank>", "<s>", "</s>", "<unk>"]))
-    centroids = np.random.default_rng(seed + 2).standard_normal((VQ02_CODEBOOK_SIZE, TINY_PARAFORMER["output_size"]))
+    width = encoder.cfg.output_size
+    centroids = np.random.default_rng(seed + 2).standard_normal((VQ02_CODEBOOK_SIZE, width))
     np.save(tokenizer / VQ02_CENTROIDS_FILE, centroids.astype(np.float32))
-    save_s3tokenizer(random_s3tokenizer(seed=seed + 3, **TINY_S3), cache_path_next_to(tokenizer / VQ06_ONNX_FILE))
+    save_s3tokenizer(random_s3tokenizer(seed=seed + 3, **dims.s3), cache_path_next_to(tokenizer / VQ06_ONNX_FILE))
 
 
-def write_tiny_model(out_root: Path, seed: int = 0) -> ModelFolders:
-    """Write ``out_root/Step-Audio-EditX`` and ``out_root/Step-Audio-Tokenizer`` with random weights."""
-    from .decoder.tiny import write_tiny_cosyvoice
+def write_random_model(out_root: Path, seed: int = 0, size: str = "tiny") -> ModelFolders:
+    """Write ``out_root/Step-Audio-EditX`` and ``out_root/Step-Audio-Tokenizer`` with random weights.
 
+    ``size``: "tiny" (about 25 MB, CPU tests) or "full" (the official dimensions, about 8.5 GB).
+    """
+    if size not in MODEL_SIZES:
+        raise ValueError(f"Unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}.")
+    dims = MODEL_SIZES[size]
     out_root = Path(out_root)
     editx, tokenizer = out_root / EDITX_DIRNAME, out_root / TOKENIZER_DIRNAME
     (editx / COSYVOICE_SUBDIR).mkdir(parents=True, exist_ok=True)
     tokenizer.mkdir(parents=True, exist_ok=True)
-    _write_language_model(editx, seed)
-    write_tiny_cosyvoice(editx / COSYVOICE_SUBDIR, seed)
-    write_speaker_onnx(editx / COSYVOICE_SUBDIR / CAMPPLUS_FILE, seed)
-    _write_tokenizer_folder(tokenizer, seed)
+    _write_language_model(editx, dims.lm, seed)
+    write_random_cosyvoice(editx / COSYVOICE_SUBDIR, dims.cosyvoice, seed)
+    write_speaker_onnx(editx / COSYVOICE_SUBDIR / CAMPPLUS_FILE, seed, dims.speaker_hidden)
+    _write_tokenizer_folder(tokenizer, dims, seed)
     folders = ModelFolders(editx.resolve(), tokenizer.resolve()).verify()
-    logger.info("Tiny random-weight model written to %s", out_root)
+    logger.info("Random-weight %s model written to %s", size, out_root)
     return folders
+
+
+def write_tiny_model(out_root: Path, seed: int = 0) -> ModelFolders:
+    """The tiny random model of ``make-tiny-model`` and the tests."""
+    return write_random_model(out_root, seed, "tiny")
