@@ -89,7 +89,7 @@ SECONDS_PER_MINUTE = 60.0
 
 # --- margins ---------------------------------------------------------------------------------------
 CLONE_MARGIN = 1.1
-CLONE_EXTRA_SECONDS = 1.0  # leading / trailing silence the model produces around the speech
+CLONE_EXTRA_SECONDS = 1.2  # leading / trailing silence around the speech (1.2: no real utterance of bench/data/real_utterances.tsv is cut)
 EDIT_MARGIN = 1.15
 EDIT_EXTRA_SECONDS = 1.0
 
