@@ -1,10 +1,18 @@
 """ComfyUI entry point of the Step-Audio-EditX node pack.
 
-ComfyUI imports this folder as a package and reads the two mappings below. Everything else lives in
-``engines/`` (the model library, importable without ComfyUI) and ``nodes/`` (thin node classes).
+ComfyUI imports this folder as a package and reads the two mappings below. They load on first access,
+so importing the package for the engine library alone (scripts, the CLI, tests) does not build the node
+classes. Everything else lives in ``engines/`` (the model library, importable without ComfyUI) and
+``nodes/`` (thin node classes).
 """
-
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = None
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import nodes
+
+        return getattr(nodes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,7 @@ DEFAULT_MODELS_DIR = os.environ.get("STEP_AUDIO_EDITX_MODELS", "models")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    from .engines.step_audio_editx.model_loader import ATTENTION_CHOICES, DTYPE_CHOICES
+    from .engines.step_audio_editx import ATTENTION_CHOICES, DTYPE_CHOICES
 
     g = p.add_argument_group("model")
     g.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args):
-    from .engines.step_audio_editx.types import GenerationSettings, SamplingConfig
+    from .engines.step_audio_editx import GenerationSettings, SamplingConfig
 
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               do_sample=args.temperature > 0, repetition_guard=args.repetition_guard)
@@ -94,7 +94,7 @@ def _settings(args):
 
 
 def _engine(args):
-    from .engines.step_audio_editx.engine import EngineConfig, StepAudioEditX
+    from .engines.step_audio_editx import EngineConfig, StepAudioEditX
 
     config = EngineConfig(editx_dir=args.editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
@@ -166,7 +166,7 @@ def _report(name: str, result) -> None:
 
 
 def cmd_edit(args) -> int:
-    from .engines.step_audio_editx.types import EditRequest
+    from .engines.step_audio_editx import EditRequest
 
     audio, sr = _read_audio(args.input)
     request = EditRequest(audio=audio, sample_rate=sr, audio_text=_sidecar_text(args.input, args.text, args.text_file),
@@ -221,7 +221,7 @@ def _read_manifest(path: str) -> list[dict]:
 
 
 def cmd_batch(args) -> int:
-    from .engines.step_audio_editx.types import EditRequest
+    from .engines.step_audio_editx import EditRequest
 
     base = Path(args.manifest).parent
     rows = _read_manifest(args.manifest)
@@ -247,7 +247,7 @@ def cmd_batch(args) -> int:
 
 
 def cmd_make_tiny_model(args) -> int:
-    from .engines.step_audio_editx.tiny_models import write_tiny_model
+    from .engines.step_audio_editx import write_tiny_model
 
     folders = write_tiny_model(Path(args.out_dir), seed=args.seed)
     logger.info("Tiny model written: %s and %s", folders.editx, folders.tokenizer)

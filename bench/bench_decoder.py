@@ -57,6 +57,8 @@ from comfyui_step_audio_editx.engines.step_audio_editx.decoder.random_weights im
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.token2wav import Token2Wav, Token2WavInput
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import backend_unavailable_reason
 
+from bench_common import synthetic_speech, timed
+
 logger = logging.getLogger("bench_decoder")
 
 F0_BIAS_HZ = 150.0  # speech-like pitch; few frames fall under the 10 Hz voicing threshold
@@ -132,13 +134,8 @@ def calibrate(cfg: CosyVoiceConfig, flow_state: dict, hift_state: dict, device: 
     return hift_state
 
 
-def synthetic_prompt(seconds: float, sr: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    phase = 2 * np.pi * np.cumsum(130 + 30 * np.sin(2 * np.pi * 0.7 * t)) / sr
-    wav = sum(np.sin(k * phase + rng.uniform(0, 6)) / k for k in range(1, 25))
-    wav = wav * np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) + 0.01 * rng.standard_normal(t.shape)
-    return torch.from_numpy((C.EDIT_INPUT_PEAK * wav / np.abs(wav).max()).astype(np.float32))
+def _prompt_speech(seconds: float, sr: int, seed: int) -> torch.Tensor:
+    return synthetic_speech(seconds, sr, seed=seed, peak=C.EDIT_INPUT_PEAK)[0]
 
 
 def random_ids(groups: int, rng: np.random.Generator) -> list[int]:
@@ -156,7 +153,7 @@ def make_inputs(t2w: Token2Wav, batch: int, seconds: float, prompt_seconds: floa
     items, cfm, sine = [], [], []
     up, hop = t2w.config.mel_frames_per_token_frame, t2w.config.hift.samples_per_frame
     for b in range(batch):
-        mel = t2w.prompt_mel(synthetic_prompt(prompt_seconds, C.OUTPUT_SAMPLE_RATE, seed + b), C.OUTPUT_SAMPLE_RATE)
+        mel = t2w.prompt_mel(_prompt_speech(prompt_seconds, C.OUTPUT_SAMPLE_RATE, seed + b), C.OUTPUT_SAMPLE_RATE)
         spk = torch.from_numpy(rng.standard_normal(t2w.config.flow.spk_embed_dim).astype(np.float32))
         items.append(Token2WavInput(random_ids(groups, rng), random_ids(prompt_groups, rng), mel.cpu(), spk))
         g = torch.Generator().manual_seed(seed + 1000 + b)
@@ -164,23 +161,6 @@ def make_inputs(t2w: Token2Wav, batch: int, seconds: float, prompt_seconds: floa
         cfm.append(torch.randn(t2w.config.flow.output_size, up * frames, generator=g))
         sine.append(torch.randn(hop * up * C.VQ06_PER_GROUP * groups, t2w.config.hift.nb_harmonics + 1, generator=g))
     return items, cfm, sine
-
-
-def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[dict, object]:
-    """Median / min wall time in ms of ``fn`` (CUDA synchronised around each call) and its last result."""
-    result = None
-    for _ in range(warmup):
-        result = fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}, result
 
 
 def errors(got: list[torch.Tensor], ref: list[torch.Tensor], t2w: Token2Wav | None = None) -> dict[str, float]:

@@ -41,6 +41,8 @@ from comfyui_step_audio_editx.engines.step_audio_editx.frontend.semantic import 
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.speaker import SpeakerEncoder
 from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import FULL_PARAFORMER
 
+from bench_common import device_description, synthetic_speech, timed
+
 logger = logging.getLogger("bench_frontend")
 
 TINY_PARAFORMER = dict(output_size=64, attention_heads=4, linear_units=128, num_blocks=3)
@@ -48,34 +50,6 @@ FULL_S3: dict[str, int] = {}  # s3tokenizer's ModelConfig defaults are the v1 to
 TINY_S3 = dict(n_audio_state=64, n_audio_head=2, n_audio_layer=2, n_codebook_size=256)
 VQ02_CENTROIDS = 1024
 INPUT_RATE = 24_000  # a typical decoder-output clip: exercises resampling to 16 and 24 kHz
-
-
-def synthetic_clip(seconds: float, sr: int, channels: int = 2, seed: int = 0) -> torch.Tensor:
-    """Speech-like harmonics with a syllable envelope and pauses, ``[channels, samples]`` float32."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    f0 = 130 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    wav = sum(np.sin(k * phase + rng.uniform(0, 6)) / k for k in range(1, 25))
-    wav = wav * np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) + 0.01 * rng.standard_normal(t.shape)
-    wav = 0.8 * wav / np.abs(wav).max()
-    return torch.from_numpy(np.stack([wav * (1 - 0.1 * c) for c in range(channels)]).astype(np.float32))
-
-
-def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    """Median / min wall time in ms of ``fn`` (CUDA synchronised before and after each call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
 
 
 def build_vq02(tiny: bool, device: torch.device, dtype: torch.dtype) -> Vq02Tokenizer:
@@ -96,7 +70,7 @@ def build_vq02(tiny: bool, device: torch.device, dtype: torch.dtype) -> Vq02Toke
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    clip = synthetic_clip(args.seconds, INPUT_RATE)
+    clip = synthetic_speech(args.seconds, INPUT_RATE, channels=2)
     clips = [clip] * args.batch
 
     vq02 = build_vq02(args.tiny, device, dtype)
@@ -134,14 +108,14 @@ def run(args: argparse.Namespace) -> dict:
     stages = {
         "prepare (validate, mono, 0.6 cap, resample 16k/24k, peak norm, trim)": timed(
             lambda: [prepare_audio(c, INPUT_RATE, device=device) for c in clips], device, w, r
-        ),
-        "vq02 front end (fbank + LFR + CMVN)": timed(lambda: [vq02.features(t) for t in tok_wavs], device, w, r),
+        )[0],
+        "vq02 front end (fbank + LFR + CMVN)": timed(lambda: [vq02.features(t) for t in tok_wavs], device, w, r)[0],
         f"vq02 total (front end + {vq02.encoder.cfg.num_blocks}-block streaming encoder + codes)": timed(
             lambda: vq02.encode(tok_wavs), device, w, r
-        ),
-        "vq06 (log-mel + S3 tokenizer)": timed(lambda: vq06.encode(tok_wavs), device, w, r),
-        f"speaker: {speaker_note}": timed(speaker_stage, device, w, r),
-        "whole front end": timed(whole, device, w, r),
+        )[0],
+        "vq06 (log-mel + S3 tokenizer)": timed(lambda: vq06.encode(tok_wavs), device, w, r)[0],
+        f"speaker: {speaker_note}": timed(speaker_stage, device, w, r)[0],
+        "whole front end": timed(whole, device, w, r)[0],
     }
     n02 = [c.shape[0] for c in vq02.encode(tok_wavs)]
     n06 = [c.shape[0] for c in vq06.encode(tok_wavs)]

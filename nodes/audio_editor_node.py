@@ -3,7 +3,7 @@ or of a batch of clips."""
 
 from __future__ import annotations
 
-from ..engines.step_audio_editx.vocabulary import EDIT_TYPES, EMOTIONS, MAX_EDIT_ITERATIONS, SPEEDS, STYLES
+from ..engines.step_audio_editx import EDIT_TYPES, EMOTIONS, MAX_EDIT_ITERATIONS, SPEEDS, STYLES
 from . import comfy_bridge as bridge
 from .audio_io import split_batch, to_comfy_audio
 from .edit_inputs import build_edit_requests, check_edit_widgets, edit_value

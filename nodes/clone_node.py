@@ -3,7 +3,7 @@ long texts split into chunks (both by the edit post-processor)."""
 
 from __future__ import annotations
 
-from ..engines.step_audio_editx.constants import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS
+from ..engines.step_audio_editx import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS
 from ..utils.text.edit_tags import parse_edit_tags
 from . import comfy_bridge as bridge
 from .audio_io import split_batch, to_comfy_audio

@@ -29,10 +29,10 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 
-from ..engines.step_audio_editx.engine import StepAudioEditX
-from ..engines.step_audio_editx.model_files import find_model_folders
-from ..engines.step_audio_editx.model_loader import choose_dtype, resolve_device
-from ..engines.step_audio_editx.types import Progress
+from ..engines.step_audio_editx import StepAudioEditX
+from ..engines.step_audio_editx import find_model_folders
+from ..engines.step_audio_editx import choose_dtype, resolve_device
+from ..engines.step_audio_editx import Progress
 from .engine_cache import ENGINE_CACHE, EngineHandle
 from .progress import TokenProgress
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..engines.step_audio_editx.prompts import check_paralinguistic_text
-from ..engines.step_audio_editx.types import EditRequest
-from ..engines.step_audio_editx.vocabulary import check_edit_type, check_edit_value
+from ..engines.step_audio_editx import check_paralinguistic_text
+from ..engines.step_audio_editx import EditRequest
+from ..engines.step_audio_editx import check_edit_type, check_edit_value
 from .audio_io import Clip
 
 # Edits whose instruction carries no transcript (the model only hears the audio).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from ..engines.step_audio_editx.types import AudioResult, PassResult, Timings
+from ..engines.step_audio_editx import AudioResult, PassResult, Timings
 from .audio_io import Clip
 
 
@@ -35,7 +35,7 @@ def _passes_line(passes: Sequence[PassResult]) -> str:
 
 def _stages_line(t: Timings) -> str:
     return (f"stages: frontend {t.frontend_s:.2f} s, prefill {t.prefill_s:.2f} s, decode {t.decode_s:.2f} s, "
-            f"decoder {t.decoder_s:.2f} s")
+            f"flow {t.flow_s:.2f} s, vocoder {t.vocoder_s:.2f} s")
 
 
 def _time_line(load_s: float, run_s: float) -> str:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..engines.step_audio_editx.model_files import EDITX_DIRNAME
+from ..engines.step_audio_editx import EDITX_DIRNAME
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..engines.step_audio_editx.types import Progress
+from ..engines.step_audio_editx import Progress
 
 UI_UPDATE_INTERVAL_S = 0.1  # at most ~10 bar/text updates a second reach the browser
 GENERATE_STAGE = "generate"

@@ -6,14 +6,15 @@ only ever append new ones (``tests/test_nodes.py`` holds the expected order).
 
 from __future__ import annotations
 
-from ..engines.step_audio_editx.constants import (
+from ..engines.step_audio_editx import (
     AUDIO_TOKENS_PER_SECOND,
+    MAX_EDIT_ITERATIONS,
     MAX_INPUT_SECONDS,
     MIN_INPUT_SECONDS,
     TOKENS_PER_GROUP,
+    GenerationSettings,
+    SamplingConfig,
 )
-from ..engines.step_audio_editx.types import GenerationSettings, SamplingConfig
-from ..engines.step_audio_editx.vocabulary import MAX_EDIT_ITERATIONS
 
 CATEGORY = "audio/Step-Audio-EditX"
 ENGINE_TYPE = "STEP_AUDIO_EDITX_ENGINE"  # the socket type of the engine handle

@@ -9,7 +9,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_decoder.py"
 
 
-def test_bench_decoder_tiny_smoke(tmp_path):
+def test_bench_decoder_tiny_smoke(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # as when run as `python bench/bench_decoder.py`
     spec = importlib.util.spec_from_file_location("bench_decoder", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -1,20 +1,56 @@
 """StepAudioEditX: the one engine every caller (nodes, CLI, post-processor, benchmarks) runs the model through.
 
-API CONTRACT DRAFT: signatures are fixed; bodies land with the engine issue.
+Data path of one pass: clip -> ``FrontEnd`` (cached ``PromptContext``: LM audio ids, prompt mel, speaker
+embedding) -> ``prompts`` (chat-layout ids) -> Step1 ``generate`` (batched, constrained, seeded) -> audio
+ids -> ``Token2Wav`` (flow + HiFT, batched) -> 24 kHz waveform.
+
+Batches are real batches: one front-end pass over all new clips, one generate per length group, one
+decode; an edit's iterations run as batch steps over the requests still active. With the same seeds a
+batch gives what the requests give one by one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Optional, Sequence
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from .types import AudioResult, CloneRequest, EditRequest, GenerationSettings, ProgressCallback
+from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
+from .decoder.token2wav import Token2Wav, Token2WavInput
+from .frontend.context import FrontEnd, PromptContext, clip_digest
+from .frontend.paraformer import Vq02Tokenizer
+from .frontend.semantic import Vq06Tokenizer
+from .frontend.speaker import SpeakerEncoder
+from .lm.generation import GenerationOutput, generate
+from .model_files import ModelFolders, resolve_model_folders
+from .model_loader import choose_dtype, load_step1, resolve_device
+from .prompts import build_clone_prompt, build_edit_prompt
+from .text_tokenizer import TextTokenizer
+from .token_budget import estimate_clone_tokens, estimate_edit_tokens
+from .types import (
+    AudioResult,
+    CloneRequest,
+    EditRequest,
+    GenerationSettings,
+    PassResult,
+    Progress,
+    ProgressCallback,
+    StopReason,
+    Timings,
+)
+from .vocabulary import MAX_EDIT_ITERATIONS, check_edit_type, check_edit_value
 
 logger = logging.getLogger(__name__)
+
+PASS_CACHE_SIZE = 128  # finished edit passes kept per engine (lowering n_iterations is free)
+LENGTH_GROUP_RATIO = 1.5  # prompts up to this much longer than the shortest of a group share its batch
+MAX_GENERATE_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -31,50 +67,317 @@ class EngineConfig:
     fast_decode: bool = True  # static KV cache + compiled / CUDA-graph decode step where available
 
 
+@dataclass
+class _Parts:
+    folders: ModelFolders
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: TextTokenizer
+    lm: torch.nn.Module
+    token2wav: Token2Wav
+    frontend: FrontEnd
+
+
+@dataclass
+class _Job:
+    """One row of a pass: what to prompt, how far it may generate, which context decodes it."""
+
+    prompt: list[int]
+    cap: int
+    seed: int
+    context: PromptContext
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A reproducible 63-bit seed for one stage of a seeded request (iteration k, decoder noise ...)."""
+    digest = hashlib.sha256(repr((int(seed),) + parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped so a batch never pads a prompt to more than LENGTH_GROUP_RATIO times its length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < MAX_GENERATE_BATCH and lengths[i] <= LENGTH_GROUP_RATIO * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 class StepAudioEditX:
-    """Loads the parts once and runs clone / edit / batch_edit."""
+    """Loads the parts once and runs clone / edit / batch_edit. Thread-safe (one call at a time)."""
 
     def __init__(self, config: EngineConfig = EngineConfig()):
         self.config = config
+        self._parts: Optional[_Parts] = None
+        self._lock = threading.RLock()
+        self._passes: OrderedDict[str, PassResult] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> "StepAudioEditX":
         """Load every part onto the device (idempotent)."""
-        raise NotImplementedError
+        with self._lock:
+            if self._parts is None:
+                self._parts = self._load()
+            return self
+
+    def _load(self) -> _Parts:
+        started = time.perf_counter()
+        c = self.config
+        folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
+        device = resolve_device(c.device)
+        dtype = choose_dtype(device, c.dtype)
+        tokenizer = TextTokenizer.from_folder(folders.editx)
+        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention)
+        token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
+        frontend = FrontEnd(
+            Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
+            Vq06Tokenizer.from_folder(folders.tokenizer, device=device),
+            SpeakerEncoder.from_folder(folders.cosyvoice),
+            token2wav.prompt_mel,
+            device=device,
+        )
+        logger.info("Step-Audio-EditX loaded from %s on %s (%s) in %.1f s", folders.editx, device,
+                    str(dtype).replace("torch.", ""), time.perf_counter() - started)
+        return _Parts(folders, device, dtype, tokenizer, lm, token2wav, frontend)
 
     @property
     def loaded(self) -> bool:
-        raise NotImplementedError
+        return self._parts is not None
 
     @property
     def device(self) -> torch.device:
-        raise NotImplementedError
+        parts = self._parts
+        return parts.device if parts is not None else resolve_device(self.config.device)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules holding weights (for host memory managers such as ComfyUI's)."""
-        raise NotImplementedError
+        parts = self.load()._parts
+        return {"lm": parts.lm, **parts.token2wav.modules(), **parts.frontend.modules()}
 
     def to(self, device: torch.device | str) -> "StepAudioEditX":
-        """Move every part (offload to the CPU, or back to the GPU)."""
-        raise NotImplementedError
+        """Move every part (offload to the CPU, or back to the GPU); cheap when already there."""
+        device = torch.device(device)
+        with self._lock:
+            parts = self.load()._parts
+            if parts.device == device:
+                return self
+            parts.lm.to(device)
+            parts.token2wav.to(device)
+            parts.frontend.to(device)
+            parts.device = device
+            logger.info("Step-Audio-EditX moved to %s", device)
+            return self
 
     def unload(self) -> None:
         """Drop the weights and caches; the next call loads again."""
-        raise NotImplementedError
+        with self._lock:
+            self._parts = None
+            self._passes.clear()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     # -- work ------------------------------------------------------------------------------------
     def clone(self, request: CloneRequest, settings: GenerationSettings = GenerationSettings(),
               progress: Optional[ProgressCallback] = None) -> AudioResult:
-        raise NotImplementedError
-
-    def batch_clone(self, requests: Sequence[CloneRequest], settings: GenerationSettings = GenerationSettings(),
-                    progress: Optional[ProgressCallback] = None) -> list[AudioResult]:
-        raise NotImplementedError
+        return self.batch_clone([request], settings, progress)[0]
 
     def edit(self, request: EditRequest, settings: GenerationSettings = GenerationSettings(),
              progress: Optional[ProgressCallback] = None) -> AudioResult:
-        raise NotImplementedError
+        return self.batch_edit([request], settings, progress)[0]
+
+    def batch_clone(self, requests: Sequence[CloneRequest], settings: GenerationSettings = GenerationSettings(),
+                    progress: Optional[ProgressCallback] = None) -> list[AudioResult]:
+        """Speak each request's text in the voice of its prompt clip; one batched pass for all."""
+        if not requests:
+            return []
+        for n, r in enumerate(requests):
+            if not r.target_text or not r.target_text.strip():
+                raise ValueError(f"clone request {n + 1}: the text to speak is empty.")
+        with self._lock, torch.inference_mode():
+            parts = self.load()._parts
+            started = time.perf_counter()
+            contexts = parts.frontend.encode([(r.prompt_audio, r.prompt_sample_rate) for r in requests])
+            frontend_s = time.perf_counter() - started
+            jobs = []
+            for r, ctx in zip(requests, contexts):
+                prompt = build_clone_prompt(parts.tokenizer, r.prompt_text, ctx.audio_ids, r.target_text)
+                budget = self._room(prompt, settings)
+                cap = estimate_clone_tokens(r.target_text, max_tokens=budget) if settings.dynamic_tokens else budget
+                jobs.append(_Job(prompt, cap, derive_seed(r.seed, "clone"), ctx))
+            passes = self._run_pass(parts, jobs, settings, progress, call=1, calls=1)
+            results = []
+            for p in passes:
+                p.timings.frontend_s = frontend_s / len(passes)
+                p.timings.total_s += p.timings.frontend_s
+                results.append(AudioResult(p.waveform, OUTPUT_SAMPLE_RATE, [p], replace(p.timings)))
+            return results
 
     def batch_edit(self, requests: Sequence[EditRequest], settings: GenerationSettings = GenerationSettings(),
                    progress: Optional[ProgressCallback] = None) -> list[AudioResult]:
-        raise NotImplementedError
+        """Apply each request's edit ``n_iterations`` times; every iteration is one batched pass over
+        the requests still active. Finished passes are cached, so lowering ``n_iterations`` is free."""
+        if not requests:
+            return []
+        checked = [self._check_edit(n, r, len(requests)) for n, r in enumerate(requests)]
+        with self._lock, torch.inference_mode():
+            parts = self.load()._parts
+            rounds = max(r.n_iterations for r in checked)
+            current = [(r.audio, r.sample_rate) for r in checked]
+            passes: list[list[PassResult]] = [[] for _ in checked]
+            chain = [self._request_key(r) for r in checked]
+            for it in range(rounds):
+                active = [i for i, r in enumerate(checked) if r.n_iterations > it]
+                keys = {i: hashlib.sha256(f"{chain[i]}|{it}".encode()).hexdigest() for i in active}
+                todo = [i for i in active if keys[i] not in self._passes]
+                if todo:
+                    started = time.perf_counter()
+                    contexts = parts.frontend.encode([current[i] for i in todo])
+                    frontend_s = (time.perf_counter() - started) / len(todo)
+                    jobs = [self._edit_job(parts, checked[i], ctx, settings, it) for i, ctx in zip(todo, contexts)]
+                    fresh = self._run_pass(parts, jobs, settings, progress, call=it + 1, calls=rounds)
+                    for i, p in zip(todo, fresh):
+                        p.timings.frontend_s = frontend_s
+                        p.timings.total_s += frontend_s
+                        self._remember(keys[i], p)
+                for i in active:
+                    p = self._passes[keys[i]]
+                    self._passes.move_to_end(keys[i])
+                    passes[i].append(p)
+                    current[i] = (p.waveform, OUTPUT_SAMPLE_RATE)
+                    if p.stop_reason is StopReason.INTERRUPTED:
+                        checked[i] = replace(checked[i], n_iterations=it + 1)  # no further passes on a cut output
+            results = []
+            for ps in passes:
+                total = Timings()
+                for p in ps:
+                    total.add(p.timings)
+                results.append(AudioResult(ps[-1].waveform, OUTPUT_SAMPLE_RATE, ps, total))
+            return results
+
+    def clear_cache(self) -> None:
+        """Forget cached edit passes and prompt contexts (results stay reproducible from seeds)."""
+        with self._lock:
+            self._passes.clear()
+            if self._parts is not None:
+                self._parts.frontend.clear_cache()
+
+    # -- internals -------------------------------------------------------------------------------
+    @staticmethod
+    def _check_edit(n: int, r: EditRequest, count: int) -> EditRequest:
+        """Validate everything before any work, so a bad row fails the batch before it costs anything."""
+        where = f"edit request {n + 1} of {count}: " if count > 1 else ""
+        try:
+            edit_type = check_edit_type(r.edit_type)
+            value = check_edit_value(edit_type, r.edit_value)
+            if not 1 <= int(r.n_iterations) <= MAX_EDIT_ITERATIONS:
+                raise ValueError(f"n_iterations must be 1..{MAX_EDIT_ITERATIONS}, got {r.n_iterations}.")
+            if edit_type == "paralinguistic" and not (r.new_text or "").strip():
+                raise ValueError("the paralinguistic edit needs new_text: the transcript with [Laughter]-style tags "
+                                 "where the sounds go.")
+            if edit_type not in ("denoise", "vad") and not (r.audio_text or "").strip():
+                raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text).")
+        except ValueError as exc:
+            raise type(exc)(where + str(exc)) from exc
+        return replace(r, edit_type=edit_type, edit_value=value, n_iterations=int(r.n_iterations))
+
+    @staticmethod
+    def _request_key(r: EditRequest) -> str:
+        return hashlib.sha256(repr((clip_digest(torch.as_tensor(r.audio), r.sample_rate), r.audio_text, r.edit_type,
+                                    r.edit_value, r.new_text, r.seed)).encode()).hexdigest()
+
+    def _remember(self, key: str, p: PassResult) -> None:
+        self._passes[key] = p
+        while len(self._passes) > PASS_CACHE_SIZE:
+            self._passes.popitem(last=False)
+
+    @staticmethod
+    def _room(prompt: Sequence[int], settings: GenerationSettings) -> int:
+        """New tokens the context still holds after the prompt (whole groups), clamping a fixed cap to it."""
+        room = (MAX_CONTEXT_TOKENS - len(prompt)) // TOKENS_PER_GROUP * TOKENS_PER_GROUP
+        if room < TOKENS_PER_GROUP:
+            raise ValueError(f"The prompt ({len(prompt)} tokens) leaves no room in the {MAX_CONTEXT_TOKENS}-token "
+                             "context: use a shorter clip (<= 30 s) or text.")
+        if not settings.dynamic_tokens and settings.max_new_tokens > room:
+            logger.warning("max_new_tokens=%d is more than the context leaves (%d); using %d.",
+                           settings.max_new_tokens, room, room)
+        return room if settings.dynamic_tokens else min(settings.max_new_tokens, room)
+
+    def _edit_job(self, parts: _Parts, r: EditRequest, ctx: PromptContext, settings: GenerationSettings, it: int) -> _Job:
+        prompt = build_edit_prompt(parts.tokenizer, r.edit_type, r.edit_value, r.audio_text, ctx.audio_ids, r.new_text)
+        budget = self._room(prompt, settings)
+        if settings.dynamic_tokens:
+            cap = estimate_edit_tokens(len(ctx.audio_ids), r.edit_type, r.edit_value, r.new_text, max_tokens=budget)
+        else:
+            cap = budget
+        return _Job(prompt, cap, derive_seed(r.seed, "edit", it), ctx)
+
+    def _run_pass(self, parts: _Parts, jobs: Sequence[_Job], settings: GenerationSettings,
+                  progress: Optional[ProgressCallback], call: int, calls: int) -> list[PassResult]:
+        """Generate for every job (batched by prompt length) and decode them all in one batch."""
+        report = _stage_reporter(progress, call, calls)
+        outputs: list[Optional[GenerationOutput]] = [None] * len(jobs)
+        gen_s: list[tuple[float, float]] = [(0.0, 0.0)] * len(jobs)
+        for group in _length_groups([len(j.prompt) for j in jobs]):
+            outs = generate(parts.lm, [jobs[i].prompt for i in group], [jobs[i].cap for i in group],
+                            settings.sampling, [jobs[i].seed for i in group], progress=report("generate"),
+                            fast=self.config.fast_decode)
+            for i, out in zip(group, outs):
+                outputs[i] = out
+                gen_s[i] = (out.prefill_s / len(group), out.decode_s / len(group))
+        waveforms, flow_s, vocoder_s = self._decode(parts, jobs, outputs, report)
+        passes = []
+        for job, out, wav, (prefill_s, decode_s) in zip(jobs, outputs, waveforms, gen_s):
+            timings = Timings(prefill_s=prefill_s, decode_s=decode_s, flow_s=flow_s / len(jobs),
+                              vocoder_s=vocoder_s / len(jobs))
+            timings.total_s = prefill_s + decode_s + timings.decoder_s
+            passes.append(PassResult(wav, len(job.prompt), len(out.tokens), job.cap, out.stop_reason, timings,
+                                     tuple(out.tokens)))
+            if out.stop_reason.truncated:
+                logger.warning("Generation hit its cap of %d tokens (%.1f s of audio): the output may be cut short.",
+                               job.cap, job.cap / AUDIO_TOKENS_PER_SECOND)
+        return passes
+
+    @staticmethod
+    def _decode(parts: _Parts, jobs: Sequence[_Job], outputs: Sequence[GenerationOutput],
+                report) -> tuple[list[torch.Tensor], float, float]:
+        """Waveforms of every job (empty where nothing was generated), flow seconds, vocoder seconds."""
+        rows = [i for i, out in enumerate(outputs) if out.tokens]
+        waveforms = [torch.zeros(0)] * len(jobs)
+        flow_s = vocoder_s = 0.0
+        if rows:
+            t2w = parts.token2wav
+            inputs = [Token2WavInput(outputs[i].tokens, jobs[i].context.audio_ids, jobs[i].context.prompt_mel,
+                                     jobs[i].context.speaker_embedding) for i in rows]
+            generators = [torch.Generator(device=t2w.device).manual_seed(derive_seed(jobs[i].seed, "decoder"))
+                          for i in rows]
+            started = time.perf_counter()
+            mels = t2w.run_flow(t2w.prepare(inputs), generators)
+            flow_s = _synced(t2w.device) - started
+            decoded = t2w.run_vocoder(mels, generators)
+            waveforms_rows = [d.waveform.detach().to("cpu", torch.float32) for d in decoded]
+            vocoder_s = time.perf_counter() - started - flow_s
+            for i, wav in zip(rows, waveforms_rows):
+                waveforms[i] = wav
+        hook = report("decode")
+        if hook is not None:
+            hook(Progress("decode", len(jobs), len(jobs)))
+        return waveforms, flow_s, vocoder_s
+
+
+def _synced(device: torch.device) -> float:
+    """perf_counter after the device finished its queued work (stage timings on a GPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _stage_reporter(progress: Optional[ProgressCallback], call: int, calls: int) -> Callable[[str], Optional[ProgressCallback]]:
+    """Per-stage callbacks that stamp the call number on every Progress the stage reports."""
+    def for_stage(stage: str) -> Optional[ProgressCallback]:
+        if progress is None:
+            return None
+        return lambda p: progress(replace(p, stage=stage, call=call, calls=calls))
+    return for_stage

@@ -118,7 +118,7 @@ def write_sentencepiece_model(path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def _write_language_model(editx: Path, dims: dict, seed: int) -> None:
+def _write_language_model(editx: Path, dims: dict, seed: int, never_stop: bool = False) -> None:
     from .lm.step1 import Step1Config
 
     config = Step1Config(**dims, vocab_size=TEXT_VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOT_ID,
@@ -127,13 +127,15 @@ def _write_language_model(editx: Path, dims: dict, seed: int) -> None:
     kv = config.num_attention_groups * config.head_dim
     g = _rng(seed, 1)
 
+    # Each tensor goes to bf16 (the official storage dtype) as soon as it is drawn: host memory stays
+    # about one copy of the checkpoint even at full size.
     def linear(out_dim: int, in_dim: int, gain: float = 1.0) -> torch.Tensor:
-        return torch.randn(out_dim, in_dim, generator=g) * (gain / math.sqrt(in_dim))
+        return (torch.randn(out_dim, in_dim, generator=g) * (gain / math.sqrt(in_dim))).to(torch.bfloat16)
 
     def norm(dim: int) -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(dim, generator=g)
+        return (1.0 + 0.1 * torch.randn(dim, generator=g)).to(torch.bfloat16)
 
-    tensors = {"model.embed_tokens.weight": torch.randn(TEXT_VOCAB_SIZE, h, generator=g)}
+    tensors = {"model.embed_tokens.weight": torch.randn(TEXT_VOCAB_SIZE, h, generator=g).to(torch.bfloat16)}
     for i in range(layers):
         p = f"model.layers.{i}."
         tensors.update({
@@ -145,7 +147,8 @@ def _write_language_model(editx: Path, dims: dict, seed: int) -> None:
         })
     tensors["model.norm.weight"] = norm(h)
     tensors["lm_head.weight"] = linear(TEXT_VOCAB_SIZE, h, LM_LOGIT_STD)
-    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}
+    if never_stop:  # <|EOT|> logit 0, the median of the audio logits: never among the top 50 nor the argmax
+        tensors["lm_head.weight"][EOT_ID] = 0.0
     save_file(tensors, str(editx / LM_SHARD), metadata={"format": "pt"})
     index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
              "weight_map": {k: LM_SHARD for k in sorted(tensors)}}
@@ -279,10 +282,12 @@ def _write_tokenizer_folder(tokenizer: Path, dims: RandomModelDims, seed: int) -
     save_s3tokenizer(random_s3tokenizer(seed=seed + 3, **dims.s3), cache_path_next_to(tokenizer / VQ06_ONNX_FILE))
 
 
-def write_random_model(out_root: Path, seed: int = 0, size: str = "tiny") -> ModelFolders:
+def write_random_model(out_root: Path, seed: int = 0, size: str = "tiny", never_stop: bool = False) -> ModelFolders:
     """Write ``out_root/Step-Audio-EditX`` and ``out_root/Step-Audio-Tokenizer`` with random weights.
 
     ``size``: "tiny" (about 25 MB, CPU tests) or "full" (the official dimensions, about 8.5 GB).
+    ``never_stop``: the language model never emits <|EOT|>, so every generation runs to its cap
+    (benchmarks measure exactly the token counts they ask for).
     """
     if size not in MODEL_SIZES:
         raise ValueError(f"Unknown model size {size!r}; choose one of {', '.join(MODEL_SIZES)}.")
@@ -291,7 +296,7 @@ def write_random_model(out_root: Path, seed: int = 0, size: str = "tiny") -> Mod
     editx, tokenizer = out_root / EDITX_DIRNAME, out_root / TOKENIZER_DIRNAME
     (editx / COSYVOICE_SUBDIR).mkdir(parents=True, exist_ok=True)
     tokenizer.mkdir(parents=True, exist_ok=True)
-    _write_language_model(editx, dims.lm, seed)
+    _write_language_model(editx, dims.lm, seed, never_stop)
     write_random_cosyvoice(editx / COSYVOICE_SUBDIR, dims.cosyvoice, seed)
     write_speaker_onnx(editx / COSYVOICE_SUBDIR / CAMPPLUS_FILE, seed, dims.speaker_hidden)
     _write_tokenizer_folder(tokenizer, dims, seed)

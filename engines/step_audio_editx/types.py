@@ -62,16 +62,21 @@ class GenerationSettings:
 
 @dataclass
 class Timings:
-    """Wall-clock seconds per stage of one call."""
+    """Wall-clock seconds per stage (front end, LM prefill and decode, flow decoder, vocoder)."""
 
     frontend_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    decoder_s: float = 0.0
+    flow_s: float = 0.0
+    vocoder_s: float = 0.0
     total_s: float = 0.0
 
+    @property
+    def decoder_s(self) -> float:
+        return self.flow_s + self.vocoder_s
+
     def add(self, other: "Timings") -> None:
-        for name in ("frontend_s", "prefill_s", "decode_s", "decoder_s", "total_s"):
+        for name in ("frontend_s", "prefill_s", "decode_s", "flow_s", "vocoder_s", "total_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -110,6 +115,7 @@ class PassResult:
     max_new_tokens: int
     stop_reason: StopReason
     timings: Timings = field(default_factory=Timings)
+    tokens: tuple[int, ...] = ()  # the generated LM audio ids (<|EOT|> excluded)
 
 
 @dataclass

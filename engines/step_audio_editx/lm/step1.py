@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 KVBuffers = Sequence[tuple[torch.Tensor, torch.Tensor]]
+DECODE_STATE_ATTR = "_decode_state"  # generation.py keeps the model's fast-decoding session here
 
 
 class Step1ConfigError(ValueError):
@@ -407,6 +408,18 @@ class Step1ForCausalLM(Step1PreTrainedModel, GenerationMixin):
     def set_decoder(self, decoder: Step1Model) -> None:
         self.model = decoder
 
+    def release_decode_state(self) -> None:
+        """Drop cached fast-decoding state (static KV cache, CUDA graphs; see ``generation.py``): it belongs
+        to the weights' current placement. The next fast generate() rebuilds it."""
+        state = self.__dict__.pop(DECODE_STATE_ATTR, None)
+        if state is not None:
+            state.release()
+
+    def _apply(self, fn, *args, **kwargs):
+        """``to()`` / ``cuda()`` / ``half()`` ... replace the weights: drop the decode state first."""
+        self.release_decode_state()
+        return super()._apply(fn, *args, **kwargs)
+
     def create_masks_for_generate(self, *args, attention_mask: torch.Tensor | None = None, **kwargs):
         """generate() asks for a 4-D mask when the cache is static; Step1 builds its bias from the 2-D mask."""
         return attention_mask
@@ -452,8 +465,23 @@ class Step1ForCausalLM(Step1PreTrainedModel, GenerationMixin):
         return output if return_dict else output.to_tuple()
 
 
+_CANONICAL_PACKAGE = "comfyui_step_audio_editx."
+
+
 def register_step1() -> None:
-    """Make ``model_type "step1"`` load with the Auto classes without remote code (idempotent)."""
+    """Make ``model_type "step1"`` load with the Auto classes without remote code (idempotent).
+
+    The pack can be imported under a second name too (ComfyUI imports the folder by its directory name;
+    pytest imports the repository root as a package): such an alias copy never replaces a registration
+    made by the installed package name, so ``isinstance(AutoConfig..., Step1Config)`` holds there.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    existing = CONFIG_MAPPING[Step1Config.model_type] if Step1Config.model_type in CONFIG_MAPPING else None
+    if (existing is not None and existing is not Step1Config
+            and existing.__module__.startswith(_CANONICAL_PACKAGE)
+            and not Step1Config.__module__.startswith(_CANONICAL_PACKAGE)):
+        return
     AutoConfig.register(Step1Config.model_type, Step1Config, exist_ok=True)
     AutoModel.register(Step1Config, Step1Model, exist_ok=True)
     AutoModelForCausalLM.register(Step1Config, Step1ForCausalLM, exist_ok=True)

@@ -1,0 +1,59 @@
+"""What every benchmark script shares: synthetic speech, timing with device sync, device description."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+BYTES_PER_GIB = 1024**3
+
+
+def synthetic_speech(seconds: float, sr: int, channels: int = 1, seed: int = 0, peak: float = 0.8) -> torch.Tensor:
+    """Speech-like harmonics (vibrato, syllable envelope, pauses, a little noise): ``[channels, samples]``."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    phase = 2 * np.pi * np.cumsum(130 + 30 * np.sin(2 * np.pi * 0.7 * t)) / sr
+    wav = sum(np.sin(k * phase + rng.uniform(0, 6)) / k for k in range(1, 25))
+    wav = wav * np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) + 0.01 * rng.standard_normal(t.shape)
+    wav = peak * wav / np.abs(wav).max()
+    return torch.from_numpy(np.stack([wav * (1 - 0.1 * c) for c in range(channels)]).astype(np.float32))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[dict, object]:
+    """Median / min wall time in ms of ``fn`` (device synchronised around each call) and its last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}, result
+
+
+def device_description(device: torch.device) -> dict:
+    """Device, library versions and date: what a reported number must be read against."""
+    import transformers
+
+    info = {"device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(name=props.name, capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / BYTES_PER_GIB, 1), cuda=torch.version.cuda)
+    else:
+        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return info

@@ -1,0 +1,369 @@
+"""Step1 generation benchmark: plain cached loop vs the fast path, full-size random weights.
+
+For each batch size (default 1, 4, 8, 16): B prompts of ``--prompt-tokens`` ids (default 1,300), each
+generating ``--new-tokens`` ids with the official sampling settings (T 0.7, top-k 50, repetition guard,
+audio constraint). Reports prefill seconds, decode tokens/s per row and in total, ms per step, the
+weights' read rate, peak GPU memory, and the warm-up paid by the first call (graph capture and kernel
+selection). The eager baseline (``fast=False``: left-padded batch, DynamicCache, the model's forward per
+token) runs ``--eager-new-tokens`` steps. ``--prefill-study`` times one prompt's prefill under each SDPA
+kernel choice at fresh lengths (cuDNN builds an execution plan per new shape).
+
+The <|EOT|> row of the random lm_head is zeroed and the audio rows scaled up, so rows run to their cap
+(the timing is then per token, not per lucky early stop).
+
+``--baseline-remote-code DIR`` (opt-in, clearly separate): loads the OFFICIAL hub remote code from a model
+folder you downloaded (``trust_remote_code=True``, executing that folder's Python files: only for a folder
+you trust) and times its greedy ``generate()`` on the same prompt length, so the ratio to this pack's paths
+can be read off. Nothing else in the pack ever executes downloaded code.
+
+    python bench/bench_generation.py --out gen.json --markdown gen.md          # GPU, full size
+    python bench/bench_generation.py --tiny --out /tmp/gen_tiny.json          # CPU smoke check (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from comfyui_step_audio_editx.engines.step_audio_editx.constants import (
+    EOT_ID,
+    TEXT_VOCAB_SIZE,
+    VQ02_FIRST_ID,
+    VQ06_LAST_ID,
+)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import (
+    GenerationOutput,
+    generate,
+    get_decode_session,
+    release_decode_session,
+)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
+from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import (
+    choose_dtype,
+    dtype_kwargs,
+    resolve_attn_implementation,
+    resolve_device,
+)
+from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
+
+logger = logging.getLogger("bench_generation")
+
+TINY_DIMS = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 8, "num_attention_groups": 2,
+             "num_hidden_layers": 2, "vocab_size": TEXT_VOCAB_SIZE}
+FULL_RUN = {"prompt_tokens": 1300, "new_tokens": 512, "eager_new_tokens": 32, "batch_sizes": (1, 4, 8, 16)}
+TINY_RUN = {"prompt_tokens": 40, "new_tokens": 12, "eager_new_tokens": 6, "batch_sizes": (1, 4)}
+AUDIO_HEAD_SCALE = 8.0  # random audio logits far above the zeroed <|EOT|> logit: rows run to their cap
+PREFILL_STUDY_LENGTHS = (1300, 1301, 1317, 1300)
+BYTES_PER_GIB = 1024 ** 3
+
+
+@dataclass
+class RunResult:
+    path: str
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int
+    generated_tokens: int
+    first_call_s: float | None = None
+    warmup_s: float | None = None
+    prefill_s: float | None = None
+    decode_s: float | None = None
+    tokens_per_s_per_row: float | None = None
+    tokens_per_s_total: float | None = None
+    ms_per_step: float | None = None
+    weights_tb_per_s: float | None = None
+    peak_memory_gib: float | None = None
+    error: str | None = None
+
+
+def build_model(dims: dict, device: torch.device, dtype: torch.dtype, attn: str, seed: int) -> Step1ForCausalLM:
+    """Random-weight Step1 made directly on ``device`` in ``dtype``; <|EOT|> can never win."""
+    torch.manual_seed(seed)
+    config = Step1Config(**dims)
+    with torch.device(device):
+        model = Step1ForCausalLM._from_config(config, attn_implementation=attn, **dtype_kwargs(dtype))
+    model = model.eval().requires_grad_(False)
+    with torch.no_grad():
+        head = model.lm_head.weight
+        if head.shape[0] > VQ06_LAST_ID:
+            head[VQ02_FIRST_ID:VQ06_LAST_ID + 1] *= AUDIO_HEAD_SCALE
+        head[EOT_ID] = 0.0
+    return model
+
+
+def random_prompts(batch: int, length: int, seed: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VQ06_LAST_ID + 1, (length,), generator=gen).tolist() for _ in range(batch)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(model, prompts, new_tokens: int, config: SamplingConfig, fast: bool, device: torch.device,
+              weight_bytes: int, label: str) -> RunResult:
+    batch = len(prompts)
+    result = RunResult(path=label, batch_size=batch, prompt_tokens=len(prompts[0]), new_tokens=new_tokens,
+                       generated_tokens=0)
+    seeds = list(range(batch))
+    try:
+        start = time.perf_counter()
+        first = generate(model, prompts, [new_tokens] * batch, config, seeds, fast=fast)
+        _sync(device)
+        result.first_call_s = time.perf_counter() - start
+        result.warmup_s = first[0].warmup_s
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        outputs: list[GenerationOutput] = generate(model, prompts, [new_tokens] * batch, config, seeds, fast=fast)
+    except Exception as exc:  # one failing configuration must not hide the others
+        logger.exception("%s at batch %d failed", label, batch)
+        result.error = f"{type(exc).__name__}: {exc}"[:500]
+        return result
+    steps = max(o.n_generated + (o.stop_reason.value == "eos") for o in outputs) - 1  # the first id: prefill
+    result.generated_tokens = sum(o.n_generated for o in outputs)
+    result.prefill_s = outputs[0].prefill_s
+    result.decode_s = outputs[0].decode_s
+    decoded = result.generated_tokens - batch  # ids chosen by decode steps (the first comes from prefill)
+    result.tokens_per_s_total = decoded / result.decode_s
+    result.tokens_per_s_per_row = result.tokens_per_s_total / batch
+    result.ms_per_step = result.decode_s * 1e3 / max(steps, 1)
+    result.weights_tb_per_s = weight_bytes / (result.ms_per_step / 1e3) / 1e12
+    if device.type == "cuda":
+        result.peak_memory_gib = torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB
+    return result
+
+
+def prefill_study(model, device: torch.device, seed: int) -> list[dict]:
+    """One prompt's prefill at fresh lengths under each SDPA choice (cuDNN plans are built per shape)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    decoder = model.model
+    choices = [("sdpa default, enable_gqa", True, None), ("sdpa default, expanded K/V", False, None),
+               ("sdpa pinned EFFICIENT, expanded", False, [SDPBackend.EFFICIENT_ATTENTION]),
+               ("sdpa pinned CUDNN, enable_gqa", True, [SDPBackend.CUDNN_ATTENTION]),
+               ("sdpa pinned MATH, expanded", False, [SDPBackend.MATH])]
+    rows = []
+    saved = (model.config._attn_implementation, decoder.sdpa_enable_gqa)
+    model.set_attn_implementation("sdpa")
+    for offset, (label, gqa, backends) in enumerate(choices):
+        decoder.sdpa_enable_gqa = gqa
+        times = []
+        for i, length in enumerate(PREFILL_STUDY_LENGTHS):
+            length += 2 * offset if i < len(PREFILL_STUDY_LENGTHS) - 1 else 0  # fresh shapes, then a repeat
+            ids = torch.tensor(random_prompts(1, length, seed + i)[0], device=device)[None]
+            try:
+                with torch.inference_mode():
+                    _sync(device)
+                    start = time.perf_counter()
+                    if backends is None:
+                        decoder(ids, use_cache=False)
+                    else:
+                        with sdpa_kernel(backends):
+                            decoder(ids, use_cache=False)
+                    _sync(device)
+                times.append(round((time.perf_counter() - start) * 1e3, 1))
+            except Exception as exc:
+                times.append(f"failed: {type(exc).__name__}")
+                break
+        rows.append({"choice": label, "lengths": list(PREFILL_STUDY_LENGTHS), "ms": times})
+        logger.info("prefill %s: %s ms", label, times)
+    model.set_attn_implementation(saved[0])
+    decoder.sdpa_enable_gqa = saved[1]
+    return rows
+
+
+def profile_fast_path(model, device: torch.device, config: SamplingConfig, batch: int, prompt_tokens: int,
+                      new_tokens: int, seed: int, rows: int = 30) -> str:
+    """Kernel time table (torch.profiler, CUDA activity) of one fast call: where a decode step goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts = random_prompts(batch, prompt_tokens, seed)
+    generate(model, prompts, [new_tokens] * batch, config, list(range(batch)))  # warm
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        generate(model, prompts, [new_tokens] * batch, config, list(range(batch)))
+    averages = prof.key_averages()
+    for key in ("device_time_total", "cuda_time_total"):
+        try:
+            return averages.table(sort_by=key, row_limit=rows, max_name_column_width=70)
+        except Exception:  # older / newer torch spell the column differently
+            continue
+    return averages.table(row_limit=rows)
+
+
+def remote_code_baseline(folder: Path, prompt_tokens: int, new_tokens: int, device: torch.device,
+                         dtype: torch.dtype, seed: int) -> RunResult:
+    """OPT-IN: the official hub remote code (executes the folder's modeling_step1.py). Greedy generate()."""
+    from transformers import AutoModelForCausalLM
+
+    logger.warning("Loading %s with trust_remote_code=True: this executes the folder's Python files", folder)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, **dtype_kwargs(dtype))
+    model = model.to(device).eval()
+    ids = torch.tensor(random_prompts(1, prompt_tokens, seed)[0], device=device)[None]
+    result = RunResult(path="official remote code (greedy generate)", batch_size=1, prompt_tokens=prompt_tokens,
+                       new_tokens=new_tokens, generated_tokens=new_tokens)
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=2)
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=1)
+        _sync(device)
+        result.prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens)
+        _sync(device)
+    total = time.perf_counter() - start
+    result.generated_tokens = out.shape[1] - ids.shape[1]
+    result.decode_s = max(total - result.prefill_s, 1e-9)
+    result.tokens_per_s_total = result.tokens_per_s_per_row = (result.generated_tokens - 1) / result.decode_s
+    del model
+    return result
+
+
+def markdown_table(results: list[RunResult]) -> str:
+    def fmt(value, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = ["| path | batch | new tokens | prefill s | decode tok/s per row | decode tok/s total | ms/step "
+             "| weights TB/s | peak GiB | first call s (warm-up s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.path} | {r.batch_size} | failed: {r.error[:80]} | | | | | | | |")
+            continue
+        lines.append(f"| {r.path} | {r.batch_size} | {r.new_tokens} | {fmt(r.prefill_s, 3)} "
+                     f"| {fmt(r.tokens_per_s_per_row, 1)} | {fmt(r.tokens_per_s_total, 1)} | {fmt(r.ms_per_step, 2)} "
+                     f"| {fmt(r.weights_tb_per_s, 2)} | {fmt(r.peak_memory_gib, 2)} "
+                     f"| {fmt(r.first_call_s, 1)} ({fmt(r.warmup_s, 1)}) |")
+    return "\n".join(lines)
+
+
+def device_description(device: torch.device) -> dict:
+    import transformers
+
+    info = {"device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(name=props.name, capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / BYTES_PER_GIB, 1), cuda=torch.version.cuda)
+    else:
+        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
+    return info
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny dims and lengths: a CPU smoke check in seconds")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--attn", default="auto", help="attention backend of the prefill and the plain path")
+    parser.add_argument("--batch-sizes", default="")
+    parser.add_argument("--prompt-tokens", type=int, default=None)
+    parser.add_argument("--new-tokens", type=int, default=None)
+    parser.add_argument("--eager-new-tokens", type=int, default=None, help="steps of the plain loop (0: skip it)")
+    parser.add_argument("--greedy", action="store_true", help="greedy instead of the official sampling settings")
+    parser.add_argument("--linear", default="auto", choices=("auto", "cublas", "triton"),
+                        help="decode matmuls: time both per matrix (auto), or force one")
+    parser.add_argument("--prefill-study", action="store_true")
+    parser.add_argument("--profile", default="", help="comma list of batch sizes whose fast call is profiled")
+    parser.add_argument("--baseline-remote-code", type=Path, default=None,
+                        help="OPT-IN: an official model folder whose remote code is loaded and timed "
+                             "(trust_remote_code=True executes its Python files)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("generation_bench.json"))
+    parser.add_argument("--markdown", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[RunResult]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    device = resolve_device(args.device)
+    dtype = choose_dtype(device, args.dtype)
+    dims, run = (TINY_DIMS, TINY_RUN) if args.tiny else ({}, FULL_RUN)
+    prompt_tokens = args.prompt_tokens or run["prompt_tokens"]
+    new_tokens = args.new_tokens or run["new_tokens"]
+    eager_tokens = run["eager_new_tokens"] if args.eager_new_tokens is None else args.eager_new_tokens
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or list(run["batch_sizes"])
+    config = SamplingConfig(do_sample=False) if args.greedy else SamplingConfig()
+    attn = resolve_attn_implementation(args.attn, "step1", device)
+    info = device_description(device)
+    model = build_model(dims, device, dtype, attn, args.seed)
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
+
+    get_decode_session(model, DecodeOptions(linear=args.linear))
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    # what one decode step must read: every layer matrix, the norms, and the audio rows of the head
+    step_bytes = weights - model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+    if config.constrain_audio:
+        step_bytes -= model.lm_head.weight.numel() * model.lm_head.weight.element_size() * (
+            1 - (VQ06_LAST_ID + 2 - VQ02_FIRST_ID) / model.config.vocab_size)
+    logger.info("Generation bench on %s (%s), %s, %.2f GiB of weights, %.2f GiB read per step, attention %s",
+                info["name"], device, dtype, weights / BYTES_PER_GIB, step_bytes / BYTES_PER_GIB, attn)
+    results: list[RunResult] = []
+    study = prefill_study(model, device, args.seed) if args.prefill_study and device.type == "cuda" else None
+    for batch in batch_sizes:
+        prompts = random_prompts(batch, prompt_tokens, args.seed + batch)
+        fast = time_call(model, prompts, new_tokens, config, True, device, step_bytes, "fast")
+        if not fast.error:
+            fast.path = f"fast ({get_decode_session(model).mode})"
+        logger.info("%s", fast)
+        results.append(fast)
+    profiles = {}
+    for batch in [int(b) for b in args.profile.split(",") if b]:
+        if device.type == "cuda":
+            profiles[batch] = profile_fast_path(model, device, config, batch, prompt_tokens, 64, args.seed)
+            logger.info("profile of a fast call at batch %d (64 new tokens):\n%s", batch, profiles[batch])
+    if eager_tokens > 0:
+        release_decode_session(model)  # give the plain loop the memory
+        for batch in batch_sizes:
+            prompts = random_prompts(batch, prompt_tokens, args.seed + batch)
+            plain = time_call(model, prompts, eager_tokens, config, False, device, step_bytes, "plain (eager loop)")
+            logger.info("%s", plain)
+            results.append(plain)
+    if args.baseline_remote_code is not None:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        results.append(remote_code_baseline(args.baseline_remote_code, prompt_tokens, eager_tokens or 32, device,
+                                            dtype, args.seed))
+    table = markdown_table(results)
+    header = (f"Step1 generation ({'tiny' if args.tiny else 'full size'}, random weights "
+              f"{weights / BYTES_PER_GIB:.2f} GiB, {str(dtype).removeprefix('torch.')}) on {info['name']} ({device}), "
+              f"{info['date']}; prompt {prompt_tokens} tokens; sampling {'greedy' if args.greedy else 'T 0.7 top-k 50'}"
+              f", guard + audio constraint; torch {info['torch']}, transformers {info['transformers']}, "
+              f"triton {info['triton']}")
+    logger.info("%s\n\n%s\n", header, table)
+    payload = {"header": header, "device": info, "dtype": str(dtype), "step_bytes": step_bytes,
+               "weights_bytes": weights, "results": [asdict(r) for r in results], "prefill_study": study,
+               "profiles": profiles}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2))
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        study_md = ""
+        if study:
+            study_md = "\n\nPrefill of one prompt (ms) at fresh lengths " + str(list(PREFILL_STUDY_LENGTHS)) + ":\n\n" + \
+                "\n".join(f"- {row['choice']}: {row['ms']}" for row in study)
+        args.markdown.write_text(f"{header}\n\n{table}{study_md}\n")
+    logger.info("Wrote %s", args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()

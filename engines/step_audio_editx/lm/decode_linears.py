@@ -1,0 +1,180 @@
+"""The four matmuls of a decode layer: which kernel runs each, and running them around the residual stream.
+
+Per layer: ``qkv = W_qkv · norm(x)``, ``x += W_o · attn``, ``gu = W_gu · norm(x)``, ``x += W_down · swiglu(gu)``.
+Each role can run as cuBLAS (``F.linear``, with the norm / SwiGLU as a separate fused kernel and the
+residual add folded into the next norm), as the tensor-core ``skinny_linear`` or, for one row, the
+CUDA-core ``gemv`` (either with the norm / SwiGLU inside the kernel or before it, the residual added in
+place). Which is fastest depends on the GPU, the matrix and the batch bucket, so ``select_linears`` times
+every candidate the way it will run (captured in a CUDA graph, cycling through all layers so nothing is
+served from L2) and keeps the fastest per role; results are cached per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import decode_ops as ref_ops
+from . import triton_decode
+
+logger = logging.getLogger(__name__)
+
+ROLES: tuple[str, ...] = ("qkv", "o", "gate_up", "down")
+PROLOGUE: dict[str, str | None] = {"qkv": "norm", "o": None, "gate_up": "norm", "down": "swiglu"}
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) candidates
+DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 256, 4, 4), (64, 128, 4, 4), (64, 256, 8, 3),
+                                                      (16, 512, 4, 3))
+GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((8, 512, 4, 1), (4, 512, 2, 1), (16, 512, 8, 1),
+                                                       (8, 1024, 8, 1), (4, 1024, 4, 2))
+TIMING_REPLAYS = 4
+_CACHE: dict[tuple, dict[str, "LinearChoice"]] = {}
+
+
+@dataclass(frozen=True)
+class LinearChoice:
+    """How one role runs: ``kernel`` cublas / dot / gemv; ``fused``: the norm or SwiGLU inside the kernel."""
+
+    kernel: str = "cublas"
+    config: tuple[int, int, int, int] | None = None
+    fused: bool = False
+
+    def __str__(self) -> str:
+        if self.kernel == "cublas":
+            return "cuBLAS"
+        return f"{self.kernel}{list(self.config)}{'+fused' if self.fused else ''}"
+
+
+CUBLAS = LinearChoice()
+
+
+def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor, **kwargs) -> torch.Tensor:
+    fn = triton_decode.gemv if choice.kernel == "gemv" else triton_decode.skinny_linear
+    return fn(x, weight, choice.config, **kwargs)
+
+
+class ResidualStream:
+    """One decode step's residual ``x`` [B, C] and a pending delta not yet added (cuBLAS outputs are added
+    by the next norm kernel instead of a separate launch)."""
+
+    def __init__(self, resid: torch.Tensor, eps: float, use_triton: bool) -> None:
+        self.resid = resid
+        self.pending: torch.Tensor | None = None
+        self.eps = eps
+        self.triton = use_triton
+
+    def _flush(self) -> None:
+        if self.pending is not None:
+            self.resid.add_(self.pending)
+            self.pending = None
+
+    def norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """``resid += pending``; RMSNorm(resid) * weight."""
+        pending, self.pending = self.pending, None
+        if self.triton:
+            return triton_decode.add_rms_norm(self.resid, pending, weight, self.eps)
+        if pending is not None:
+            return ref_ops.add_rms_norm(self.resid, pending, weight, self.eps)
+        return ref_ops.rms_norm(self.resid, weight, self.eps)
+
+    def normed_linear(self, norm: torch.Tensor, weight: torch.Tensor, choice: LinearChoice) -> torch.Tensor:
+        """``weight · RMSNorm(resid)`` (qkv, gate_up)."""
+        if choice.kernel != "cublas" and choice.fused:
+            self._flush()
+            return _kernel(choice, self.resid, weight, norm_weight=norm, eps=self.eps)
+        h = self.norm(norm)
+        return F.linear(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight)
+
+    def residual_linear(self, x: torch.Tensor, weight: torch.Tensor, choice: LinearChoice, swiglu: bool) -> None:
+        """``resid += weight · f(x)``, f = SwiGLU product (down) or identity (o)."""
+        fused_swiglu = swiglu and choice.kernel != "cublas" and choice.fused
+        if swiglu and not fused_swiglu:
+            x = triton_decode.silu_mul(x) if self.triton else ref_ops.silu_mul(x)
+        if choice.kernel == "cublas":
+            self._flush()
+            self.pending = F.linear(x, weight)
+            return
+        self._flush()
+        _kernel(choice, x, weight, swiglu=fused_swiglu, residual=self.resid)
+
+
+def candidates(role: str, rows: int, mode: str) -> list[LinearChoice]:
+    """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton)."""
+    if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
+        return [CUBLAS]
+    fusions = (True, False) if PROLOGUE[role] else (False,)
+    found = [CUBLAS] if mode == "auto" else []
+    found += [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in fusions]
+    if rows == 1:
+        found += [LinearChoice("gemv", c, f) for c in GEMV_CONFIGS for f in fusions]
+    return found
+
+
+def _graph_seconds(step: Callable[[int], None], calls: int) -> float:
+    """Seconds per call of ``step(i)`` for i in range(calls), captured as one CUDA graph and replayed."""
+    step(0)  # compiles the kernels outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        for i in range(calls):
+            step(i)
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(TIMING_REPLAYS):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / (TIMING_REPLAYS * calls)
+
+
+def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
+    """Time every candidate of every role at ``rows`` rows on this GPU; the fastest per role (cached)."""
+    device = weights.embed.device
+    dtype = weights.embed.dtype
+    key = (torch.cuda.get_device_name(device), dtype, rows, mode, weights.embed.shape[1],
+           tuple(tuple(w[0].shape) for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
+    if key in _CACHE:
+        return _CACHE[key]
+    hidden = weights.embed.shape[1]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype, generator=gen)
+
+    resid = rand(rows, hidden)
+    matrices = {"qkv": weights.qkv, "o": weights.o, "gate_up": weights.gate_up, "down": weights.down}
+    norms = weights.input_norms
+    chosen: dict[str, LinearChoice] = {}
+    report = []
+    for role in ROLES:
+        mats = matrices[role]
+        inner = mats[0].shape[1]
+        x = rand(rows, 2 * inner if role == "down" else inner)
+        timings: dict[LinearChoice, float] = {}
+        for choice in candidates(role, rows, mode):
+            def step(i: int, choice: LinearChoice = choice) -> None:
+                stream = ResidualStream(resid, weights.eps, use_triton=True)
+                if PROLOGUE[role] == "norm":
+                    stream.normed_linear(norms[i % len(norms)], mats[i % len(mats)], choice)
+                else:
+                    stream.residual_linear(x, mats[i % len(mats)], choice, swiglu=role == "down")
+                    stream._flush()
+
+            try:
+                timings[choice] = _graph_seconds(step, len(mats))
+            except Exception as exc:  # a configuration this GPU / compiler rejects: skip it
+                logger.debug("decode matmul %s %s failed: %s", role, choice, exc)
+        if not timings:
+            raise RuntimeError(f"no decode matmul kernel ran for {role} at batch {rows}")
+        best = min(timings, key=timings.get)
+        chosen[role] = best
+        base = timings.get(CUBLAS)
+        report.append(f"{role} {best} {timings[best] * 1e6:.1f}us"
+                      + (f" (cuBLAS {base * 1e6:.1f}us)" if base is not None and best != CUBLAS else ""))
+    logger.info("Step1 decode matmuls at batch %d: %s", rows, "; ".join(report))
+    _CACHE[key] = chosen
+    return chosen

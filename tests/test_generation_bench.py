@@ -1,0 +1,27 @@
+"""The generation benchmark script runs end to end in its tiny CPU mode (keeps bench/ from rotting)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_generation.py"
+
+
+def test_bench_generation_tiny_smoke(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_generation", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_generation", bench)  # dataclasses resolve their module there
+    spec.loader.exec_module(bench)
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    results = bench.main(["--tiny", "--batch-sizes", "1,3", "--new-tokens", "7", "--eager-new-tokens", "4",
+                          "--out", str(out_json), "--markdown", str(out_md)])
+    report = json.loads(out_json.read_text())
+    rows = {(r["path"].split(" ")[0], r["batch_size"]) for r in report["results"]}
+    assert rows == {("fast", 1), ("fast", 3), ("plain", 1), ("plain", 3)}
+    assert all(r.error is None and r.tokens_per_s_total > 0 for r in results)
+    fast3 = next(r for r in results if r.path.startswith("fast") and r.batch_size == 3)
+    assert fast3.generated_tokens == 3 * 7  # the zeroed <|EOT|> row never wins: every row runs to its cap
+    assert "| path | batch |" in out_md.read_text()
