@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..sdpa_kernels import sdpa_without_cudnn
+
 logger = logging.getLogger(__name__)
 
 DIT_BACKENDS = ("flash_attention_2", "xformers", "sdpa", "eager")
@@ -94,7 +96,8 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, padding: KeyPadding
     mask = None
     if padding is not None and padding.mask is not None:
         mask = padding.mask[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with sdpa_without_cudnn(q.device):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def _varlen(q, k, v, padding: KeyPadding | None, run) -> torch.Tensor:

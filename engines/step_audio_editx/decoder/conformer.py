@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..sdpa_kernels import sdpa_without_cudnn
 from .attention import KeyPadding
 from .config import EncoderConfig
 
@@ -115,7 +116,8 @@ class RelPositionAttention(nn.Module):
             bias = bd / scale
             if key_mask is not None:
                 bias = bias.masked_fill(~key_mask, float("-inf"))
-            out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias)
+            with sdpa_without_cudnn(q_u.device):
+                out = F.scaled_dot_product_attention(q_u, k, v, attn_mask=bias)
         elif self.backend == "eager":
             scores = (torch.matmul(q_u, k.transpose(-2, -1)) + bd) / scale
             if key_mask is not None:

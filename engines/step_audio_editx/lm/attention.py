@@ -27,7 +27,6 @@ that calls it stays torch.compile / CUDA-graph friendly.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import math
@@ -42,15 +41,9 @@ from ..constants import (
     ALIBI_SLOPE_EXTRA_EXP,
     ATTN_BIAS_ALIGNMENT,
 )
+from ..sdpa_kernels import sdpa_without_cudnn
 
 logger = logging.getLogger(__name__)
-
-try:  # torch >= 2.3
-    from torch.nn.attention import SDPBackend
-    from torch.nn.attention import sdpa_kernel as _sdpa_kernel
-except ImportError:  # pragma: no cover - old torch: SDPA picks its kernel itself
-    SDPBackend = None
-    _sdpa_kernel = None
 
 STEP1_ATTENTION_BACKENDS: tuple[str, ...] = ("eager", "sdpa", "flex_attention", "xformers")
 DENSE_BIAS_BACKENDS: frozenset[str] = frozenset({"eager", "sdpa", "xformers"})
@@ -206,16 +199,6 @@ def default_sdpa_enable_gqa(device: torch.device) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _float_bias_sdpa_kernels(device: torch.device):
-    """On CUDA, let SDPA with a float bias use the memory-efficient kernel (math as the fallback)."""
-    if device.type != "cuda" or _sdpa_kernel is None:
-        yield
-        return
-    with _sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        yield
-
-
 def make_attention_bias(
     backend: str,
     num_heads: int,
@@ -272,7 +255,7 @@ def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.dense, scale=scaling, enable_gqa=True)
     else:
         num_heads = query.shape[1]
-        with _float_bias_sdpa_kernels(query.device):
+        with sdpa_without_cudnn(query.device):
             out = F.scaled_dot_product_attention(query, repeat_kv(key, num_heads), repeat_kv(value, num_heads),
                                                  attn_mask=bias.dense, scale=scaling)
     return out.transpose(1, 2)

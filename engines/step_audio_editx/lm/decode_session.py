@@ -148,10 +148,11 @@ class DecodeSession:
     # --- buffers ----------------------------------------------------------------------------------
 
     def _ensure_capacity(self, slot_rows: int, cache_slots: int, out_rows: int, out_cols: int) -> None:
+        """Reuse the buffers when this request fits; otherwise size them for THIS request (not the largest
+        ever seen): a 30 s edit after a batch of 16 must not keep a 16-row cache of its length."""
         have = self.capacity
-        want = (max(have[0], slot_rows), max(have[1], round_up(cache_slots, KV_LENGTH_BUCKET)),
-                max(have[2], out_rows), max(have[3], round_up(out_cols, OUT_COLS_BUCKET)))
-        if want == have:
+        want = (slot_rows, round_up(cache_slots, KV_LENGTH_BUCKET), out_rows, round_up(out_cols, OUT_COLS_BUCKET))
+        if all(h >= w for h, w in zip(have, want)):
             return
         self.release()
         w = self.weights
