@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..constants import EOT_ID
+from ..constants import EOT_ID, PAD_ID
 from ..types import Progress, ProgressCallback, SamplingConfig, StopReason
 from . import decode_ops as ref_ops
 from . import triton_decode
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 KV_LENGTH_BUCKET = 512  # cache slots are allocated in multiples of this (fewer re-captures)
 OUT_COLS_BUCKET = 512  # output buffer columns likewise
 PREFILL_CHUNK_TOKENS = 1024  # prompt tokens per prefill forward (bounds the dense bias memory)
+PREFILL_BATCH_TOKENS = 4096  # rows x chunk tokens per prefill forward (bounds the activation memory)
+PREFILL_MIN_CHUNK = 128
 POLL_STEPS = 8  # steps between asynchronous reads of the stop flags
 GRAPH_WARMUP_STEPS = 2  # eager runs before a capture (kernel compilation, cuBLAS workspaces)
 
@@ -272,19 +274,30 @@ class DecodeSession:
     # --- prefill ----------------------------------------------------------------------------------
 
     def _prefill(self, prompts: list[list[int]]) -> None:
-        """Each prompt through the model's own forward into its cache rows; last hidden -> ``state.hidden``."""
+        """All prompts through the model's own forward, right-padded into one batch, into their cache rows;
+        each row's last hidden -> ``state.hidden``.
+
+        Right padding is exact here: causal attention never lets a real token see the padding after it,
+        and the padding's cache slots lie at or beyond the row's length, where decoding writes before it
+        ever reads. Chunks of the prompt axis bound the dense bias and activation memory.
+        """
         decoder = self.model.model
+        count, longest = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((count, longest), PAD_ID, dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            ids = torch.tensor(prompt, dtype=torch.long, device=self.device)[None]
-            length = ids.shape[1]
-            hidden = None
-            for start in range(0, length, PREFILL_CHUNK_TOKENS):
-                end = min(length, start + PREFILL_CHUNK_TOKENS)
-                views = [(k[row:row + 1, :, :end], v[row:row + 1, :, :end]) for k, v in self.kv]
-                slots = torch.arange(start, end, device=self.device)
-                hidden = decoder(ids[:, start:end], kv_buffers=views, kv_write_index=slots,
-                                 use_cache=False).last_hidden_state
-            self.state.hidden[row].copy_(hidden[0, -1])
+            ids[row, :len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        ids = ids.to(self.device)
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        chunk = min(PREFILL_CHUNK_TOKENS, max(PREFILL_MIN_CHUNK, PREFILL_BATCH_TOKENS // count))
+        for start in range(0, longest, chunk):
+            end = min(longest, start + chunk)
+            views = [(k[:count, :, :end], v[:count, :, :end]) for k, v in self.kv]
+            slots = torch.arange(start, end, device=self.device)
+            hidden = decoder(ids[:, start:end], kv_buffers=views, kv_write_index=slots,
+                             use_cache=False).last_hidden_state
+            here = (last >= start) & (last < end)  # rows whose final prompt token is in this chunk
+            picked = hidden[torch.arange(count, device=self.device), (last - start).clamp(0, end - start - 1)]
+            self.state.hidden[:count] = torch.where(here[:, None], picked, self.state.hidden[:count])
 
     # --- a call -----------------------------------------------------------------------------------
 
