@@ -344,6 +344,7 @@ BRIDGE_PROBE = textwrap.dedent('''
     pack = importlib.util.module_from_spec(spec)
     sys.modules["pack"] = pack
     spec.loader.exec_module(pack)
+    assert pack.NODE_CLASS_MAPPINGS  # as ComfyUI does: the first access loads the nodes
     bridge = sys.modules["pack.nodes.comfy_bridge"]
     cache = sys.modules["pack.nodes.engine_cache"]
     from pack.engines.step_audio_editx.engine import EngineConfig
