@@ -185,7 +185,7 @@ def needs_engine(server: ComfyServer) -> None:
 
 def api_example(name: str, prefix: str) -> dict:
     """An API-format example pointed at the test's model folder and input clip, saving under ``prefix``."""
-    prompt = json.loads((EXAMPLES_DIR / name).read_text(encoding="utf-8"))
+    prompt = json.loads((EXAMPLES_DIR / "api" / name).read_text(encoding="utf-8"))
     for node in prompt.values():
         inputs = node["inputs"]
         if node["class_type"] == "StepAudioEditXEngine":
@@ -205,7 +205,7 @@ def error_message(entry: dict) -> dict:
     return next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
 
 
-API_EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*_api.json"))
+API_EXAMPLES = sorted(p.name for p in (EXAMPLES_DIR / "api").glob("*_api.json"))
 
 
 # --- the pack loads ------------------------------------------------------------------------------------------

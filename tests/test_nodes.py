@@ -49,6 +49,7 @@ from comfyui_step_audio_editx.nodes.widgets import SEED_MAX
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODES_DIR = REPO_ROOT / "nodes"
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
+API_DIR = EXAMPLES_DIR / "api"  # API format lives one level down: ComfyUI's Templates menu lists only the top
 SAMPLE_WAV = "sample_speech.wav"
 
 # Saved workflows store widget values by position: this order is frozen. New inputs are only appended.
@@ -261,14 +262,15 @@ def test_loader_reads_the_clip_and_its_transcript(tts_root):
 
 # --- example workflows --------------------------------------------------------------------------------------
 def example_pairs() -> list[tuple[Path, Path]]:
-    ui = sorted(p for p in EXAMPLES_DIR.glob("*.json") if not p.stem.endswith("_api"))
-    return [(p, p.with_name(p.stem + "_api.json")) for p in ui]
+    ui = sorted(EXAMPLES_DIR.glob("*.json"))
+    return [(p, API_DIR / (p.stem + "_api.json")) for p in ui]
 
 
 def test_each_example_ships_in_ui_and_api_format():
     names = {p.stem.removeprefix("step_audio_editx_") for p, _ in example_pairs()}
     assert {"edit_emotion", "clone_inline_tags", "batch_edit"} <= names
-    assert len(list(EXAMPLES_DIR.glob("*_api.json"))) == len(example_pairs())
+    assert not list(EXAMPLES_DIR.glob("*_api.json"))  # an API file in the Templates menu would not open
+    assert len(list(API_DIR.glob("*_api.json"))) == len(example_pairs())
     for _, api in example_pairs():
         assert api.is_file()
 
