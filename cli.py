@@ -119,13 +119,23 @@ def _write_audio(path: str | Path, waveform, sample_rate: int) -> None:
     sf.write(str(path), waveform.detach().cpu().float().numpy(), sample_rate, subtype="PCM_16")
 
 
-def _sidecar_text(audio_path: str, given: Optional[str], given_file: Optional[str] = None) -> str:
+def _sidecar_text(audio_path: str, given: Optional[str], given_file: Optional[str] = None,
+                  needed: bool = True) -> str:
+    """The transcript: given, from --text-file, or from the clip's .txt sidecar (denoise / vad need none)."""
     if given is not None:
         return given
     path = Path(given_file) if given_file else Path(audio_path).with_suffix(".txt")
-    if not path.is_file():
-        raise SystemExit(f"No transcript: pass --text, or put it in {path}")
-    return path.read_text(encoding="utf-8").strip()
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    if not needed:
+        return ""
+    raise SystemExit(f"No transcript: pass --text, or put it in {path}")
+
+
+def _needs_transcript(edit_type: str) -> bool:
+    from .engines.step_audio_editx import TRANSCRIPT_FREE_EDITS
+
+    return edit_type.strip().lower() not in TRANSCRIPT_FREE_EDITS
 
 
 class _TokenBar:
@@ -169,7 +179,8 @@ def cmd_edit(args) -> int:
     from .engines.step_audio_editx import EditRequest
 
     audio, sr = _read_audio(args.input)
-    request = EditRequest(audio=audio, sample_rate=sr, audio_text=_sidecar_text(args.input, args.text, args.text_file),
+    text = _sidecar_text(args.input, args.text, args.text_file, _needs_transcript(args.edit_type))
+    request = EditRequest(audio=audio, sample_rate=sr, audio_text=text,
                           edit_type=args.edit_type, edit_value=args.value, new_text=args.new_text,
                           n_iterations=args.iterations, seed=args.seed)
     engine = _engine(args)
@@ -230,7 +241,8 @@ def cmd_batch(args) -> int:
         src = str(base / row["input"]) if not Path(row["input"]).is_absolute() else row["input"]
         audio, sr = _read_audio(src)
         requests.append(EditRequest(
-            audio=audio, sample_rate=sr, audio_text=_sidecar_text(src, row.get("text")),
+            audio=audio, sample_rate=sr,
+            audio_text=_sidecar_text(src, row.get("text"), needed=_needs_transcript(row["edit_type"])),
             edit_type=row["edit_type"], edit_value=row.get("value"), new_text=row.get("new_text"),
             n_iterations=int(row.get("iterations", 1)), seed=int(row.get("seed", args.seed))))
         outputs.append(Path(args.out_dir) / row.get("output", f"{i:04d}_{Path(src).stem}_{row['edit_type']}.wav"))

@@ -29,10 +29,13 @@ from typing import Callable, Optional, TypeVar
 
 import torch
 
-from ..engines.step_audio_editx import StepAudioEditX
-from ..engines.step_audio_editx import find_model_folders
-from ..engines.step_audio_editx import choose_dtype, resolve_device
-from ..engines.step_audio_editx import Progress
+from ..engines.step_audio_editx import (
+    Progress,
+    StepAudioEditX,
+    choose_dtype,
+    find_model_folders,
+    resolve_device,
+)
 from .engine_cache import ENGINE_CACHE, EngineHandle
 from .progress import TokenProgress
 

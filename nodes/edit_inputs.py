@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..engines.step_audio_editx import check_paralinguistic_text
-from ..engines.step_audio_editx import EditRequest
-from ..engines.step_audio_editx import check_edit_type, check_edit_value
+from ..engines.step_audio_editx import (
+    TRANSCRIPT_FREE_EDITS,
+    EditRequest,
+    check_edit_type,
+    check_edit_value,
+    check_paralinguistic_text,
+)
 from .audio_io import Clip
-
-# Edits whose instruction carries no transcript (the model only hears the audio).
-TEXT_FREE_EDIT_TYPES: tuple[str, ...] = ("denoise", "vad")
 
 
 class EditInputError(ValueError):
@@ -40,7 +41,7 @@ def check_edit_widgets(transcript: Optional[str], edit_type: Optional[str],
     if edit_type is None:
         return
     edit_type = check_edit_type(edit_type)
-    if edit_type not in TEXT_FREE_EDIT_TYPES and transcript is not None and not transcript.strip():
+    if edit_type not in TRANSCRIPT_FREE_EDITS and transcript is not None and not transcript.strip():
         raise EditInputError(
             f"The {edit_type} edit needs the transcript of the input clip (what it says, word for word). "
             "Only denoise and vad work without one."
@@ -62,7 +63,7 @@ def build_edit_requests(clips: Sequence[Clip], transcript: str, edit_type: str, 
     edit_type = check_edit_type(edit_type)
     value = check_edit_value(edit_type, value)
     n = len(clips)
-    texts = [""] * n if edit_type in TEXT_FREE_EDIT_TYPES else per_clip_lines(transcript, n, "transcript")
+    texts = [""] * n if edit_type in TRANSCRIPT_FREE_EDITS else per_clip_lines(transcript, n, "transcript")
     new_texts: list[Optional[str]] = (
         per_clip_lines(paralinguistic_text, n, "paralinguistic_text") if edit_type == "paralinguistic" else [None] * n
     )

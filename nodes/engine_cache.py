@@ -16,8 +16,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..engines.step_audio_editx import EngineConfig, StepAudioEditX
-from ..engines.step_audio_editx import GenerationSettings
+from ..engines.step_audio_editx import (
+    EngineConfig,
+    GenerationSettings,
+    StepAudioEditX,
+)
 from .widgets import SEED_FROM_ENGINE, SEED_MAX
 
 logger = logging.getLogger(__name__)

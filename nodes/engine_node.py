@@ -6,9 +6,14 @@ handle with the same load config.
 
 from __future__ import annotations
 
-from ..engines.step_audio_editx import EngineConfig
-from ..engines.step_audio_editx import ATTENTION_CHOICES, DTYPE_CHOICES, backend_unavailable_reason
-from ..engines.step_audio_editx import GenerationSettings, SamplingConfig
+from ..engines.step_audio_editx import (
+    ATTENTION_CHOICES,
+    DTYPE_CHOICES,
+    EngineConfig,
+    GenerationSettings,
+    SamplingConfig,
+    backend_unavailable_reason,
+)
 from . import comfy_bridge as bridge
 from .engine_cache import EngineHandle
 from .model_folders import AUTO_DOWNLOAD, list_model_folders, model_choices, resolve_model_choice

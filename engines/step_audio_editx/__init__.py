@@ -53,13 +53,14 @@ from .vocabulary import (
     PARALINGUISTIC_TAGS,
     SPEEDS,
     STYLES,
+    TRANSCRIPT_FREE_EDITS,
     VocabularyError,
     check_edit_type,
     check_edit_value,
 )
 
 __all__ = [
-    "ATTENTION_CHOICES", "TOKENS_PER_GROUP", "validate_audio", "clip_digest", "EDITX_DIRNAME", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS", "TOKENIZER_DIRNAME", "check_edit_type", "check_edit_value", "AUDIO_TOKENS_PER_SECOND", "AttentionBackendError", "AudioInputError", "AudioResult",
+    "ATTENTION_CHOICES", "TRANSCRIPT_FREE_EDITS", "TOKENS_PER_GROUP", "validate_audio", "clip_digest", "EDITX_DIRNAME", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS", "TOKENIZER_DIRNAME", "check_edit_type", "check_edit_value", "AUDIO_TOKENS_PER_SECOND", "AttentionBackendError", "AudioInputError", "AudioResult",
     "CloneRequest", "DIALECTS", "DTYPE_CHOICES", "EDIT_TYPES", "EMOTIONS", "EditRequest", "EngineConfig",
     "GenerationSettings", "MAX_CONTEXT_TOKENS", "MAX_EDIT_ITERATIONS", "ModelFilesError", "ModelFolders",
     "OUTPUT_SAMPLE_RATE", "PARALINGUISTIC_TAGS", "PassResult", "Progress", "ProgressCallback", "SPEEDS", "STYLES",

@@ -44,7 +44,7 @@ from .types import (
     StopReason,
     Timings,
 )
-from .vocabulary import MAX_EDIT_ITERATIONS, check_edit_type, check_edit_value
+from .vocabulary import MAX_EDIT_ITERATIONS, TRANSCRIPT_FREE_EDITS, check_edit_type, check_edit_value
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class StepAudioEditX:
             if edit_type == "paralinguistic" and not (r.new_text or "").strip():
                 raise ValueError("the paralinguistic edit needs new_text: the transcript with [Laughter]-style tags "
                                  "where the sounds go.")
-            if edit_type not in ("denoise", "vad") and not (r.audio_text or "").strip():
+            if edit_type not in TRANSCRIPT_FREE_EDITS and not (r.audio_text or "").strip():
                 raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text).")
         except ValueError as exc:
             raise type(exc)(where + str(exc)) from exc

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 
 EDIT_TYPES: tuple[str, ...] = ("emotion", "style", "speed", "paralinguistic", "denoise", "vad")
+TRANSCRIPT_FREE_EDITS: tuple[str, ...] = ("denoise", "vad")  # their instructions carry no text
 
 EMOTIONS: tuple[str, ...] = (
     "happy", "angry", "sad", "humour", "confusion", "disgusted", "empathy", "embarrass", "fear",

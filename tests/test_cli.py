@@ -1,0 +1,99 @@
+"""The command line on a tiny random model: edit, clone, batch, errors; and downloads that cannot happen."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from comfyui_step_audio_editx.cli import main
+from comfyui_step_audio_editx.engines.step_audio_editx import (
+    OUTPUT_SAMPLE_RATE,
+    ModelFilesError,
+    resolve_model_folders,
+    write_tiny_model,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "example_workflows" / "sample_speech.wav"
+SAMPLES_PER_GROUP = 2880
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_models")
+    write_tiny_model(root, seed=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def short_clip(tmp_path_factory):
+    """The sample clip cut to 1.5 s, with its transcript beside it (the CLI reads <clip>.txt)."""
+    folder = tmp_path_factory.mktemp("clips")
+    data, sr = sf.read(SAMPLE, dtype="float32")
+    path = folder / "short.wav"
+    sf.write(path, data[: int(1.5 * sr)], sr)
+    path.with_suffix(".txt").write_text("I just heard the news, and honestly", encoding="utf-8")
+    return path
+
+
+def common(models) -> list[str]:
+    return ["--models-dir", str(models), "--device", "cpu", "--no-dynamic-tokens", "--max-new-tokens", "40"]
+
+
+def read_output(path: Path):
+    data, sr = sf.read(path, dtype="float32")
+    assert sr == OUTPUT_SAMPLE_RATE and data.ndim == 1 and len(data) % SAMPLES_PER_GROUP == 0
+    assert len(data) <= SAMPLES_PER_GROUP * math.ceil(40 / 5)
+    return data
+
+
+def test_edit_writes_24khz_audio(models, short_clip, tmp_path):
+    out = tmp_path / "happy.wav"
+    assert main(["edit", str(short_clip), "--edit-type", "emotion", "--value", "happy", "-o", str(out),
+                 "--iterations", "2", *common(models)]) == 0
+    read_output(out)
+
+
+def test_clone_with_inline_tags(models, short_clip, tmp_path):
+    out = tmp_path / "clone.wav"
+    assert main(["clone", "--prompt-audio", str(short_clip), "--text", "Hello there. <Laughter> [pause:300ms] Bye.",
+                 "-o", str(out), *common(models)]) == 0
+    data, sr = sf.read(out, dtype="float32")
+    assert sr == OUTPUT_SAMPLE_RATE and len(data) >= int(0.3 * sr)  # at least the pause
+
+
+def test_batch_manifest(models, short_clip, tmp_path):
+    manifest = tmp_path / "jobs.jsonl"
+    rows = [{"input": str(short_clip), "edit_type": "style", "value": "whisper", "output": "a.wav"},
+            {"input": str(short_clip), "edit_type": "denoise", "text": "", "seed": 3, "output": "b.wav"}]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    assert main(["batch", str(manifest), "--out-dir", str(out_dir), *common(models)]) == 0
+    read_output(out_dir / "a.wav")
+    read_output(out_dir / "b.wav")
+
+
+def test_bad_input_is_a_message_not_a_traceback(models, short_clip, tmp_path, caplog):
+    out = tmp_path / "x.wav"
+    assert main(["edit", str(short_clip), "--edit-type", "emotion", "--value", "hapy", "-o", str(out),
+                 *common(models)]) == 2
+    assert "happy" in caplog.text and not out.exists()
+    lonely = tmp_path / "lonely.wav"  # no transcript beside it
+    lonely.write_bytes(short_clip.read_bytes())
+    with pytest.raises(SystemExit, match="No transcript"):
+        main(["edit", str(lonely), "--edit-type", "emotion", "--value", "sad", *common(models)])
+    assert main(["edit", str(lonely), "--edit-type", "denoise", "-o", str(out), *common(models)]) == 0  # needs none
+    read_output(out)
+
+
+def test_offline_download_lists_every_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFilesError) as info:
+        resolve_model_folders([tmp_path], download=True)
+    message = str(info.value)
+    assert "config.json" in message and "linguistic_tokenizer.npy" in message
+    assert "stepfun-ai/Step-Audio-EditX" in message and "stepfun-ai/Step-Audio-Tokenizer" in message
