@@ -157,8 +157,7 @@ class _TokenBar:
             label = f"call {progress.call}/{progress.calls}" if progress.calls > 1 else "generate"
             self.bar = tqdm(total=progress.total, desc=label, unit="tok", leave=False)
         self.bar.total = progress.total
-        self.bar.n = progress.done
-        self.bar.refresh()
+        self.bar.update(progress.done - self.bar.n)  # tqdm itself limits how often it redraws
         return None
 
     def close(self) -> None:

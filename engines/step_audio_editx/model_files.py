@@ -114,13 +114,14 @@ def missing_tokenizer_files(tokenizer_dir: Path) -> list[MissingFile]:
     return missing
 
 
-def _missing_message(missing: Sequence[MissingFile]) -> str:
+def _missing_message(missing: Sequence[MissingFile], after_download: bool = False) -> str:
     lines = "\n".join(f"  - {m.describe()}" for m in missing)
     repos = sorted({(m.repo, m.folder) for m in missing}, key=str)
     how = "\n".join(f"  hf download {repo} --local-dir \"{folder}\"" for repo, folder in repos)
     return (
         f"Step-Audio-EditX model files are missing:\n{lines}\n"
-        f"Download them (or turn on auto-download) with, for example:\n{how}"
+        + ("Download them by hand, for example with:\n" if after_download
+           else "Turn on auto-download, or download them, for example with:\n") + how
     )
 
 
@@ -186,7 +187,7 @@ def download_missing(folders: ModelFolders, token: str | bool | None = None) -> 
                 still = folders.missing()
                 raise ModelFilesError(
                     f"Downloading {item.relpath} from {item.repo} failed ({type(exc).__name__}: {exc}).\n"
-                    + _missing_message(still)
+                    + _missing_message(still, after_download=True)
                 ) from exc
     return folders.verify()
 
