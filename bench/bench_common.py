@@ -50,6 +50,12 @@ def device_description(device: torch.device) -> dict:
 
     info = {"device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, capability=f"{props.major}.{props.minor}",
@@ -57,3 +63,27 @@ def device_description(device: torch.device) -> dict:
     else:
         info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
     return info
+
+
+def random_step1(dims: dict, device: torch.device, dtype: torch.dtype, attn: str, seed: int,
+                 never_stop: bool = False, audio_head_scale: float = 1.0):
+    """A random-weight Step1 made directly on ``device`` in ``dtype`` (no host copy).
+
+    ``never_stop`` zeroes the <|EOT|> row of the head so rows run to their cap; ``audio_head_scale``
+    spreads the audio logits far above it.
+    """
+    from comfyui_step_audio_editx.engines.step_audio_editx.constants import EOT_ID, VQ02_FIRST_ID, VQ06_LAST_ID
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
+    from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Step1ForCausalLM._from_config(Step1Config(**dims), attn_implementation=attn, **dtype_kwargs(dtype))
+    model = model.eval().requires_grad_(False)
+    if never_stop:
+        with torch.no_grad():
+            head = model.lm_head.weight
+            if head.shape[0] > VQ06_LAST_ID:
+                head[VQ02_FIRST_ID:VQ06_LAST_ID + 1] *= audio_head_scale
+            head[EOT_ID] = 0.0
+    return model

@@ -35,10 +35,7 @@ import json
 import logging
 import math
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np

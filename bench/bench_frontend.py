@@ -17,13 +17,9 @@ import json
 import logging
 import math
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
-from collections.abc import Callable
 
-import numpy as np
 import torch
 
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.audio import prepare_audio
@@ -41,7 +37,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.frontend.semantic import 
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.speaker import SpeakerEncoder
 from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import FULL_PARAFORMER
 
-from bench_common import device_description, synthetic_speech, timed
+from bench_common import synthetic_speech, timed
 
 logger = logging.getLogger("bench_frontend")
 

@@ -23,17 +23,14 @@ can be read off. Nothing else in the pack ever executes downloaded code.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx.constants import (
-    EOT_ID,
     TEXT_VOCAB_SIZE,
     VQ02_FIRST_ID,
     VQ06_LAST_ID,
@@ -44,7 +41,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import (
     get_decode_session,
     release_decode_session,
 )
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import (
     choose_dtype,
     dtype_kwargs,
@@ -52,6 +48,8 @@ from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import (
     resolve_device,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
+
+from bench_common import BYTES_PER_GIB, device_description, random_step1, sync
 
 logger = logging.getLogger("bench_generation")
 
@@ -61,7 +59,6 @@ FULL_RUN = {"prompt_tokens": 1300, "new_tokens": 512, "eager_new_tokens": 32, "b
 TINY_RUN = {"prompt_tokens": 40, "new_tokens": 12, "eager_new_tokens": 6, "batch_sizes": (1, 4)}
 AUDIO_HEAD_SCALE = 8.0  # random audio logits far above the zeroed <|EOT|> logit: rows run to their cap
 PREFILL_STUDY_LENGTHS = (1300, 1301, 1317, 1300)
-BYTES_PER_GIB = 1024 ** 3
 
 
 @dataclass
@@ -83,29 +80,9 @@ class RunResult:
     error: str | None = None
 
 
-def build_model(dims: dict, device: torch.device, dtype: torch.dtype, attn: str, seed: int) -> Step1ForCausalLM:
-    """Random-weight Step1 made directly on ``device`` in ``dtype``; <|EOT|> can never win."""
-    torch.manual_seed(seed)
-    config = Step1Config(**dims)
-    with torch.device(device):
-        model = Step1ForCausalLM._from_config(config, attn_implementation=attn, **dtype_kwargs(dtype))
-    model = model.eval().requires_grad_(False)
-    with torch.no_grad():
-        head = model.lm_head.weight
-        if head.shape[0] > VQ06_LAST_ID:
-            head[VQ02_FIRST_ID:VQ06_LAST_ID + 1] *= AUDIO_HEAD_SCALE
-        head[EOT_ID] = 0.0
-    return model
-
-
 def random_prompts(batch: int, length: int, seed: int) -> list[list[int]]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, VQ06_LAST_ID + 1, (length,), generator=gen).tolist() for _ in range(batch)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_call(model, prompts, new_tokens: int, config: SamplingConfig, fast: bool, device: torch.device,
@@ -117,7 +94,7 @@ def time_call(model, prompts, new_tokens: int, config: SamplingConfig, fast: boo
     try:
         start = time.perf_counter()
         first = generate(model, prompts, [new_tokens] * batch, config, seeds, fast=fast)
-        _sync(device)
+        sync(device)
         result.first_call_s = time.perf_counter() - start
         result.warmup_s = first[0].warmup_s
         if device.type == "cuda":
@@ -161,14 +138,14 @@ def prefill_study(model, device: torch.device, seed: int) -> list[dict]:
             ids = torch.tensor(random_prompts(1, length, seed + i)[0], device=device)[None]
             try:
                 with torch.inference_mode():
-                    _sync(device)
+                    sync(device)
                     start = time.perf_counter()
                     if backends is None:
                         decoder(ids, use_cache=False)
                     else:
                         with sdpa_kernel(backends):
                             decoder(ids, use_cache=False)
-                    _sync(device)
+                    sync(device)
                 times.append(round((time.perf_counter() - start) * 1e3, 1))
             except Exception as exc:
                 times.append(f"failed: {type(exc).__name__}")
@@ -211,15 +188,15 @@ def remote_code_baseline(folder: Path, prompt_tokens: int, new_tokens: int, devi
                        new_tokens=new_tokens, generated_tokens=new_tokens)
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=2)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=1)
-        _sync(device)
+        sync(device)
         result.prefill_s = time.perf_counter() - start
         start = time.perf_counter()
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens)
-        _sync(device)
+        sync(device)
     total = time.perf_counter() - start
     result.generated_tokens = out.shape[1] - ids.shape[1]
     result.decode_s = max(total - result.prefill_s, 1e-9)
@@ -244,26 +221,6 @@ def markdown_table(results: list[RunResult]) -> str:
                      f"| {fmt(r.weights_tb_per_s, 2)} | {fmt(r.peak_memory_gib, 2)} "
                      f"| {fmt(r.first_call_s, 1)} ({fmt(r.warmup_s, 1)}) |")
     return "\n".join(lines)
-
-
-def device_description(device: torch.device) -> dict:
-    import transformers
-
-    info = {"device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "date": datetime.date.today().isoformat()}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except Exception:
-        info["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, capability=f"{props.major}.{props.minor}",
-                    memory_gib=round(props.total_memory / BYTES_PER_GIB, 1), cuda=torch.version.cuda)
-    else:
-        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
-    return info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -303,7 +260,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     config = SamplingConfig(do_sample=False) if args.greedy else SamplingConfig()
     attn = resolve_attn_implementation(args.attn, "step1", device)
     info = device_description(device)
-    model = build_model(dims, device, dtype, attn, args.seed)
+    model = random_step1(dims, device, dtype, attn, args.seed, never_stop=True, audio_head_scale=AUDIO_HEAD_SCALE)
     from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 
     get_decode_session(model, DecodeOptions(linear=args.linear))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,10 +33,11 @@ from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import (
     MODEL_BACKENDS,
     backend_unavailable_reason,
     choose_dtype,
-    dtype_kwargs,
     resolve_device,
 )
 from tqdm.auto import tqdm
+
+from bench_common import BYTES_PER_GIB, device_description, random_step1, sync
 
 logger = logging.getLogger("bench_step1")
 
@@ -51,7 +51,6 @@ WARMUP_DECODE_STEPS = 3  # enough for a compiled backend to see a second key len
 # Compiled FlexAttention recompiles per batch size and per phase (prefill, decode, dynamic decode); torch's
 # default limit of 8 would silently send later runs to the unfused fallback.
 DYNAMO_RECOMPILE_LIMIT = 64
-BYTES_PER_GIB = 1024 ** 3
 DIM_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_attention_groups", "num_hidden_layers",
             "vocab_size")
 
@@ -70,20 +69,6 @@ class RunResult:
     error: str | None = None
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def build_model(dims: dict, device: torch.device, dtype: torch.dtype, backend: str, seed: int) -> Step1ForCausalLM:
-    """Random-weight Step1 allocated and initialised directly on ``device`` in ``dtype``."""
-    torch.manual_seed(seed)
-    config = Step1Config(**dims)
-    with torch.device(device):
-        model = Step1ForCausalLM._from_config(config, attn_implementation=backend, **dtype_kwargs(dtype))
-    return model.eval().requires_grad_(False)
-
-
 def run_once(model: Step1ForCausalLM, prompt: torch.Tensor, new_tokens: int, device: torch.device
              ) -> tuple[float, float]:
     """Prefill ``prompt`` [B, T] into a DynamicCache, then greedy-decode ``new_tokens`` one per forward.
@@ -92,10 +77,10 @@ def run_once(model: Step1ForCausalLM, prompt: torch.Tensor, new_tokens: int, dev
 
     mask = torch.ones_like(prompt)
     cache = DynamicCache()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     logits = model(prompt, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1).logits
-    _sync(device)
+    sync(device)
     prefill = time.perf_counter() - start
     ones = mask.new_ones(mask.shape[0], 1)
     start = time.perf_counter()
@@ -103,7 +88,7 @@ def run_once(model: Step1ForCausalLM, prompt: torch.Tensor, new_tokens: int, dev
         token = logits[:, -1].argmax(-1, keepdim=True)
         mask = torch.cat([mask, ones], dim=1)
         logits = model(token, attention_mask=mask, cache=cache, use_cache=True).logits
-    _sync(device)
+    sync(device)
     return prefill, time.perf_counter() - start
 
 
@@ -163,21 +148,6 @@ def markdown_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def device_description(device: torch.device) -> dict:
-    import transformers
-
-    info = {"device": str(device), "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "sdpa_enable_gqa_supported": sdpa_supports_enable_gqa()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, capability=f"{props.major}.{props.minor}",
-                    memory_gib=round(props.total_memory / BYTES_PER_GIB, 1),
-                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-    else:
-        info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
-    return info
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny dims and lengths: a CPU smoke check in seconds")
@@ -213,9 +183,10 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), DYNAMO_RECOMPILE_LIMIT))
     info = device_description(device)
+    info["sdpa_enable_gqa_supported"] = sdpa_supports_enable_gqa()
     dims = {key: getattr(Step1Config(**dims), key) for key in DIM_KEYS}
     logger.info("Step1 bench on %s (%s), %s, dims %s", info["name"], device, dtype, dims)
-    model = build_model(dims, device, dtype, variants[0][1], args.seed)
+    model = random_step1(dims, device, dtype, variants[0][1], args.seed)
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / BYTES_PER_GIB
     results: list[RunResult] = []
     with tqdm(total=len(variants) * len(batch_sizes), desc="Step1 bench", unit="run") as progress:

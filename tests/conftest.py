@@ -48,3 +48,22 @@ def parity() -> ParitySet:
     if not (root / "reference" / "reference.json").is_file():
         pytest.skip(f"parity fixture set not found at {root} (set STEP_AUDIO_PARITY_DIR to a folder with reference/reference.json)")
     return ParitySet(root)
+
+
+@pytest.fixture
+def load_bench(monkeypatch):
+    """Import a script of ``bench/`` as ``python bench/<name>.py`` would run it (its folder on sys.path)."""
+    import importlib.util
+    import sys
+
+    bench_dir = REPO_ROOT / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, bench_dir / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)  # dataclasses resolve their module there
+        spec.loader.exec_module(module)
+        return module
+
+    return load

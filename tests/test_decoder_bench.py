@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_decoder.py"
 
 
-def test_bench_decoder_tiny_smoke(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH.parent))  # as when run as `python bench/bench_decoder.py`
-    spec = importlib.util.spec_from_file_location("bench_decoder", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_bench_decoder_tiny_smoke(tmp_path, load_bench):
+    bench = load_bench("bench_decoder")
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     rc = bench.main(["--tiny", "--batch", "1", "2", "--dtypes", "fp32", "bf16", "--seconds", "0.36",
                      "--prompt-seconds", "0.24", "--warmup", "0", "--repeats", "1", "--attn-check",

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_generation.py"
 
 
-def test_bench_generation_tiny_smoke(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_generation", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_generation", bench)  # dataclasses resolve their module there
-    spec.loader.exec_module(bench)
+def test_bench_generation_tiny_smoke(tmp_path, load_bench):
+    bench = load_bench("bench_generation")
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     results = bench.main(["--tiny", "--batch-sizes", "1,3", "--new-tokens", "7", "--eager-new-tokens", "4",
                           "--out", str(out_json), "--markdown", str(out_md)])
