@@ -165,6 +165,15 @@ class _TokenBar:
             self.bar.close()
 
 
+def _with_progress(run):
+    """``run(progress_callback)`` with a token progress bar that is closed however the run ends."""
+    bar = _TokenBar()
+    try:
+        return run(bar)
+    finally:
+        bar.close()
+
+
 def _report(name: str, result) -> None:
     stop = result.stop_reason.value
     logger.info("%s: %.2f s of audio, %d tokens, stop: %s, %.2f s", name, result.duration_s,
@@ -183,11 +192,7 @@ def cmd_edit(args) -> int:
                           edit_type=args.edit_type, edit_value=args.value, new_text=args.new_text,
                           n_iterations=args.iterations, seed=args.seed)
     engine = _engine(args)
-    bar = _TokenBar()
-    try:
-        result = engine.edit(request, _settings(args), progress=bar)
-    finally:
-        bar.close()
+    result = _with_progress(lambda bar: engine.edit(request, _settings(args), progress=bar))
     _write_audio(args.out, result.waveform, result.sample_rate)
     _report(args.out, result)
     return 0
@@ -199,11 +204,8 @@ def cmd_clone(args) -> int:
     audio, sr = _read_audio(args.prompt_audio)
     prompt_text = _sidecar_text(args.prompt_audio, args.prompt_text)
     engine = _engine(args)
-    bar = _TokenBar()
-    try:
-        result = clone_long_form(engine, audio, sr, prompt_text, args.text, _settings(args), args.seed, bar)
-    finally:
-        bar.close()
+    result = _with_progress(lambda bar: clone_long_form(engine, audio, sr, prompt_text, args.text, _settings(args),
+                                                        args.seed, bar))
     _write_audio(args.out, result.waveform, result.sample_rate)
     logger.info("%s: %.2f s of audio in %d chunk(s), %d model call(s)%s", args.out,
                 result.waveform.shape[-1] / result.sample_rate, result.chunks, result.model_calls,
@@ -246,11 +248,7 @@ def cmd_batch(args) -> int:
             n_iterations=int(row.get("iterations", 1)), seed=int(row.get("seed", args.seed))))
         outputs.append(Path(args.out_dir) / row.get("output", f"{i:04d}_{Path(src).stem}_{row['edit_type']}.wav"))
     engine = _engine(args)
-    bar = _TokenBar()
-    try:
-        results = engine.batch_edit(requests, _settings(args), progress=bar)
-    finally:
-        bar.close()
+    results = _with_progress(lambda bar: engine.batch_edit(requests, _settings(args), progress=bar))
     for out, result in zip(outputs, results):
         _write_audio(out, result.waveform, result.sample_rate)
         _report(str(out), result)
