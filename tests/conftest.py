@@ -67,3 +67,21 @@ def load_bench(monkeypatch):
         return module
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_model_root(tmp_path_factory) -> Path:
+    """One tiny random model (official layout) for the whole session: Step-Audio-EditX/ + Step-Audio-Tokenizer/."""
+    from comfyui_step_audio_editx.engines.step_audio_editx import write_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    write_tiny_model(root, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_root):
+    """The real engine on the tiny model, on the CPU (shared: tests clear its caches where they matter)."""
+    from comfyui_step_audio_editx.engines.step_audio_editx import EngineConfig, StepAudioEditX
+
+    return StepAudioEditX(EngineConfig(search_roots=(str(tiny_model_root),), device="cpu")).load()

@@ -14,7 +14,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx import (
     OUTPUT_SAMPLE_RATE,
     ModelFilesError,
     resolve_model_folders,
-    write_tiny_model,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,10 +22,8 @@ SAMPLES_PER_GROUP = 2880
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli_models")
-    write_tiny_model(root, seed=2)
-    return root
+def models(tiny_model_root):
+    return tiny_model_root
 
 
 @pytest.fixture(scope="module")

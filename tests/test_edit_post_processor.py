@@ -9,8 +9,7 @@ import soundfile as sf
 import torch
 
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
-from comfyui_step_audio_editx.engines.step_audio_editx.engine import EngineConfig, StepAudioEditX
-from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import write_tiny_model
+from comfyui_step_audio_editx.engines.step_audio_editx.engine import StepAudioEditX
 from comfyui_step_audio_editx.engines.step_audio_editx.types import GenerationSettings
 from comfyui_step_audio_editx.utils.audio.edit_post_processor import (
     SEGMENT_CACHE,
@@ -47,10 +46,8 @@ class CountingEngine:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_model(root, seed=1)
-    return StepAudioEditX(EngineConfig(search_roots=(str(root),), device="cpu")).load()
+def engine(tiny_engine):
+    return tiny_engine
 
 
 @pytest.fixture(scope="module")

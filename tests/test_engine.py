@@ -13,7 +13,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.engine import EngineConfig, StepAudioEditX
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.audio import AudioInputError
 from comfyui_step_audio_editx.engines.step_audio_editx.model_files import ModelFilesError
-from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import write_tiny_model
 from comfyui_step_audio_editx.engines.step_audio_editx.types import (
     CloneRequest,
     EditRequest,
@@ -31,10 +30,8 @@ SAMPLED = GenerationSettings()
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_tiny_model(root, seed=0)
-    return StepAudioEditX(EngineConfig(search_roots=(str(root),), device="cpu")).load()
+def engine(tiny_engine):
+    return tiny_engine
 
 
 @pytest.fixture(scope="module")

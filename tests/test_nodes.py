@@ -15,7 +15,7 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import vocabulary
 from comfyui_step_audio_editx.engines.step_audio_editx.constants import OUTPUT_SAMPLE_RATE
-from comfyui_step_audio_editx.engines.step_audio_editx.engine import EngineConfig, StepAudioEditX
+from comfyui_step_audio_editx.engines.step_audio_editx.engine import EngineConfig
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import ATTENTION_CHOICES, DTYPE_CHOICES
 from comfyui_step_audio_editx.engines.step_audio_editx.types import (
     AudioResult,
@@ -598,27 +598,10 @@ def test_clone_node_calls_the_long_form_post_processor(fake_engines, monkeypatch
         clone.clone(audio(speech(1.0), speech(1.0)), "a", "b", 0)
 
 
-# --- node functions on the tiny model (run once the engine is implemented) -------------------------------------
-@pytest.fixture(scope="session")
-def tiny_model_root(tmp_path_factory) -> Path:
-    try:
-        from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import write_tiny_model
-    except ImportError:
-        pytest.skip("engine not implemented yet (no tiny_models.write_tiny_model)")
-    root = tmp_path_factory.mktemp("tiny_tts")
-    folders = write_tiny_model(root, seed=0)
-    engine = StepAudioEditX(EngineConfig(editx_dir=str(folders.editx), tokenizer_dir=str(folders.tokenizer),
-                                         device="cpu"))
-    try:
-        engine.load()
-    except NotImplementedError:
-        pytest.skip("engine not implemented yet")
-    engine.unload()
-    return root
-
-
+# --- node functions on the tiny model -------------------------------------------------------------------------
 @pytest.fixture
-def tiny_engine(tiny_model_root, monkeypatch):
+def engine_handle(tiny_model_root, monkeypatch):
+    """The Engine node's handle on the session's tiny model (a fresh engine cache per test)."""
     monkeypatch.setattr(comfy_bridge, "tts_model_roots", lambda: [str(tiny_model_root)])
     monkeypatch.setattr(comfy_bridge, "ENGINE_CACHE", EngineCache())
     (handle,) = NODE_CLASS_MAPPINGS["StepAudioEditXEngine"]().make(
@@ -637,38 +620,38 @@ def sample_clip(seconds: float | None = None) -> dict:
     return {"waveform": wave.unsqueeze(0), "sample_rate": rate}
 
 
-def test_tiny_model_edit_is_seeded_and_reported(tiny_engine):
+def test_tiny_model_edit_is_seeded_and_reported(engine_handle):
     editor = NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]()
     text = (EXAMPLES_DIR / "sample_speech.txt").read_text().strip()
     inputs = editor_inputs(audio=sample_clip(), transcript=text, emotion="happy", seed=5)
-    out, info = editor.edit(**inputs, engine=tiny_engine)
+    out, info = editor.edit(**inputs, engine=engine_handle)
     wave = out["waveform"]
     assert wave.dtype == torch.float32 and wave.shape[:2] == (1, 1) and wave.shape[-1] > 0
     assert out["sample_rate"] == OUTPUT_SAMPLE_RATE and torch.isfinite(wave).all()
     assert "model calls: 1" in info and "stop: " in info
-    again, _ = editor.edit(**inputs, engine=tiny_engine)
+    again, _ = editor.edit(**inputs, engine=engine_handle)
     assert torch.equal(again["waveform"], wave)
     ((_, engine),) = comfy_bridge.ENGINE_CACHE.engines()
     assert engine.loaded
 
 
 @pytest.mark.slow
-def test_tiny_model_batch_edit_of_padded_clips(tiny_engine):
+def test_tiny_model_batch_edit_of_padded_clips(engine_handle):
     editor = NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]()
     full, short = sample_clip(), sample_clip(2.0)
     batch = audio(full["waveform"][0], short["waveform"][0], rate=full["sample_rate"])
-    out, info = editor.edit(**editor_inputs(audio=batch, transcript="one\ntwo", seed=7), engine=tiny_engine)
+    out, info = editor.edit(**editor_inputs(audio=batch, transcript="one\ntwo", seed=7), engine=engine_handle)
     assert out["waveform"].shape[:2] == (2, 1) and torch.isfinite(out["waveform"]).all()
     assert "trimmed" in info and "each batched over 2 clips" in info
     assert not torch.equal(out["waveform"][0], out["waveform"][1])
 
 
 @pytest.mark.slow
-def test_tiny_model_clone_with_inline_tags(tiny_engine):
+def test_tiny_model_clone_with_inline_tags(engine_handle):
     pytest.importorskip("comfyui_step_audio_editx.utils.audio.edit_post_processor",
                         reason="edit post-processor not written yet")
     clone = NODE_CLASS_MAPPINGS["StepAudioEditXClone"]()
     ref_text = (EXAMPLES_DIR / "sample_speech.txt").read_text().strip()
     out, info = clone.clone(sample_clip(), ref_text, "Hello there. <Laughter> Nice to meet you.", 1,
-                            engine=tiny_engine)
+                            engine=engine_handle)
     assert out["waveform"].shape[:2] == (1, 1) and out["waveform"].shape[-1] > 0 and "model calls" in info
