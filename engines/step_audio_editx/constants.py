@@ -98,8 +98,6 @@ ALIBI_SLOPE_EXTRA_EXP = 4.0
 # Dense bias buffers get their key dimension padded to a multiple of this many elements, so that the
 # memory-efficient SDPA and xformers kernels can read them without a per-layer aligned copy.
 ATTN_BIAS_ALIGNMENT = 8
-# SDPA with enable_gqa=True (unexpanded K/V) is used from this CUDA compute capability (Hopper) on.
-SDPA_GQA_MIN_CAPABILITY = 9
 # transformers renamed from_pretrained's torch_dtype= to dtype= in this version.
 TRANSFORMERS_DTYPE_KWARG_VERSION = "4.56"
 
