@@ -193,3 +193,24 @@ def test_device_moves_keep_working(engine, clip):
     assert engine.loaded and engine.device.type == "cpu"
     assert set(engine.modules()) >= {"lm", "flow", "hift", "vq02_encoder", "vq06_tokenizer"}
     check_audio(engine.edit(EditRequest(wav, sr, TEXT, "emotion", "happy", seed=21), SAMPLED))
+
+
+def test_cached_passes_belong_to_their_settings(engine, clip):
+    wav, sr = crop(clip, 1.2)
+    request = EditRequest(wav, sr, TEXT, "emotion", "excited", seed=31)
+    engine.clear_cache()
+    short = engine.edit(request, GenerationSettings(dynamic_tokens=False, max_new_tokens=20))
+    again = engine.edit(request, GenerationSettings(dynamic_tokens=False, max_new_tokens=20))
+    longer = engine.edit(request, GenerationSettings(dynamic_tokens=False, max_new_tokens=45))
+    assert again.passes[0] is short.passes[0]  # same settings: served from the cache
+    assert longer.passes[0] is not short.passes[0] and longer.passes[0].max_new_tokens == 45
+
+
+def test_an_interrupted_pass_is_not_reused(engine, clip):
+    wav, sr = crop(clip, 1.2)
+    request = EditRequest(wav, sr, TEXT, "emotion", "sad", seed=33)
+    engine.clear_cache()
+    cut = engine.edit(request, SAMPLED, progress=lambda p: p.stage == "generate" and p.done >= 5)
+    assert cut.stop_reason is StopReason.INTERRUPTED
+    full = engine.edit(request, SAMPLED)
+    assert full.stop_reason is not StopReason.INTERRUPTED and full.passes[0].n_generated_tokens > 5

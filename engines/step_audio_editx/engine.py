@@ -227,24 +227,28 @@ class StepAudioEditX:
             rounds = max(r.n_iterations for r in checked)
             current = [(r.audio, r.sample_rate) for r in checked]
             passes: list[list[PassResult]] = [[] for _ in checked]
-            chain = [self._request_key(r) for r in checked]
+            chain = [self._request_key(r, settings) for r in checked]
             for it in range(rounds):
                 active = [i for i, r in enumerate(checked) if r.n_iterations > it]
                 keys = {i: hashlib.sha256(f"{chain[i]}|{it}".encode()).hexdigest() for i in active}
                 todo = [i for i in active if keys[i] not in self._passes]
+                fresh: dict[int, PassResult] = {}
                 if todo:
                     started = time.perf_counter()
                     contexts = parts.frontend.encode([current[i] for i in todo])
                     frontend_s = (time.perf_counter() - started) / len(todo)
                     jobs = [self._edit_job(parts, checked[i], ctx, settings, it) for i, ctx in zip(todo, contexts)]
-                    fresh = self._run_pass(parts, jobs, settings, progress, call=it + 1, calls=rounds)
-                    for i, p in zip(todo, fresh):
+                    fresh = dict(zip(todo, self._run_pass(parts, jobs, settings, progress, call=it + 1, calls=rounds)))
+                    for i, p in fresh.items():
                         p.timings.frontend_s = frontend_s
                         p.timings.total_s += frontend_s
-                        self._remember(keys[i], p)
+                        if p.stop_reason is not StopReason.INTERRUPTED:  # a cut pass is not a result to reuse
+                            self._remember(keys[i], p)
                 for i in active:
-                    p = self._passes[keys[i]]
-                    self._passes.move_to_end(keys[i])
+                    p = fresh.get(i)
+                    if p is None:
+                        p = self._passes[keys[i]]
+                        self._passes.move_to_end(keys[i])
                     passes[i].append(p)
                     current[i] = (p.waveform, OUTPUT_SAMPLE_RATE)
                     if p.stop_reason is StopReason.INTERRUPTED:
@@ -284,9 +288,10 @@ class StepAudioEditX:
         return replace(r, edit_type=edit_type, edit_value=value, n_iterations=int(r.n_iterations))
 
     @staticmethod
-    def _request_key(r: EditRequest) -> str:
+    def _request_key(r: EditRequest, settings: GenerationSettings) -> str:
+        """Everything that decides a pass's output (the sampling settings and token cap included)."""
         return hashlib.sha256(repr((clip_digest(torch.as_tensor(r.audio), r.sample_rate), r.audio_text, r.edit_type,
-                                    r.edit_value, r.new_text, r.seed)).encode()).hexdigest()
+                                    r.edit_value, r.new_text, r.seed, settings)).encode()).hexdigest()
 
     def _remember(self, key: str, p: PassResult) -> None:
         self._passes[key] = p
