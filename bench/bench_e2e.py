@@ -11,7 +11,7 @@ Reported (bf16 on GPU):
   prefill, decode, flow, vocoder) and peak VRAM;
 * the dynamic-token effect: the same edit with the estimator's cap vs a fixed 8,192 (clamped to the
   context), on this model that never stops by itself;
-* batch_edit of 16 clips of 10 s vs 16 sequential edit calls, same run;
+* batch_edit of 16 clips of 10 s vs 16 sequential edit calls, same run, with both per-stage totals;
 * the truncation rate of the clone estimator on a table of real utterance durations.
 
     python bench/bench_e2e.py --device cuda --models /tmp/e2e_models --json e2e.json --markdown e2e.md
@@ -71,6 +71,14 @@ def stage_row(name: str, wall_s: float, result) -> dict:
             "decode_tok_s": p.n_generated_tokens / t.decode_s if t.decode_s else None}
 
 
+STAGES = ("frontend_s", "prefill_s", "decode_s", "flow_s", "vocoder_s")
+
+
+def stage_totals(results) -> dict:
+    """Seconds per stage summed over a call's results (a batch's shares add up to its stage time)."""
+    return {name: sum(getattr(r.timings, name) for r in results) for name in STAGES}
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     models = Path(args.models)
@@ -116,11 +124,12 @@ def run(args: argparse.Namespace) -> dict:
 
     batch = [EditRequest(*clip(short_s, 10 + i), EDIT_TEXT, "emotion", "sad", seed=100 + i)
              for i in range(args.batch)]
-    sequential_s, _ = timed_edit(engine, batch, GenerationSettings(), device, batched=False)
+    sequential_s, one_by_one = timed_edit(engine, batch, GenerationSettings(), device, batched=False)
     batched_s, results = timed_edit(engine, batch, GenerationSettings(), device, batched=True)
     report["batch"] = {"clips": args.batch, "clip_s": short_s, "sequential_s": sequential_s, "batched_s": batched_s,
                        "speedup": sequential_s / batched_s,
-                       "generated_per_clip": [r.passes[0].n_generated_tokens for r in results]}
+                       "generated_per_clip": [r.passes[0].n_generated_tokens for r in results],
+                       "sequential_stages": stage_totals(one_by_one), "batched_stages": stage_totals(results)}
 
     summary = summarize(budget_table())
     report["truncation"] = {"rows": summary.rows, "truncated": summary.truncated, "rate": summary.truncation_rate,
@@ -144,7 +153,14 @@ def markdown(report: dict) -> str:
                      f"{c['flow_s']:.3f} | {c['vocoder_s']:.3f} | {vram} |")
     b = report["batch"]
     lines += ["", f"batch_edit of {b['clips']} clips of {b['clip_s']:.0f} s: {b['batched_s']:.2f} s batched vs "
-              f"{b['sequential_s']:.2f} s as {b['clips']} sequential edit calls: **{b['speedup']:.1f}x**.", ""]
+              f"{b['sequential_s']:.2f} s as {b['clips']} sequential edit calls: **{b['speedup']:.1f}x** "
+              f"({min(b['generated_per_clip'])}-{max(b['generated_per_clip'])} tokens generated per clip).", "",
+              "| batch_edit stage | " + " | ".join(name[:-2] for name in STAGES) + " |",
+              "|---|" + "---:|" * len(STAGES)]
+    for label, key in (("16 sequential edit calls, s", "sequential_stages"), ("one batch_edit, s", "batched_stages")):
+        lines.append(f"| {label.replace('16', str(b['clips']))} | "
+                     + " | ".join(f"{b[key][name]:.3f}" for name in STAGES) + " |")
+    lines.append("")
     t = report["truncation"]
     lines.append(f"Clone token cap on {t['rows']} real utterances: truncation rate {100 * t['rate']:.1f} % "
                  f"(cap / real need: min {t['min_ratio']:.2f}, median {t['median_ratio']:.2f}, max {t['max_ratio']:.2f}).")
