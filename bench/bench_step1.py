@@ -2,12 +2,13 @@
 
 For every attention backend this machine can run: prefill a prompt (default 1,300 tokens), then decode
 (default 256 new tokens) one token per forward through a transformers ``DynamicCache`` (the plain cached
-path; fast decoding with static buffers is a later issue), at batch 1 and 8. Reports prefill ms, decode
+path; the fast path has its own benchmark, ``bench_generation.py``), at batch 1 and 8. Reports prefill ms, decode
 tokens/s (per row and total) and peak GPU memory as a markdown table, and writes JSON to ``--out``.
 
 Weights are random (dims of the facts doc, section 2, or ``--tiny``) and created directly on the device in
-the target dtype: no fp32 copy on the host. On Hopper and newer, ``sdpa`` runs twice: with
-``enable_gqa`` on unexpanded K/V (the default there) and with expanded K/V.
+the target dtype: no fp32 copy on the host. ``sdpa`` runs on expanded K/V (the default); ``--sdpa-gqa``
+adds the opt-in ``enable_gqa`` variant on unexpanded K/V (cuDNN attention on Hopper, see
+``lm.attention.default_sdpa_enable_gqa``).
 
     python bench/bench_step1.py --out step1_bench.json --markdown step1_bench.md     # GPU, full size
     python bench/bench_step1.py --tiny --out /tmp/step1_tiny.json                    # CPU smoke check
@@ -117,7 +118,7 @@ def bench_backend(model: Step1ForCausalLM, label: str, batch_size: int, prompt_t
     return result
 
 
-def backend_variants(device: torch.device) -> list[tuple[str, str, bool | None]]:
+def backend_variants(device: torch.device, sdpa_gqa: bool = False) -> list[tuple[str, str, bool | None]]:
     """(label, attn_implementation, sdpa_enable_gqa) for every Step1 backend this machine can run."""
     variants: list[tuple[str, str, bool | None]] = []
     for name in MODEL_BACKENDS["step1"]:
@@ -125,10 +126,9 @@ def backend_variants(device: torch.device) -> list[tuple[str, str, bool | None]]
         if reason is not None:
             logger.info("Skipping %s: %s", name, reason)
             continue
-        if name == "sdpa" and default_sdpa_enable_gqa(device):
-            variants += [("sdpa[gqa]", name, True), ("sdpa[expanded]", name, False)]
-        else:
-            variants.append((name, name, False if name == "sdpa" else None))
+        variants.append((name, name, default_sdpa_enable_gqa(device) if name == "sdpa" else None))
+        if name == "sdpa" and sdpa_gqa and sdpa_supports_enable_gqa():
+            variants.append(("sdpa[gqa]", name, True))
     return variants
 
 
@@ -158,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sdpa-gqa", action="store_true", help="also run sdpa with the opt-in enable_gqa")
     parser.add_argument("--out", type=Path, default=Path("step1_bench.json"), help="JSON results")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table (with the device)")
     return parser.parse_args(argv)
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     prompt_tokens = args.prompt_tokens or run["prompt_tokens"]
     new_tokens = args.new_tokens or run["new_tokens"]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or list(run["batch_sizes"])
-    variants = backend_variants(device)
+    variants = backend_variants(device, args.sdpa_gqa)
     if args.backends:
         wanted = {b.strip() for b in args.backends.split(",")}
         variants = [v for v in variants if v[0] in wanted or v[1] in wanted]

@@ -276,7 +276,7 @@ def _static_cache_length(cache: Cache) -> int | None:
 class Step1Model(Step1PreTrainedModel):
     """Embedding, decoder layers, final norm: ids ``[B, T]`` -> normed hidden states ``[B, T, hidden]``.
 
-    ``sdpa_enable_gqa`` (attribute): None = automatic (unexpanded K/V on capability >= 9.0), True/False force it.
+    ``sdpa_enable_gqa`` (attribute): None = ``attention.default_sdpa_enable_gqa`` (expanded K/V), True/False force it.
     """
 
     def __init__(self, config: Step1Config) -> None:
