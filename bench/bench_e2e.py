@@ -157,9 +157,9 @@ def markdown(report: dict) -> str:
               f"({min(b['generated_per_clip'])}-{max(b['generated_per_clip'])} tokens generated per clip).", "",
               "| batch_edit stage | " + " | ".join(name[:-2] for name in STAGES) + " |",
               "|---|" + "---:|" * len(STAGES)]
-    for label, key in (("16 sequential edit calls, s", "sequential_stages"), ("one batch_edit, s", "batched_stages")):
-        lines.append(f"| {label.replace('16', str(b['clips']))} | "
-                     + " | ".join(f"{b[key][name]:.3f}" for name in STAGES) + " |")
+    for label, key in ((f"{b['clips']} sequential edit calls, s", "sequential_stages"),
+                       ("one batch_edit, s", "batched_stages")):
+        lines.append(f"| {label} | " + " | ".join(f"{b[key][name]:.3f}" for name in STAGES) + " |")
     lines.append("")
     t = report["truncation"]
     lines.append(f"Clone token cap on {t['rows']} real utterances: truncation rate {100 * t['rate']:.1f} % "
