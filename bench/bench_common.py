@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -42,6 +44,14 @@ def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: 
         sync(device)
         times.append((time.perf_counter() - start) * 1000)
     return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}, result
+
+
+def write_report(report: dict, text: str, json_path: Path | None, markdown_path: Path | None) -> None:
+    """The JSON and markdown files a benchmark was asked for (their folders made as needed)."""
+    for path, content in ((json_path, json.dumps(report, indent=2)), (markdown_path, text)):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content, encoding="utf-8")
 
 
 def device_description(device: torch.device) -> dict:

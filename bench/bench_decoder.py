@@ -31,10 +31,8 @@ CPU smoke test with tiny dims: ``python bench/bench_decoder.py --tiny``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -54,7 +52,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.decoder.random_weights im
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.token2wav import Token2Wav, Token2WavInput
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import backend_unavailable_reason
 
-from bench_common import synthetic_speech, timed
+from bench_common import device_description, synthetic_speech, timed, write_report
 
 logger = logging.getLogger("bench_decoder")
 
@@ -210,8 +208,7 @@ def run(args: argparse.Namespace) -> dict:
     flow_state, hift_state = random_states(cfg, args.seed)
     hift_state = calibrate(cfg, flow_state, hift_state, device, args.seed, min(CALIBRATION_SECONDS, args.seconds))
     report: dict = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "tiny": args.tiny, "seconds": args.seconds, "prompt_seconds": args.prompt_seconds,
+        "device": device_description(device), "tiny": args.tiny, "seconds": args.seconds, "prompt_seconds": args.prompt_seconds,
         "steps": C.DECODER_CFM_STEPS,
         "tf32": {"cudnn_conv": torch.backends.cudnn.allow_tf32, "matmul_precision": torch.get_float32_matmul_precision()},
         "dims": str(args.yaml) if args.yaml else (COSYVOICE_TINY_DIMS if args.tiny else COSYVOICE_FULL_DIMS), "runs": [], "attn_check": [],
@@ -253,7 +250,7 @@ def markdown(report: dict) -> str:
     lines = [
         (f"### Token2Wav decode: {report['seconds']:g} s per clip, {report['prompt_seconds']:g} s prompt, "
          f"{report['steps']} Euler steps ({'tiny' if report['tiny'] else 'full-size'} dims, random weights)"),
-        f"Device: {report['device']}, torch {report['torch']}.", "",
+        f"Device: {report['device']['name']}, torch {report['device']['torch']}, {report['device']['date']}.", "",
         "| B | dtype | DiT / Conformer attn | prepare ms | flow ms | HiFT ms | total ms | x realtime | peak GiB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -322,10 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     text = markdown(report)
     sys.stdout.write(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    if args.markdown:
-        args.markdown.write_text(text, encoding="utf-8")
+    write_report(report, text, args.json, args.markdown)
     return 0
 
 

@@ -21,7 +21,6 @@ Reported (bf16 on GPU):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -39,7 +38,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx import (
     write_random_model,
 )
 
-from bench_common import BYTES_PER_GIB, device_description, sync, synthetic_speech
+from bench_common import BYTES_PER_GIB, device_description, sync, synthetic_speech, write_report
 from utterance_table import budget_table, summarize
 
 logger = logging.getLogger("bench_e2e")
@@ -140,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(report: dict) -> str:
     d = report["device"]
-    lines = [f"### End to end ({d.get('name', d['device'])}, torch {d['torch']}, transformers {d['transformers']}, "
+    lines = [f"### End to end ({d['name']}, torch {d['torch']}, transformers {d['transformers']}, "
              f"{d['date']}; {report['size']} random-weight model in the official layout)", "",
              f"Model load from local disk: {report['load_s']:.1f} s; one-time warm-up: {report['warmup_s']:.1f} s.", "",
              "| case | wall s | prompt tok | generated | front end s | prefill s | decode s | decode tok/s | flow s "
@@ -188,10 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     text = markdown(report)
     print(text)  # noqa: T201 - the benchmark's product is its report
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    if args.markdown:
-        args.markdown.write_text(text)
+    write_report(report, text, args.json, args.markdown)
     return 0
 
 

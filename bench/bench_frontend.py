@@ -13,10 +13,8 @@ CPU smoke test with tiny dims: ``python bench/bench_frontend.py --tiny``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.frontend.semantic import 
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.speaker import SpeakerEncoder
 from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import FULL_PARAFORMER
 
-from bench_common import synthetic_speech, timed
+from bench_common import device_description, synthetic_speech, timed, write_report
 
 logger = logging.getLogger("bench_frontend")
 
@@ -122,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         "tokenizer_wav_samples": tok_wavs[0].shape[0],
         "vq02_codes": n02[0],
         "vq06_codes": n06[0],
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_description(device),
         "dtype": args.dtype,
         "dims": {
             "paraformer": TINY_PARAFORMER if args.tiny else FULL_PARAFORMER,
@@ -130,7 +128,6 @@ def run(args: argparse.Namespace) -> dict:
             "tiny": args.tiny,
         },
         "speaker": speaker_note,
-        "torch": torch.__version__,
         "stages": stages,
     }
 
@@ -138,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
 def markdown(result: dict) -> str:
     lines = [
         f"### Audio front end, {result['clip_seconds']:g} s clip x {result['clips_per_call']} "
-        f"({result['device']}, {result['dtype']})",
+        f"({result['device']['name']}, torch {result['device']['torch']}, {result['dtype']})",
         "",
         f"Input: {result['input']}; {result['vq02_codes']} vq02 + {result['vq06_codes']} vq06 codes per clip. "
         f"{'TINY dims (smoke test).' if result['dims']['tiny'] else 'Full official dims, random weights.'}",
@@ -175,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     table = markdown(result)
     sys.stdout.write(table)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        args.markdown.write_text(table)
+    write_report(result, table, args.json, args.markdown)
     return 0
 
 

@@ -23,7 +23,6 @@ can be read off. Nothing else in the pack ever executes downloaded code.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -49,7 +48,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import (
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
 
-from bench_common import BYTES_PER_GIB, device_description, random_step1, sync
+from bench_common import BYTES_PER_GIB, device_description, random_step1, sync, write_report
 
 logger = logging.getLogger("bench_generation")
 
@@ -309,15 +308,11 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     payload = {"header": header, "device": info, "dtype": str(dtype), "step_bytes": step_bytes,
                "weights_bytes": weights, "results": [asdict(r) for r in results], "prefill_study": study,
                "profiles": profiles}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        study_md = ""
-        if study:
-            study_md = "\n\nPrefill of one prompt (ms) at fresh lengths " + str(list(PREFILL_STUDY_LENGTHS)) + ":\n\n" + \
-                "\n".join(f"- {row['choice']}: {row['ms']}" for row in study)
-        args.markdown.write_text(f"{header}\n\n{table}{study_md}\n")
+    study_md = ""
+    if study:
+        study_md = "\n\nPrefill of one prompt (ms) at fresh lengths " + str(list(PREFILL_STUDY_LENGTHS)) + ":\n\n" + \
+            "\n".join(f"- {row['choice']}: {row['ms']}" for row in study)
+    write_report(payload, f"{header}\n\n{table}{study_md}\n", args.out, args.markdown)
     logger.info("Wrote %s", args.out)
     return results
 

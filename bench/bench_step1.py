@@ -17,7 +17,6 @@ adds the opt-in ``enable_gqa`` variant on unexpanded K/V (cuDNN attention on Hop
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import (
 )
 from tqdm.auto import tqdm
 
-from bench_common import BYTES_PER_GIB, device_description, random_step1, sync
+from bench_common import BYTES_PER_GIB, device_description, random_step1, sync, write_report
 
 logger = logging.getLogger("bench_step1")
 
@@ -208,11 +207,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     logger.info("%s\n\n%s\n", header, table)
     payload = {"header": header, "device": info, "dtype": str(dtype), "dims": dims, "weights_gib": weights_gib,
                "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "results": [asdict(r) for r in results]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(f"{header}\n\n{table}\n")
+    write_report(payload, f"{header}\n\n{table}\n", args.out, args.markdown)
     logger.info("Wrote %s", args.out)
     return results
 
