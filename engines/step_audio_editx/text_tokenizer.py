@@ -99,24 +99,16 @@ class TextTokenizer:
         path = Path(path)
         if not path.is_file():
             raise TokenizerFileMissing(
-                f"{path.name} not found at {path}. It ships with the Step-Audio-EditX model: download "
-                f"the folder from the Hugging Face hub repo {HUB_REPO_ID} (or just {TOKENIZER_FILENAME}) "
-                f"into {path.parent}."
+                f"{path.name} not found in the model folder {path.parent}. It ships with the "
+                f"Step-Audio-EditX model: download the folder from the Hugging Face hub repo "
+                f"{HUB_REPO_ID} (at least {TOKENIZER_FILENAME}) into {path.parent}."
             )
         return cls(path.read_bytes(), source=str(path))
 
     @classmethod
     def from_folder(cls, model_dir: str | Path) -> TextTokenizer:
         """Load ``<model_dir>/tokenizer.model`` (the Step-Audio-EditX model folder)."""
-        model_dir = Path(model_dir)
-        path = model_dir / TOKENIZER_FILENAME
-        if not path.is_file():
-            raise TokenizerFileMissing(
-                f"{TOKENIZER_FILENAME} not found in the model folder {model_dir}. It ships with the "
-                f"Step-Audio-EditX model: download the folder from the Hugging Face hub repo "
-                f"{HUB_REPO_ID} (at least {TOKENIZER_FILENAME}) into {model_dir}."
-            )
-        return cls(path.read_bytes(), source=str(path))
+        return cls.from_file(Path(model_dir) / TOKENIZER_FILENAME)
 
     def _check_layout(self) -> None:
         """Audio ids are written into prompts directly, so the model must place them where we do."""
