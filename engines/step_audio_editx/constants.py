@@ -106,3 +106,10 @@ DECODER_CFM_STEPS = 10  # Euler steps of the flow matching (official CosyVoice(n
 
 # --- language model context ----------------------------------------------------------------------
 MAX_CONTEXT_TOKENS = 8_192  # the official pipeline's max_length / max_model_len (prompt + new tokens)
+
+# --- transcription (the Paraformer's own CIF predictor + decoder, FunASR's streaming defaults) -------
+ASR_CHUNK_SIZE = (0, 10, 5)  # FunASR's paraformer-streaming example: 600 ms chunks, 300 ms look-ahead
+ASR_ENCODER_LOOK_BACK = 4  # chunks of cached encoder keys/values
+ASR_DECODER_LOOK_BACK = 1  # chunks of cached decoder memory
+ASR_TAIL_CHUNK_SAMPLES = 960  # FunASR: a final chunk shorter than this decodes only the cached look-ahead
+ASR_SPEECH_ALPHA = 0.1  # a frame whose CIF weight is below this counts as silence before a token starts

@@ -36,6 +36,7 @@ from .constants import (
     AUDIO_TOKEN_OFFSET,
     SPEAKER_FBANK_BINS,
 )
+from .asr.random_weights import ASR_YAML, FULL_ASR, TINY_ASR, write_random_asr
 from .decoder.random_weights import COSYVOICE_FULL_DIMS, COSYVOICE_TINY_DIMS, write_random_cosyvoice
 from .model_files import EDITX_DIRNAME, TOKENIZER_DIRNAME, WEIGHTS_INDEX, ModelFolders
 
@@ -50,6 +51,7 @@ class RandomModelDims:
     s3: dict = field(default_factory=dict)  # s3tokenizer ModelConfig fields (defaults: the v1 25 Hz tokenizer)
     cosyvoice: dict = field(default_factory=lambda: dict(COSYVOICE_FULL_DIMS))
     speaker_hidden: int = 512
+    asr: dict = field(default_factory=lambda: dict(FULL_ASR))  # recogniser: decoder widths and vocabulary
 
 
 FULL_PARAFORMER = dict(output_size=512, attention_heads=4, linear_units=2048, num_blocks=50)
@@ -63,6 +65,7 @@ MODEL_SIZES: dict[str, RandomModelDims] = {
         s3=dict(n_audio_state=32, n_audio_head=2, n_audio_layer=2),
         cosyvoice=dict(COSYVOICE_TINY_DIMS),
         speaker_hidden=32,
+        asr=dict(TINY_ASR),
     ),
 }
 SPEAKER_EMBED_DIM = 192
@@ -264,18 +267,20 @@ def _write_tokenizer_folder(tokenizer: Path, dims: RandomModelDims, seed: int) -
 
     para = tokenizer / PARAFORMER_SUBDIR
     para.mkdir(parents=True, exist_ok=True)
-    text = _PARAFORMER_YAML.format(**{**FULL_PARAFORMER, **dims.paraformer})
+    enc_dims = {**FULL_PARAFORMER, **dims.paraformer}
+    text = _PARAFORMER_YAML.format(**enc_dims) + ASR_YAML.format(width=enc_dims["output_size"], **dims.asr)
     (para / "config.yaml").write_text(text)
     config = yaml.safe_load(text)
     fbank = FbankConfig.from_config(config["frontend_conf"])
     encoder = random_sanm_encoder(SanmEncoderConfig.from_config(config["encoder_conf"], fbank.feature_dim), seed)
-    torch.save({f"encoder.{k}": v for k, v in encoder.state_dict().items()}, para / "model.pt")
+    state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    state.update(write_random_asr(para, encoder.cfg.output_size, dims.asr, seed))
+    torch.save(state, para / "model.pt")
     _write_am_mvn(para / "am.mvn", fbank.feature_dim, seed)
     (para / "configuration.json").write_text(json.dumps({
         "framework": "pytorch", "task": "auto-speech-recognition",
         "file_path_metas": {"init_param": "model.pt", "config": "config.yaml", "tokenizer_conf": {"token_list": "tokens.json"},
                             "frontend_conf": {"cmvn_file": "am.mvn"}}}, indent=2))
-    (para / "tokens.json").write_text(json.dumps(["<blank>", "<s>", "</s>", "<unk>"]))
     width = encoder.cfg.output_size
     centroids = np.random.default_rng(seed + 2).standard_normal((VQ02_CODEBOOK_SIZE, width))
     np.save(tokenizer / VQ02_CENTROIDS_FILE, centroids.astype(np.float32))

@@ -140,21 +140,25 @@ class ChunkLayout:
         return sum(self.feat_lens)
 
 
-def stream_layout(num_samples: int, fbank: FbankConfig, streaming: StreamingConfig = StreamingConfig()) -> ChunkLayout:
+def stream_layout(
+    num_samples: int, fbank: FbankConfig, streaming: StreamingConfig = StreamingConfig(), final: bool = True
+) -> ChunkLayout:
     """LFR frames per chunk that official streaming emits for a clip of ``num_samples`` (16 kHz, is_final).
 
     The emitted frames are always a prefix of the whole-clip LFR frames; this returns how many per chunk.
+    ``final=False``: the samples are whole chunks none of which is the last call (held-back frames stay held).
     """
     stride = streaming.stride_samples
     shift = fbank.frame_shift_samples
     m, n = fbank.lfr_m, fbank.lfr_n
     left = (m - 1) // 2
-    num_chunks = num_samples // stride + 1
+    num_chunks = num_samples // stride + 1 if final else num_samples // stride
     input_cache = 0  # samples not yet framed
     splice: int | None = None  # frames held back for the next LFR window
     lens: list[int] = []
+    last = final
     for i in range(num_chunks):
-        final = i == num_chunks - 1
+        final = last and i == num_chunks - 1
         chunk = min(stride, num_samples - i * stride)
         if final and chunk == 0:
             break
@@ -340,7 +344,7 @@ class SanmEncoder(nn.Module):
         """Encode clips as the official streaming loop does.
 
         In: per clip, LFR+CMVN features ``[T_i, input_size]`` (T_i = ``layouts[i].num_frames``).
-        Out: per clip, encoder outputs ``[T_i, output_size]``.
+        Out: per clip, encoder outputs ``[T_i, output_size]`` (the last ``n`` frames of each chunk's window).
         """
         param = self.after_norm.weight
         device, dtype = param.device, param.dtype
@@ -348,22 +352,37 @@ class SanmEncoder(nn.Module):
         outs = [torch.empty(0, self.cfg.output_size, device=device, dtype=dtype) for _ in layouts]
         if not keep:
             return outs
-        scale = self.cfg.output_size**0.5
-        rows = [torch.zeros(1, self.cfg.input_size, device=device, dtype=dtype)]
-        for i in keep:
-            f = feats[i][: layouts[i].num_frames].to(device=device, dtype=torch.float32)
-            if f.shape[0] != layouts[i].num_frames:
-                raise ValueError(f"clip {i}: {f.shape[0]} feature frames for a layout of {layouts[i].num_frames}")
-            rows.append((f * scale + self._positions(f.shape[0], device)).to(dtype))
-        packed, lengths = _pack_chunks([layouts[i] for i in keep], streaming, device)
-        x = torch.cat(rows, dim=0)[packed.window_src]  # [G, W, input_size]
-        for layer in list(self.encoders0) + list(self.encoders):
-            x = self._layer(layer, x, packed)
-        x = self.after_norm(x)
+        x, packed, lengths = self.encode_windows([feats[i] for i in keep], [layouts[i] for i in keep], streaming)
         flat = x[packed.out_chunk, packed.out_pos]
         for i, part in zip(keep, torch.split(flat, lengths), strict=True):
             outs[i] = part
         return outs
+
+    def encode_windows(
+        self,
+        feats: Sequence[torch.Tensor],
+        layouts: Sequence[ChunkLayout],
+        streaming: StreamingConfig = StreamingConfig(),
+    ) -> tuple[torch.Tensor, _PackedChunks, list[int]]:
+        """Every chunk window of every clip, as FunASR's ``forward_chunk`` returns it: ``[G, W, D]``.
+
+        Chunk g (clips in order, chunks in order) is valid at positions ``packed.window_valid[g]``; its
+        window holds the ``context_frames`` frames before its own. The ASR reads whole windows.
+        """
+        param = self.after_norm.weight
+        device, dtype = param.device, param.dtype
+        scale = self.cfg.output_size**0.5
+        rows = [torch.zeros(1, self.cfg.input_size, device=device, dtype=dtype)]
+        for i, (feat, lay) in enumerate(zip(feats, layouts, strict=True)):
+            f = feat[: lay.num_frames].to(device=device, dtype=torch.float32)
+            if f.shape[0] != lay.num_frames:
+                raise ValueError(f"clip {i}: {f.shape[0]} feature frames for a layout of {lay.num_frames}")
+            rows.append((f * scale + self._positions(f.shape[0], device)).to(dtype))
+        packed, lengths = _pack_chunks(layouts, streaming, device)
+        x = torch.cat(rows, dim=0)[packed.window_src]  # [G, W, input_size]
+        for layer in list(self.encoders0) + list(self.encoders):
+            x = self._layer(layer, x, packed)
+        return self.after_norm(x), packed, lengths
 
 
 def random_sanm_encoder(cfg: SanmEncoderConfig, seed: int = 0) -> SanmEncoder:
