@@ -48,7 +48,8 @@ DECODER_CODEBOOK_SIZE = VQ02_CODEBOOK_SIZE + VQ06_CODEBOOK_SIZE + 1  # 5121
 
 # --- input limits ------------------------------------------------------------------------------
 MIN_INPUT_SECONDS = 0.5
-MAX_INPUT_SECONDS = 30.0
+MAX_INPUT_SECONDS = 30.0  # per model call; longer edit inputs are cut into pieces of at most this
+MAX_LONG_INPUT_SECONDS = 1200.0  # long-form edits: 20 minutes
 EDIT_INPUT_PEAK = 0.6  # inputs are scaled to this peak before editing (avoids clipping over passes)
 
 # --- audio front end: official preprocess_wav, Paraformer vq02, S3 vq06, CAM++ ------------------

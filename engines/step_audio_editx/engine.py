@@ -23,11 +23,13 @@ import torch
 
 from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
 from .decoder.token2wav import Token2Wav, Token2WavInput
+from .asr import Transcriber, Transcript
 from .frontend.context import FrontEnd, PromptContext, clip_digest
 from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
 from .frontend.speaker import SpeakerEncoder
 from .lm.generation import GenerationOutput, generate
+from .long_form import fill_clone_texts, run_edits
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
 from .prompts import build_clone_prompt, build_edit_prompt
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 PASS_CACHE_SIZE = 128  # finished edit passes kept per engine (lowering n_iterations is free)
 LENGTH_GROUP_RATIO = 1.5  # prompts up to this much longer than the shortest of a group share its batch
 MAX_GENERATE_BATCH = 16
+_TRANSCRIPT_PENDING = "(to be recognised)"  # stands in for a missing transcript while requests are checked
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class _Parts:
     lm: torch.nn.Module
     token2wav: Token2Wav
     frontend: FrontEnd
+    transcriber: Optional[Transcriber] = None  # loaded on first need (shares vq02's encoder)
 
 
 @dataclass
@@ -155,7 +159,8 @@ class StepAudioEditX:
     def modules(self) -> dict[str, torch.nn.Module]:
         """The torch modules holding weights (for host memory managers such as ComfyUI's)."""
         parts = self.load()._parts
-        return {"lm": parts.lm, **parts.token2wav.modules(), **parts.frontend.modules()}
+        asr = parts.transcriber.modules() if parts.transcriber is not None else {}
+        return {"lm": parts.lm, **parts.token2wav.modules(), **parts.frontend.modules(), **asr}
 
     def to(self, device: torch.device | str) -> "StepAudioEditX":
         """Move every part (offload to the CPU, or back to the GPU); cheap when already there."""
@@ -167,6 +172,8 @@ class StepAudioEditX:
             parts.lm.to(device)
             parts.token2wav.to(device)
             parts.frontend.to(device)
+            if parts.transcriber is not None:
+                parts.transcriber.to(device)
             parts.device = device
             logger.info("Step-Audio-EditX moved to %s", device)
             return self
@@ -180,6 +187,17 @@ class StepAudioEditX:
                 torch.cuda.empty_cache()
 
     # -- work ------------------------------------------------------------------------------------
+    def transcribe(self, clips: Sequence[tuple[torch.Tensor, int]]) -> list[Transcript]:
+        """What each clip says (any rate, mono or [C, T]), with word timestamps; one batched pass."""
+        with self._lock:
+            parts = self.load()._parts
+            if parts.transcriber is None:
+                started = time.perf_counter()
+                parts.transcriber = Transcriber.from_folder(parts.folders.tokenizer, device=parts.device,
+                                                            encoder=parts.frontend.vq02.encoder)
+                logger.info("Transcriber ready in %.1f s", time.perf_counter() - started)
+            return parts.transcriber.transcribe_audio(clips)
+
     def clone(self, request: CloneRequest, settings: GenerationSettings = GenerationSettings(),
               progress: Optional[ProgressCallback] = None) -> AudioResult:
         return self.batch_clone([request], settings, progress)[0]
@@ -196,6 +214,8 @@ class StepAudioEditX:
         for n, r in enumerate(requests):
             if not r.target_text or not r.target_text.strip():
                 raise ValueError(f"clone request {n + 1}: the text to speak is empty.")
+        given = [bool((r.prompt_text or "").strip()) for r in requests]
+        requests = fill_clone_texts(requests, self.transcribe)
         with self._lock, torch.inference_mode():
             parts = self.load()._parts
             started = time.perf_counter()
@@ -213,12 +233,25 @@ class StepAudioEditX:
                 p.timings.frontend_s = frontend_s / len(passes)
                 p.timings.total_s += p.timings.frontend_s
                 results.append(AudioResult(p.waveform, OUTPUT_SAMPLE_RATE, [p], replace(p.timings)))
+            for res, r, typed in zip(results, requests, given):
+                res.transcript, res.transcribed = r.prompt_text, not typed
             return results
 
     def batch_edit(self, requests: Sequence[EditRequest], settings: GenerationSettings = GenerationSettings(),
                    progress: Optional[ProgressCallback] = None) -> list[AudioResult]:
-        """Apply each request's edit ``n_iterations`` times; every iteration is one batched pass over
-        the requests still active. Finished passes are cached, so lowering ``n_iterations`` is free."""
+        """Apply each request's edit ``n_iterations`` times. A missing transcript is recognised; clips over
+        30 s are cut into pieces between words and joined afterwards (``long_form``). Every iteration is
+        one batched pass over all pieces still active."""
+        if not requests:
+            return []
+        for n, r in enumerate(requests):
+            self._check_edit(n, replace(r, audio_text=r.audio_text or _TRANSCRIPT_PENDING), len(requests))
+        return run_edits(requests, settings, progress, self.transcribe, self._edit_pieces)
+
+    def _edit_pieces(self, requests: Sequence[EditRequest], settings: GenerationSettings,
+                     progress: Optional[ProgressCallback]) -> list[AudioResult]:
+        """The batch of clips of at most 30 s, each with its transcript. Finished passes are cached, so
+        lowering ``n_iterations`` is free."""
         if not requests:
             return []
         checked = [self._check_edit(n, r, len(requests)) for n, r in enumerate(requests)]
@@ -282,7 +315,8 @@ class StepAudioEditX:
                 raise ValueError("the paralinguistic edit needs new_text: the transcript with [Laughter]-style tags "
                                  "where the sounds go.")
             if edit_type not in TRANSCRIPT_FREE_EDITS and not (r.audio_text or "").strip():
-                raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text).")
+                raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text); "
+                                 "none was given and none was recognised.")
         except ValueError as exc:
             raise type(exc)(where + str(exc)) from exc
         return replace(r, edit_type=edit_type, edit_value=value, n_iterations=int(r.n_iterations))

@@ -86,7 +86,7 @@ class EditRequest:
 
     audio: torch.Tensor  # [T] or [C, T], float, roughly -1..1
     sample_rate: int
-    audio_text: str  # transcript of the input (not needed by denoise / vad)
+    audio_text: Optional[str]  # transcript of the input; None or empty: recognised from the audio
     edit_type: str  # vocabulary.EDIT_TYPES
     edit_value: Optional[str] = None  # emotion / style / speed value
     new_text: Optional[str] = None  # paralinguistic: the transcript with [Tag]s inserted
@@ -100,7 +100,7 @@ class CloneRequest:
 
     prompt_audio: torch.Tensor  # [T] or [C, T]
     prompt_sample_rate: int
-    prompt_text: str
+    prompt_text: Optional[str]  # None or empty: recognised from the prompt audio
     target_text: str
     seed: int = 0
 
@@ -118,14 +118,28 @@ class PassResult:
     tokens: tuple[int, ...] = ()  # the generated LM audio ids (<|EOT|> excluded)
 
 
+@dataclass(frozen=True)
+class PieceInfo:
+    """One piece of a long-form edit: where it was cut from the input (seconds) and its transcript."""
+
+    start_s: float
+    end_s: float
+    text: str
+    edited: bool = True  # False: no speech was recognised in it, so it was kept as it was
+
+
 @dataclass
 class AudioResult:
-    """The outcome of ``clone`` or ``edit`` (``passes`` holds one entry per iteration)."""
+    """The outcome of ``clone`` or ``edit`` (``passes`` holds one entry per iteration, and per piece of a
+    long-form edit)."""
 
     waveform: torch.Tensor  # [T] float32 on the CPU
     sample_rate: int = OUTPUT_SAMPLE_RATE
     passes: list[PassResult] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    transcript: Optional[str] = None  # the transcript used (typed or recognised); None when none was needed
+    transcribed: bool = False  # True: recognised from the audio (show it so the user can correct it)
+    pieces: tuple[PieceInfo, ...] = ()  # long-form edits: the pieces the clip was cut into
 
     @property
     def stop_reason(self) -> StopReason:

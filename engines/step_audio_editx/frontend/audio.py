@@ -107,7 +107,7 @@ def _sample_rate(sample_rate: object) -> int:
     return int(sample_rate)
 
 
-def validate_audio(wav: ArrayLike, sample_rate: int) -> torch.Tensor:
+def validate_audio(wav: ArrayLike, sample_rate: int, max_seconds: float = MAX_INPUT_SECONDS) -> torch.Tensor:
     """Check an input clip and return it as mono float32 ``[samples]``; raise ``AudioInputError`` if unusable.
 
     Rejects: sample rates outside [8 kHz, 192 kHz], empty clips, NaN/inf samples, clips shorter than
@@ -133,10 +133,13 @@ def validate_audio(wav: ArrayLike, sample_rate: int) -> torch.Tensor:
         raise AudioInputError(
             f"audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS} s of speech is needed. Use a longer clip."
         )
-    if seconds > MAX_INPUT_SECONDS:
+    if seconds > max_seconds:
+        if max_seconds > MAX_INPUT_SECONDS:
+            raise AudioInputError(f"audio is {seconds:.1f} s long; at most {max_seconds:.0f} s is supported. "
+                                  "Cut it into shorter files.")
         raise AudioInputError(
-            f"audio is {seconds:.2f} s long; at most {MAX_INPUT_SECONDS:.0f} s is supported. "
-            "Cut it into pieces of 30 s or less (edit each piece separately)."
+            f"audio is {seconds:.2f} s long; at most {MAX_INPUT_SECONDS:.0f} s is supported here. "
+            "Edits cut longer clips into pieces themselves; for a clone reference use a clip of 30 s or less."
         )
     if float(mono.abs().max()) < SILENT_PEAK:
         raise AudioInputError("audio is silent (peak below one 16-bit step). Provide a clip with audible speech.")
