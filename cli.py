@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     edit = sub.add_parser("edit", help="edit one clip (emotion, style, speed, paralinguistic, denoise, vad)")
-    edit.add_argument("input", help="audio file to edit (0.5-30 s)")
+    edit.add_argument("input", help="audio file to edit (0.5 s to 20 min; over 30 s it is cut into pieces)")
     text = edit.add_mutually_exclusive_group()
-    text.add_argument("--text", help="transcript of the input")
+    text.add_argument("--text", help="transcript of the input (default: INPUT's .txt, else recognised and logged)")
     text.add_argument("--text-file", help="file holding the transcript (default: INPUT with .txt, if present)")
     _edit_options(edit)
     edit.add_argument("--out", "-o", default="edited.wav")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     clone = sub.add_parser("clone", help="speak a text in the voice of a reference clip (inline tags allowed)")
     clone.add_argument("--prompt-audio", required=True, help="reference clip (0.5-30 s)")
-    clone.add_argument("--prompt-text", help="transcript of the reference clip (default: its .txt sidecar)")
+    clone.add_argument("--prompt-text", help="transcript of the reference clip (default: its .txt sidecar, else recognised)")
     clone.add_argument("--text", required=True, help="text to speak; may hold <Laughter>, <emotion:happy>, [pause:500ms]")
     clone.add_argument("--out", "-o", default="cloned.wav")
     _add_engine_options(clone)
@@ -119,23 +119,27 @@ def _write_audio(path: str | Path, waveform, sample_rate: int) -> None:
     sf.write(str(path), waveform.detach().cpu().float().numpy(), sample_rate, subtype="PCM_16")
 
 
-def _sidecar_text(audio_path: str, given: Optional[str], given_file: Optional[str] = None,
-                  needed: bool = True) -> str:
-    """The transcript: given, from --text-file, or from the clip's .txt sidecar (denoise / vad need none)."""
-    if given is not None:
+def _sidecar_text(audio_path: str, given: Optional[str], given_file: Optional[str] = None) -> Optional[str]:
+    """The transcript: given, from --text-file, or from the clip's .txt sidecar; None: recognise it."""
+    if given is not None and given.strip():
         return given
+    if given_file and not Path(given_file).is_file():
+        raise SystemExit(f"Transcript file not found: {given_file}")
     path = Path(given_file) if given_file else Path(audio_path).with_suffix(".txt")
     if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    if not needed:
-        return ""
-    raise SystemExit(f"No transcript: pass --text, or put it in {path}")
+        return path.read_text(encoding="utf-8").strip() or None
+    return None
 
 
-def _needs_transcript(edit_type: str) -> bool:
-    from .engines.step_audio_editx import TRANSCRIPT_FREE_EDITS
-
-    return edit_type.strip().lower() not in TRANSCRIPT_FREE_EDITS
+def _log_transcript(name: str, result) -> None:
+    """Show a recognised transcript (to correct and pass back with --text) and a long clip's pieces."""
+    if result.transcribed and result.transcript is not None:
+        logger.info("%s: recognised transcript (pass a corrected one with --text): %s", name, result.transcript)
+    if result.pieces:
+        logger.info("%s: long-form edit in %d pieces (cut between words at %s s), edited as one batch, joined",
+                    name, len(result.pieces), ", ".join(f"{p.start_s:.2f}" for p in result.pieces[1:]))
+        for k, p in enumerate(result.pieces, start=1):
+            logger.info("  piece %d: %.2f-%.2f s%s: %s", k, p.start_s, p.end_s, "" if p.edited else " (kept)", p.text)
 
 
 class _TokenBar:
@@ -187,13 +191,14 @@ def cmd_edit(args) -> int:
     from .engines.step_audio_editx import EditRequest
 
     audio, sr = _read_audio(args.input)
-    text = _sidecar_text(args.input, args.text, args.text_file, _needs_transcript(args.edit_type))
+    text = _sidecar_text(args.input, args.text, args.text_file)
     request = EditRequest(audio=audio, sample_rate=sr, audio_text=text,
                           edit_type=args.edit_type, edit_value=args.value, new_text=args.new_text,
                           n_iterations=args.iterations, seed=args.seed)
     engine = _engine(args)
     result = _with_progress(lambda bar: engine.edit(request, _settings(args), progress=bar))
     _write_audio(args.out, result.waveform, result.sample_rate)
+    _log_transcript(args.out, result)
     _report(args.out, result)
     return 0
 
@@ -207,6 +212,8 @@ def cmd_clone(args) -> int:
     result = _with_progress(lambda bar: clone_long_form(engine, audio, sr, prompt_text, args.text, _settings(args),
                                                         args.seed, bar))
     _write_audio(args.out, result.waveform, result.sample_rate)
+    if result.prompt_transcribed:
+        logger.info("Reference transcript recognised (pass a corrected one with --prompt-text): %s", result.prompt_text)
     logger.info("%s: %.2f s of audio in %d chunk(s), %d model call(s)%s", args.out,
                 result.waveform.shape[-1] / result.sample_rate, result.chunks, result.model_calls,
                 " (TRUNCATED: some chunk hit the token cap)" if result.truncated else "")
@@ -243,7 +250,7 @@ def cmd_batch(args) -> int:
         audio, sr = _read_audio(src)
         requests.append(EditRequest(
             audio=audio, sample_rate=sr,
-            audio_text=_sidecar_text(src, row.get("text"), needed=_needs_transcript(row["edit_type"])),
+            audio_text=_sidecar_text(src, row.get("text")),
             edit_type=row["edit_type"], edit_value=row.get("value"), new_text=row.get("new_text"),
             n_iterations=int(row.get("iterations", 1)), seed=int(row.get("seed", args.seed))))
         outputs.append(Path(args.out_dir) / row.get("output", f"{i:04d}_{Path(src).stem}_{row['edit_type']}.wav"))
@@ -251,6 +258,7 @@ def cmd_batch(args) -> int:
     results = _with_progress(lambda bar: engine.batch_edit(requests, _settings(args), progress=bar))
     for out, result in zip(outputs, results):
         _write_audio(out, result.waveform, result.sample_rate)
+        _log_transcript(str(out), result)
         _report(str(out), result)
     return 0
 

@@ -45,7 +45,8 @@ class StepAudioEditXClone:
                 "reference_audio": ("AUDIO", {"tooltip": (
                     f"A clean clip of the voice to clone, {MIN_INPUT_SECONDS:g}-{MAX_INPUT_SECONDS:g} s "
                     "(3-10 s works best). One clip, not a batch.")}),
-                "reference_text": text_widget("What the reference clip says, word for word."),
+                "reference_text": text_widget("What the reference clip says, word for word. Leave empty to have it "
+                                              "recognised (shown in info, so you can correct it)."),
                 "text": text_widget(
                     "The text to speak. Inline tags: <Laughter> (any paralinguistic sound), <emotion:happy>, "
                     "<style:whisper>, <speed:faster>, [pause:500ms]. Each edit tag costs one extra model pass over "
@@ -59,8 +60,6 @@ class StepAudioEditXClone:
 
     @classmethod
     def VALIDATE_INPUTS(cls, reference_text=None, text=None):
-        if reference_text is not None and not reference_text.strip():
-            return "reference_text is empty: write what the reference clip says, word for word."
         if text is not None and not text.strip():
             return "text is empty: write the text to speak."
         if text is not None:

@@ -40,12 +40,7 @@ def check_edit_widgets(transcript: Optional[str], edit_type: Optional[str],
     """Raise ValueError for widget values that cannot work (None = linked input, checked at run time)."""
     if edit_type is None:
         return
-    edit_type = check_edit_type(edit_type)
-    if edit_type not in TRANSCRIPT_FREE_EDITS and transcript is not None and not transcript.strip():
-        raise EditInputError(
-            f"The {edit_type} edit needs the transcript of the input clip (what it says, word for word). "
-            "Only denoise and vad work without one."
-        )
+    edit_type = check_edit_type(edit_type)  # an empty transcript is fine: the clip is transcribed
     if edit_type == "paralinguistic" and paralinguistic_text is not None:
         for line in [line for line in paralinguistic_text.splitlines() if line.strip()] or [""]:
             check_paralinguistic_text(line)
@@ -63,7 +58,8 @@ def build_edit_requests(clips: Sequence[Clip], transcript: str, edit_type: str, 
     edit_type = check_edit_type(edit_type)
     value = check_edit_value(edit_type, value)
     n = len(clips)
-    texts = [""] * n if edit_type in TRANSCRIPT_FREE_EDITS else per_clip_lines(transcript, n, "transcript")
+    typed = edit_type not in TRANSCRIPT_FREE_EDITS and bool((transcript or "").strip())
+    texts: list[Optional[str]] = per_clip_lines(transcript, n, "transcript") if typed else [None] * n
     new_texts: list[Optional[str]] = (
         per_clip_lines(paralinguistic_text, n, "paralinguistic_text") if edit_type == "paralinguistic" else [None] * n
     )

@@ -18,6 +18,8 @@ class LongFormLike(Protocol):
     truncated: bool
     passes: list[PassResult]
     timings: Timings
+    prompt_text: str
+    prompt_transcribed: bool
 
 
 def _cap_advice(dynamic_tokens: bool) -> str:
@@ -42,6 +44,22 @@ def _time_line(load_s: float, run_s: float) -> str:
     return f"time: {load_s + run_s:.1f} s (model load/placement {load_s:.1f} s, generation {run_s:.1f} s)"
 
 
+def transcript_lines(label: str, result: AudioResult) -> list[str]:
+    """The recognised transcript (to copy, correct and type back) and a long clip's pieces."""
+    lines = []
+    if result.transcribed and result.transcript is not None:
+        lines.append(f"{label} transcript (recognised; type a corrected one into transcript to use it): "
+                     f"{result.transcript}")
+    if result.pieces:
+        cuts = ", ".join(f"{p.start_s:.2f}" for p in result.pieces[1:])
+        kept = sum(not p.edited for p in result.pieces)
+        lines.append(f"{label} long-form: {len(result.pieces)} pieces of <= 30 s, cut between words at {cuts} s, "
+                     f"edited as one batch and joined with crossfades" + (f"; {kept} without speech kept as is" if kept else ""))
+        for k, p in enumerate(result.pieces, start=1):
+            lines.append(f"  piece {k}: {p.start_s:.2f}-{p.end_s:.2f} s: {p.text}")
+    return lines
+
+
 def edit_info(edit_label: str, clips: Sequence[Clip], results: Sequence[AudioResult], n_iterations: int,
               dynamic_tokens: bool, load_s: float, run_s: float) -> str:
     """Summary of an edit of ``clips`` (results in the same order)."""
@@ -54,6 +72,7 @@ def edit_info(edit_label: str, clips: Sequence[Clip], results: Sequence[AudioRes
         if clip.trimmed_samples:
             line += f"; trimmed {clip.trimmed_s:.2f} s of trailing batch padding"
         lines.append(line)
+        lines += transcript_lines(f"clip {i}", result)
         for k, p in enumerate(result.passes, start=1):
             if p.stop_reason.truncated:
                 warnings.append(
@@ -77,6 +96,8 @@ def clone_info(reference: Clip, result: LongFormLike, dynamic_tokens: bool, load
         stops[p.stop_reason.value] = stops.get(p.stop_reason.value, 0) + 1
     lines = [
         f"Step-Audio-EditX clone: reference {reference.duration_s:.2f} s -> {duration:.2f} s out",
+        *([f"reference transcript (recognised; type a corrected one into reference_text to use it): "
+            f"{result.prompt_text}"] if result.prompt_transcribed else []),
         f"chunks: {result.chunks}, model calls: {result.model_calls}, {tokens} generated tokens, stop: "
         + ", ".join(f"{reason} x{count}" for reason, count in stops.items()),
         _time_line(load_s, run_s),

@@ -10,6 +10,7 @@ from ..engines.step_audio_editx import (
     AUDIO_TOKENS_PER_SECOND,
     MAX_EDIT_ITERATIONS,
     MAX_INPUT_SECONDS,
+    MAX_LONG_INPUT_SECONDS,
     MIN_INPUT_SECONDS,
     TOKENS_PER_GROUP,
     GenerationSettings,
@@ -53,13 +54,14 @@ TIP_N_ITERATIONS = (
     "tokenizer and decoder, for 10 s of audio), so 3 iterations take about 3x as long as one."
 )
 TIP_AUDIO_IN = (
-    f"The clip to edit ({MIN_INPUT_SECONDS:g}-{MAX_INPUT_SECONDS:g} s of speech, any sample rate; stereo is mixed "
-    "down). A batch of several clips is edited in one batched model call per iteration; clips of different "
+    f"The clip to edit ({MIN_INPUT_SECONDS:g} s to {MAX_LONG_INPUT_SECONDS / 60:g} min of speech, any sample rate; "
+    f"stereo is mixed down; clips over {MAX_INPUT_SECONDS:g} s are cut between words into pieces of at most "
+    f"{MAX_INPUT_SECONDS:g} s, edited together and joined). A batch of several clips is edited in one batched model call per iteration; clips of different "
     "lengths in a batch are zero-padded by ComfyUI, and that trailing padding is trimmed before editing."
 )
 TIP_TRANSCRIPT = (
-    "What the input clip says, word for word (needed for every edit except denoise and vad). For a batch, "
-    "write one line per clip, in batch order."
+    "What the input clip says, word for word. Leave empty to have it recognised (shown in info, so you can "
+    "correct it and type it here). For a batch, write one line per clip, in batch order."
 )
 TIP_PARALINGUISTIC = (
     "Only for edit_type paralinguistic: the transcript with sound tags inserted where they should happen, e.g. "

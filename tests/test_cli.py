@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -81,8 +82,13 @@ def test_bad_input_is_a_message_not_a_traceback(models, short_clip, tmp_path, ca
     assert "happy" in caplog.text and not out.exists()
     lonely = tmp_path / "lonely.wav"  # no transcript beside it
     lonely.write_bytes(short_clip.read_bytes())
-    with pytest.raises(SystemExit, match="No transcript"):
-        main(["edit", str(lonely), "--edit-type", "emotion", "--value", "sad", *common(models)])
+    caplog.clear()  # no transcript anywhere: it is recognised and logged so the user can correct it
+    with caplog.at_level(logging.INFO, logger="comfyui_step_audio_editx"):
+        assert main(["edit", str(lonely), "--edit-type", "emotion", "--value", "sad", "-o", str(out),
+                     *common(models)]) == 0
+    assert "recognised transcript (pass a corrected one with --text)" in caplog.text
+    with pytest.raises(SystemExit, match="Transcript file not found"):
+        main(["edit", str(lonely), "--edit-type", "emotion", "--text-file", str(tmp_path / "none.txt"), *common(models)])
     assert main(["edit", str(lonely), "--edit-type", "denoise", "-o", str(out), *common(models)]) == 0  # needs none
     read_output(out)
 

@@ -218,7 +218,7 @@ def test_validate_inputs_names_only_inputs_it_checks(name):
 
 def test_editor_validation_messages():
     v = NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"].VALIDATE_INPUTS
-    assert "transcript" in v(transcript=" ", edit_type="emotion", paralinguistic_text="")
+    assert v(transcript=" ", edit_type="emotion", paralinguistic_text="") is True  # recognised at run time
     assert v(transcript="", edit_type="denoise", paralinguistic_text="") is True
     assert v(transcript=None, edit_type="style", paralinguistic_text="") is True
     assert "Did you mean 'emotion'" in v(transcript="hi", edit_type="emotions", paralinguistic_text="")
@@ -239,7 +239,7 @@ def test_engine_validation_messages():
 
 def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     v = NODE_CLASS_MAPPINGS["StepAudioEditXClone"].VALIDATE_INPUTS
-    assert "reference_text is empty" in v(reference_text=" ", text="Hello")
+    assert v(reference_text=" ", text="Hello") is True  # recognised at run time
     assert "text is empty" in v(reference_text="Hi", text="")
     assert v(reference_text="Hi", text="Hello <Laughter> [pause:1s] <emotion:happy> you") is True
     assert "Did you mean <Laughter>?" in v(reference_text="Hi", text="Hello <Laughtr> you")
@@ -387,7 +387,9 @@ def test_edit_requests_take_the_value_of_their_edit_type_and_one_line_per_clip()
         ("first", "more faster", 7, 2), ("second", "more faster", 8, 2)]
     assert reqs[1].audio.shape == (1, 9600) and reqs[1].sample_rate == 16000
     denoise = build_edit_requests(clips, "", "denoise", None, "", 1, [0, 1])
-    assert [r.audio_text for r in denoise] == ["", ""] and denoise[0].edit_value is None
+    assert [r.audio_text for r in denoise] == [None, None] and denoise[0].edit_value is None
+    untyped = build_edit_requests(clips, " ", "emotion", "happy", "", 1, [0, 1])
+    assert [r.audio_text for r in untyped] == [None, None]  # the engine recognises them
     para = build_edit_requests(clips[:1], "ha ha", "paralinguistic", None, "ha [laughter] ha", 1, [0])
     assert para[0].new_text == "ha [laughter] ha"
     with pytest.raises(EditInputError, match="2 clips but transcript has 1"):
@@ -581,7 +583,8 @@ def test_clone_node_calls_the_long_form_post_processor(fake_engines, monkeypatch
         progress(Progress("generate", 1, 2))
         wave = torch.zeros(OUTPUT_SAMPLE_RATE)
         return types.SimpleNamespace(waveform=wave, sample_rate=OUTPUT_SAMPLE_RATE, model_calls=3, chunks=2,
-                                     truncated=False, timings=Timings(),
+                                     truncated=False, timings=Timings(), prompt_text=prompt_text,
+                                     prompt_transcribed=False,
                                      passes=[PassResult(wave, 5, 20, 50, StopReason.EOS)] * 3)
 
     module = types.ModuleType("edit_post_processor")

@@ -9,11 +9,13 @@ from .constants import (
     AUDIO_TOKENS_PER_SECOND,
     MAX_CONTEXT_TOKENS,
     MAX_INPUT_SECONDS,
+    MAX_LONG_INPUT_SECONDS,
     MIN_INPUT_SECONDS,
     OUTPUT_SAMPLE_RATE,
     TOKENIZER_SAMPLE_RATE,
     TOKENS_PER_GROUP,
 )
+from .asr import Transcriber, Transcript
 from .engine import EngineConfig, StepAudioEditX, derive_seed
 from .frontend.audio import AudioInputError, load_audio, validate_audio
 from .frontend.context import clip_digest
@@ -39,6 +41,7 @@ from .types import (
     EditRequest,
     GenerationSettings,
     PassResult,
+    PieceInfo,
     Progress,
     ProgressCallback,
     SamplingConfig,
@@ -60,7 +63,7 @@ from .vocabulary import (
 )
 
 __all__ = [
-    "ATTENTION_CHOICES", "TRANSCRIPT_FREE_EDITS", "TOKENS_PER_GROUP", "validate_audio", "clip_digest", "EDITX_DIRNAME", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS", "TOKENIZER_DIRNAME", "check_edit_type", "check_edit_value", "AUDIO_TOKENS_PER_SECOND", "AttentionBackendError", "AudioInputError", "AudioResult",
+    "ATTENTION_CHOICES", "TRANSCRIPT_FREE_EDITS", "TOKENS_PER_GROUP", "validate_audio", "clip_digest", "EDITX_DIRNAME", "MAX_INPUT_SECONDS", "MAX_LONG_INPUT_SECONDS", "PieceInfo", "Transcript", "Transcriber", "MIN_INPUT_SECONDS", "TOKENIZER_DIRNAME", "check_edit_type", "check_edit_value", "AUDIO_TOKENS_PER_SECOND", "AttentionBackendError", "AudioInputError", "AudioResult",
     "CloneRequest", "DIALECTS", "DTYPE_CHOICES", "EDIT_TYPES", "EMOTIONS", "EditRequest", "EngineConfig",
     "GenerationSettings", "MAX_CONTEXT_TOKENS", "MAX_EDIT_ITERATIONS", "ModelFilesError", "ModelFolders",
     "OUTPUT_SAMPLE_RATE", "PARALINGUISTIC_TAGS", "PassResult", "Progress", "ProgressCallback", "SPEEDS", "STYLES",

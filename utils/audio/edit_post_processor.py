@@ -30,7 +30,7 @@ from ...engines.step_audio_editx import (
     derive_seed,
     validate_audio,
 )
-from ...engines.step_audio_editx.long_form.join import crossfade_join
+from ...engines.step_audio_editx.long_form import crossfade_join, fill_clone_texts
 from ..text.edit_tags import PARALINGUISTIC, EditStep, EditTag, edit_priority, plan_edit_steps, render_paralinguistic_text
 from ..text.segments import Pause, TextChunk, segment_text
 
@@ -80,6 +80,8 @@ class LongFormResult:
     timings: Timings = field(default_factory=Timings)
     applied: list[list[str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    prompt_text: str = ""  # the reference transcript used (typed or recognised)
+    prompt_transcribed: bool = False  # True: recognised from the reference clip (shown so it can be corrected)
 
 
 def step_label(step: EditStep) -> str:
@@ -237,6 +239,10 @@ def clone_long_form(
     chunks = [it for it in items if isinstance(it, TextChunk)]
     if not chunks:
         raise ValueError("The text has nothing to speak: write some words (tags and pauses alone make no audio).")
+    typed = bool((prompt_text or "").strip())
+    if not typed:  # recognised once here, not once per chunk
+        prompt_text = fill_clone_texts([CloneRequest(prompt_audio, prompt_sample_rate, None, text)],
+                                       engine.transcribe)[0].prompt_text
     voice = clip_digest(prompt_audio, prompt_sample_rate)
     seeds = [derive_seed(seed, "chunk", i) for i in range(len(chunks))]
     keys = [_chunk_key(engine, voice, prompt_text, c, settings, s) for c, s in zip(chunks, seeds)]
@@ -288,4 +294,5 @@ def clone_long_form(
         waveform=waveform, sample_rate=OUTPUT_SAMPLE_RATE, model_calls=model_calls, chunks=len(chunks),
         truncated=any(p.stop_reason.truncated for p in passes), passes=passes, timings=timings,
         applied=[finished[i][1] for i in range(len(chunks))], warnings=warnings,
+        prompt_text=prompt_text, prompt_transcribed=not typed,
     )
