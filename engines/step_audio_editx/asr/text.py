@@ -118,13 +118,16 @@ class Word:
 
 
 def timed_words(pieces: list[str], spans: list[tuple[float, float]]) -> list[Word]:
-    """Group pieces into words (``@@`` pieces join the next) with the span from their first to last piece.
-
-    These are the units a long clip may be cut between: never inside a word.
-    """
-    words = []
-    for text, owners in word_items(pieces):
-        if not owners or not text.strip():
+    """Group pieces into words in spoken order: a piece ending in ``@@`` joins the next piece (whatever
+    it is), every other piece ends a word. These are the units a long clip may be cut between: never inside
+    a word. (The text rules above may move a split English word around a CJK character; timing may not.)"""
+    words, first = [], None
+    for k, piece in enumerate(pieces):
+        first = k if first is None else first
+        if piece.endswith(CONTINUATION) and k + 1 < len(pieces):
             continue
-        words.append(Word(text, spans[owners[0]][0], spans[owners[-1]][1], owners[0], owners[-1]))
+        text = "".join(p.replace(CONTINUATION, "") for p in pieces[first:k + 1] if p not in DROPPED_PIECES)
+        if text.strip():
+            words.append(Word(text, spans[first][0], spans[k][1], first, k))
+        first = None
     return words
