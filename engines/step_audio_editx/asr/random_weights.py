@@ -77,3 +77,23 @@ def write_random_asr(para: Path, width: int, dims: dict, seed: int) -> dict[str,
     state = {f"predictor.{k}": v for k, v in predictor.state_dict().items()}
     state.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
     return state
+
+
+def add_random_asr(para: Path, dims: dict, seed: int = 0) -> bool:
+    """Give a Paraformer folder written without the recogniser (older random models) random predictor,
+    decoder and tokens, in place. Returns False when it already has them."""
+    import yaml
+
+    state = torch.load(para / "model.pt", map_location="cpu", weights_only=True)
+    if any(k.startswith("decoder.") for k in state):
+        return False
+    config = yaml.safe_load((para / "config.yaml").read_text(encoding="utf-8"))
+    width = int(config["encoder_conf"]["output_size"])
+    state.update(write_random_asr(para, width, dims, seed))
+    text = (para / "config.yaml").read_text(encoding="utf-8").rstrip("\n") + "\n" + ASR_YAML.format(width=width, **dims)
+    for name, content in (("config.yaml", text),):
+        (para / name).unlink()  # a hard-linked copy must not change its source
+        (para / name).write_text(content, encoding="utf-8")
+    (para / "model.pt").unlink()
+    torch.save(state, para / "model.pt")
+    return True
