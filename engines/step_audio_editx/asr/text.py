@@ -118,16 +118,20 @@ class Word:
 
 
 def timed_words(pieces: list[str], spans: list[tuple[float, float]]) -> list[Word]:
-    """Group pieces into words in spoken order: a piece ending in ``@@`` joins the next piece (whatever
-    it is), every other piece ends a word. These are the units a long clip may be cut between: never inside
-    a word. (The text rules above may move a split English word around a CJK character; timing may not.)"""
-    words, first = [], None
+    """Group pieces into words in spoken order: a piece ending in ``@@`` opens an English word that stays
+    open (CJK pieces in between included, as the text rules join them) until an alphabetic piece closes it;
+    every other piece is a word. These are the units a long clip may be cut between: never inside one."""
+    words, first, open_word = [], None, False
     for k, piece in enumerate(pieces):
         first = k if first is None else first
-        if piece.endswith(CONTINUATION) and k + 1 < len(pieces):
+        if piece.endswith(CONTINUATION):
+            open_word = True
+        elif open_word and _all_alpha(piece):
+            open_word = False
+        if open_word and k + 1 < len(pieces):
             continue
         text = "".join(p.replace(CONTINUATION, "") for p in pieces[first:k + 1] if p not in DROPPED_PIECES)
         if text.strip():
             words.append(Word(text, spans[first][0], spans[k][1], first, k))
-        first = None
+        first, open_word = None, False
     return words

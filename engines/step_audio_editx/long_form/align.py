@@ -13,7 +13,8 @@ import difflib
 import re
 from typing import Sequence
 
-_UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
+_CJK = "\u3400-\u9fff\uf900-\ufaff"
+_UNIT = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*")  # one CJK character, or a word / number
 _BRACKETS = re.compile(r"\[[^\[\]]*\]|<[^<>]*>")  # tags are not words: they never anchor or split
 
 
@@ -21,13 +22,7 @@ def units(text: str) -> list[tuple[str, int]]:
     """(normalised unit, start offset) of every word unit of ``text``, tags skipped."""
     masked = _BRACKETS.sub(lambda m: " " * len(m.group(0)), text)
     out = []
-    for m in _UNIT.finditer(masked):
-        token = m.group(0)
-        if re.match(r"[\u3400-\u9fff\uf900-\ufaff]", token):
-            out.append((token, m.start()))
-        else:  # a latin run may hold CJK-free words only; split CJK out above
-            out.append((token.lower(), m.start()))
-    return out
+    return [(m.group(0).lower(), m.start()) for m in _UNIT.finditer(masked)]
 
 
 def _expand(words: Sequence[str]) -> tuple[list[str], list[int]]:

@@ -103,8 +103,8 @@ def run_edits(requests: Sequence[EditRequest], settings: GenerationSettings, pro
                 entry.append((-1, PieceInfo(plan.start, plan.end, piece_text, edited=False)))
                 continue
             entry.append((len(rows), PieceInfo(plan.start, plan.end, piece_text)))
-            rows.append(replace(r, audio=audio, audio_text=piece_text, new_text=new_text or (piece_text if new_text is not None else None),
-                                seed=_derive(r.seed, k)))
+            piece_new = (new_text or piece_text) if r.new_text else None  # a piece without tags: its words
+            rows.append(replace(r, audio=audio, audio_text=piece_text, new_text=piece_new, seed=_derive(r.seed, k)))
         layout.append(entry)
         logger.info("Clip %d (%.1f s) cut into %d pieces at %s s", i + 1, monos[i].shape[-1] / sr, len(plans),
                     ", ".join(f"{p.start:.2f}" for p in plans[1:]))
