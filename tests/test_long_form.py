@@ -68,9 +68,9 @@ def test_pauses_are_preferred():
 
 def test_no_words_falls_back_to_the_quietest_point():
     energy = torch.ones(6000)
-    energy[2500] = 0.0  # quietest at 25 s; the next window (40-55 s) is flat: its first frame
+    energy[2500] = 0.0  # quietest at 25 s; the next window (from half the balanced target on) is flat: its start
     pieces = plan_pieces([], 60.0, energy)
-    assert [round(p.end, 3) for p in pieces] == [25.005, 40.005, 60.0]
+    assert [round(p.end, 3) for p in pieces] == [25.005, 33.755, 60.0]
     assert all(p.duration <= MAX_INPUT_SECONDS for p in pieces)
 
 
@@ -139,3 +139,10 @@ def test_words_never_split_a_continued_piece():
     words = timed_words(["un@@", "丄", "good", "是"], spans)
     assert [(w.text, w.start, w.end, w.first_token, w.last_token) for w in words] == [
         ("un丄good", 0.0, 0.5, 0, 2), ("是", 0.6, 0.7, 3, 3)]
+
+
+def test_pieces_are_balanced_with_no_sliver_at_the_end():
+    words = _words(_regular_words(300.0))
+    pieces = plan_pieces(words, 300.0, torch.ones(30_000))
+    _assert_valid(pieces, words, 300.0)
+    assert len(pieces) == 11 and min(p.duration for p in pieces) > 25.0  # 300 s cannot be 10 cuts at exactly 30 s

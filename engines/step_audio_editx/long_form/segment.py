@@ -2,15 +2,18 @@
 pieces of at most ``MAX_INPUT_SECONDS`` (the longest clip the model edits).
 
 Rules: a cut lies between two words (never inside one); each piece is at most ``max_piece_s`` long;
-among the boundaries that keep the piece long enough (at least ``PREFERRED_FILL`` of the maximum when
-possible), the longest pause wins, then the later one; inside a pause the cut goes to the quietest
-10 ms. A clip without recognised words (music, noise) is cut at the quietest point of each window.
+the rest of the clip aims at the fewest pieces, of equal length (the target); among the boundaries at
+least ``PREFERRED_FILL`` of the target into the piece, the longest pause wins (pauses of
+``PAUSE_BONUS_SECONDS`` or more count as equal), then the one nearest the target; inside a pause the cut
+goes to the quietest 10 ms. A clip without recognised words (music, noise) is cut at the quietest point of each window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+import math
 
 import torch
 
@@ -84,14 +87,16 @@ def plan_pieces(words: Sequence[Word], duration: float, energy: torch.Tensor,
     start, first = 0.0, 0
     while duration - start > max_piece_s:
         limit = min(start + max_piece_s, duration - MIN_PIECE_SECONDS)
+        target = start + (duration - start) / math.ceil((duration - start) / max_piece_s)
         usable = [c for c in candidates if start + MIN_PIECE_SECONDS <= c.time <= limit and c.after_word >= first]
-        preferred = [c for c in usable if c.time >= start + PREFERRED_FILL * max_piece_s]
-        pool = [c for c in preferred if c.pause >= PAUSE_BONUS_SECONDS] or preferred or usable
+        preferred = [c for c in usable if c.time >= start + PREFERRED_FILL * (target - start)]
+        pool = preferred or usable
         if pool:
-            best = max(pool, key=lambda c: (min(c.pause, PAUSE_BONUS_SECONDS), c.pause, c.time))
+            best = max(pool, key=lambda c: (round(min(c.pause, PAUSE_BONUS_SECONDS) / ENERGY_HOP_SECONDS),
+                                            -abs(c.time - target)))  # pauses compared to 10 ms
             cut, end_word = best.time, best.after_word + 1
         else:  # no word boundary in reach (no speech recognised, or one very long word): quietest point
-            lo = start + PREFERRED_FILL * max_piece_s
+            lo = start + PREFERRED_FILL * (target - start)
             cut = _quietest(energy, lo, limit, hop_s)
             end_word = first
             while end_word < len(words) and words[end_word].end <= cut:
