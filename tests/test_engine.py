@@ -64,6 +64,22 @@ def test_clone_speaks_in_groups(engine, clip):
     assert all(C.VQ02_FIRST_ID <= t <= C.VQ06_LAST_ID for t in result.passes[0].tokens)
 
 
+def test_clone_prompt_names_the_speaker_by_the_official_hash(engine, clip, monkeypatch):
+    """The clone prompt carries clone_<sha256[:16]> of the transcript and the samples as the caller gave them."""
+    from comfyui_step_audio_editx.engines.step_audio_editx import engine as engine_mod
+    from comfyui_step_audio_editx.engines.step_audio_editx.prompts import clone_speaker_name
+
+    seen = []
+    real = engine_mod.build_clone_prompt
+    monkeypatch.setattr(engine_mod, "build_clone_prompt",
+                        lambda *a, **k: seen.append(k.get("speaker")) or real(*a, **k))
+    wav, sr = crop(clip, 1.0)
+    stereo = torch.stack([wav, 0.5 * wav])
+    engine.clone(CloneRequest(stereo, sr, TEXT, "Hi.", seed=1), GenerationSettings(max_new_tokens=5, dynamic_tokens=False))
+    assert seen == [clone_speaker_name(TEXT, stereo)]
+    assert seen[0] != clone_speaker_name(TEXT, wav) and seen[0].startswith("clone_")
+
+
 @pytest.mark.parametrize("edit_type,value,new_text", [
     ("emotion", "happy", None), ("emotion", "remove", None), ("style", "whisper", None), ("speed", "more faster", None),
     ("paralinguistic", None, "I just heard the news [Laughter], and honestly"), ("denoise", None, None),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 import numpy as np
 import pytest
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
@@ -97,7 +100,33 @@ def test_ids_equal_tokenising_the_rendered_string_for_other_inputs(tok, audio):
         assert ids == tok.encode(P.render_edit_prompt(edit_type, value, text, audio, new_text))
     ids = P.build_clone_prompt(tok, "Reference words.", np.array(audio), "  Target, with spaces  ")
     assert ids == tok.encode(P.render_clone_prompt("Reference words.", audio, "  Target, with spaces  "))
-    assert "speaker name: debug\n" in P.render_clone_prompt("a", audio, "b")
+    assert f"speaker name: {P.clone_speaker_name('a')}\n" in P.render_clone_prompt("a", audio, "b")
+
+
+def _official_voice_id(text: str, wav: np.ndarray) -> str:
+    """The original tts.py generate_clone_voice_id, restated: text bytes, then 1000 + 1000 edge samples."""
+    flat = wav.astype(np.float32).flatten()
+    sample = np.concatenate([flat[:1000], flat[-1000:]]) if flat.size > 2000 else flat
+    return "clone_" + hashlib.sha256(text.encode("utf-8") + sample.tobytes()).hexdigest()[:16]
+
+
+def test_clone_speaker_name_is_the_official_hash_of_transcript_and_samples():
+    rng = np.random.default_rng(3)
+    stereo = rng.uniform(-0.5, 0.5, size=(2, 4410)).astype(np.float32)  # [C, T] as torchaudio.load gives
+    short = rng.uniform(-0.5, 0.5, size=(1, 1500)).astype(np.float32)
+    import torch
+
+    for text, wav in (("Reference words, 你好.", stereo), ("short", short)):
+        name = P.clone_speaker_name(text, torch.from_numpy(wav))
+        assert name == _official_voice_id(text, wav)
+        assert re.fullmatch(r"clone_[0-9a-f]{16}", name)
+    # Different prompts are different speakers; the middle of a long clip is not hashed (as official).
+    assert P.clone_speaker_name("a", stereo) != P.clone_speaker_name("b", stereo)
+    middle_changed = stereo.copy()
+    middle_changed[0, 2000] += 0.1
+    assert P.clone_speaker_name("a", middle_changed) == P.clone_speaker_name("a", stereo)
+    name = P.clone_speaker_name("a", stereo)
+    assert f"speaker name: {name}\n" in P.render_clone_prompt("a", [65536 + 1] * 5, "b", speaker=name)
 
 
 def test_speed_remove_is_rejected_with_the_reason(tok, audio):

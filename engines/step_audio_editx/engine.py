@@ -30,7 +30,7 @@ from .frontend.speaker import SpeakerEncoder
 from .lm.generation import GenerationOutput, generate
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
-from .prompts import build_clone_prompt, build_edit_prompt
+from .prompts import build_clone_prompt, build_edit_prompt, clone_speaker_name
 from .text_tokenizer import TextTokenizer
 from .token_budget import estimate_clone_tokens, estimate_edit_tokens
 from .types import (
@@ -203,7 +203,8 @@ class StepAudioEditX:
             frontend_s = time.perf_counter() - started
             jobs = []
             for r, ctx in zip(requests, contexts):
-                prompt = build_clone_prompt(parts.tokenizer, r.prompt_text, ctx.audio_ids, r.target_text)
+                prompt = build_clone_prompt(parts.tokenizer, r.prompt_text, ctx.audio_ids, r.target_text,
+                                            speaker=clone_speaker_name(r.prompt_text, r.prompt_audio))
                 budget = self._room(prompt, settings)
                 cap = estimate_clone_tokens(r.target_text, max_tokens=budget) if settings.dynamic_tokens else budget
                 jobs.append(_Job(prompt, cap, derive_seed(r.seed, "clone"), ctx))

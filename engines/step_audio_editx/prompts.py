@@ -19,6 +19,7 @@ one instruction per prompt (the model was trained on single-intent edits).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -60,8 +61,14 @@ CLONE_SYSTEM_PROMPT_TEMPLATE = (
 # Split around the audio tokens so they can be inserted as ids.
 _CLONE_HEAD, _CLONE_TAIL = CLONE_SYSTEM_PROMPT_TEMPLATE.split("{prompt_wav_tokens}")
 
-# The current official tree names every clone speaker "debug" (the old tree hashed the prompt).
-DEFAULT_CLONE_SPEAKER = "debug"
+# Clone speaker name: "clone_" + the first 16 hex digits of a SHA-256 over the prompt transcript (UTF-8)
+# and the prompt samples. This is the form of the released training code and the original inference
+# (tts.py ``generate_clone_voice_id``), i.e. what the model saw in training. One later official commit
+# writes the literal "debug" instead; nothing shows the current weights were trained on that, so the
+# training-time form is used (pass ``speaker="debug"`` to reproduce that commit).
+CLONE_SPEAKER_PREFIX = "clone_"
+CLONE_SPEAKER_HEX_DIGITS = 16
+CLONE_SPEAKER_EDGE_SAMPLES = 1000  # hashed: the first and last 1000 samples (all when there are <= 2000)
 
 # Instructions. Note the official quirks kept on purpose: speed values are written after "more"
 # ("more more faster"), and the paralinguistic sentence has "is :" and two spaces before "The text".
@@ -219,6 +226,28 @@ def _canonical_tag(name: str) -> str | None:
     return None
 
 
+def clone_speaker_name(prompt_text: str, prompt_waveform=None) -> str:
+    """The official clone speaker name ``clone_<sha256[:16]>`` of a voice prompt.
+
+    Hashed, as the original ``generate_clone_voice_id``: the transcript's UTF-8 bytes, then the float32
+    bytes of the waveform as loaded (``[channels, samples]`` flattened channel by channel, not mixed or
+    resampled): its first and last 1000 values, or all of them when there are at most 2000.
+    Without a waveform only the transcript is hashed (builders that hold audio ids, not samples).
+    """
+    hasher = hashlib.sha256((prompt_text or "").encode("utf-8"))
+    if prompt_waveform is not None:
+        if hasattr(prompt_waveform, "detach"):  # torch tensor
+            prompt_waveform = prompt_waveform.detach().to("cpu").float().numpy()
+        import numpy as np
+
+        flat = np.asarray(prompt_waveform, dtype=np.float32).reshape(-1)
+        edge = CLONE_SPEAKER_EDGE_SAMPLES
+        if flat.size > 2 * edge:
+            flat = np.concatenate([flat[:edge], flat[-edge:]])
+        hasher.update(flat.tobytes())
+    return CLONE_SPEAKER_PREFIX + hasher.hexdigest()[:CLONE_SPEAKER_HEX_DIGITS]
+
+
 # --- layout --------------------------------------------------------------------------------------
 def _chat(system: list[_Part], user: list[_Part]) -> list[_Part]:
     return [
@@ -245,9 +274,9 @@ def _clone_parts(
     if prompt_text is None or not prompt_text.strip():
         logger.warning("Empty prompt_text for a clone: the model expects the transcript of the voice prompt.")
         prompt_text = prompt_text or ""
-    speaker = DEFAULT_CLONE_SPEAKER if speaker is None else speaker
+    speaker = clone_speaker_name(prompt_text) if speaker is None else speaker
     if not speaker.strip() or "\n" in speaker:
-        raise PromptError(f"The clone speaker name {speaker!r} must be one non-empty line (official: 'debug').")
+        raise PromptError(f"The clone speaker name {speaker!r} must be one non-empty line (official: clone_<hash>).")
     for name, text in (("prompt_text", prompt_text), ("target_text", target_text), ("speaker", speaker)):
         _check_no_layout_pieces(name, text)
     audio = _Audio(_audio_ids("prompt_audio_ids", prompt_audio_ids))
@@ -328,9 +357,13 @@ def build_clone_prompt(
     prompt_text: str,
     prompt_audio_ids: Sequence[int],
     target_text: str,
-    speaker: str = DEFAULT_CLONE_SPEAKER,
+    speaker: str | None = None,
 ) -> list[int]:
-    """Prompt ids for speaking ``target_text`` in the voice of the prompt audio (LM ids)."""
+    """Prompt ids for speaking ``target_text`` in the voice of the prompt audio (LM ids).
+
+    ``speaker``: the name written into the prompt; give ``clone_speaker_name(prompt_text, samples)``
+    (the engine does). None hashes the transcript alone.
+    """
     return _encode(tokenizer, _clone_parts(prompt_text, prompt_audio_ids, target_text, speaker))
 
 
@@ -349,7 +382,7 @@ def render_clone_prompt(
     prompt_text: str,
     prompt_audio_ids: Sequence[int],
     target_text: str,
-    speaker: str = DEFAULT_CLONE_SPEAKER,
+    speaker: str | None = None,
 ) -> str:
     """The chat string :func:`build_clone_prompt` encodes."""
     return _render(_clone_parts(prompt_text, prompt_audio_ids, target_text, speaker))
