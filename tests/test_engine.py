@@ -230,3 +230,25 @@ def test_an_interrupted_pass_is_not_reused(engine, clip):
     assert cut.stop_reason is StopReason.INTERRUPTED
     full = engine.edit(request, SAMPLED)
     assert full.stop_reason is not StopReason.INTERRUPTED and full.passes[0].n_generated_tokens > 5
+
+
+def test_paralinguistic_iterations_use_the_tagged_text_as_transcript_from_pass_two(engine, clip, monkeypatch):
+    """Official loop: pass 1 describes the input with its plain transcript; later passes edit audio that
+    already holds the sounds, so their transcript is the tagged text. Other edits keep the plain words."""
+    from comfyui_step_audio_editx.engines.step_audio_editx import engine as engine_mod
+
+    seen = []
+    real = engine_mod.build_edit_prompt
+    monkeypatch.setattr(engine_mod, "build_edit_prompt",
+                        lambda tok, et, ev, audio_text, ids, nt=None: seen.append((et, audio_text, nt))
+                        or real(tok, et, ev, audio_text, ids, nt))
+    wav, sr = crop(clip, 1.5)
+    plain, tagged = "I just heard the news, and honestly", "I just heard the news [Laughter], and honestly"
+    fixed = GenerationSettings(max_new_tokens=40, dynamic_tokens=False)
+    engine.clear_cache()
+    engine.edit(EditRequest(wav, sr, plain, "paralinguistic", None, tagged, n_iterations=3, seed=2), fixed)
+    assert seen == [("paralinguistic", plain, tagged), ("paralinguistic", tagged, tagged),
+                    ("paralinguistic", tagged, tagged)]
+    seen.clear()
+    engine.edit(EditRequest(wav, sr, plain, "emotion", "happy", n_iterations=2, seed=2), fixed)
+    assert [a for _, a, _ in seen] == [plain, plain]

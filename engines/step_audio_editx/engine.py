@@ -311,8 +311,17 @@ class StepAudioEditX:
                            settings.max_new_tokens, room, room)
         return room if settings.dynamic_tokens else min(settings.max_new_tokens, room)
 
+    @staticmethod
+    def _pass_transcript(r: EditRequest, it: int) -> str:
+        """What the audio of pass ``it`` says. A paralinguistic pass adds the tagged sounds, so from the
+        second pass on the official loop gives the tagged text as the transcript; other edits keep the words."""
+        if r.edit_type == "paralinguistic" and it > 0:
+            return r.new_text
+        return r.audio_text
+
     def _edit_job(self, parts: _Parts, r: EditRequest, ctx: PromptContext, settings: GenerationSettings, it: int) -> _Job:
-        prompt = build_edit_prompt(parts.tokenizer, r.edit_type, r.edit_value, r.audio_text, ctx.audio_ids, r.new_text)
+        prompt = build_edit_prompt(parts.tokenizer, r.edit_type, r.edit_value, self._pass_transcript(r, it),
+                                   ctx.audio_ids, r.new_text)
         budget = self._room(prompt, settings)
         if settings.dynamic_tokens:
             cap = estimate_edit_tokens(len(ctx.audio_ids), r.edit_type, r.edit_value, r.new_text, max_tokens=budget)
