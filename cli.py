@@ -19,7 +19,13 @@ DEFAULT_MODELS_DIR = os.environ.get("STEP_AUDIO_EDITX_MODELS", "models")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    from .engines.step_audio_editx import ATTENTION_CHOICES, DTYPE_CHOICES
+    from .engines.step_audio_editx import (
+        ATTENTION_CHOICES,
+        DTYPE_CHOICES,
+        WEIGHTS_RELEASE_CURRENT,
+        WEIGHTS_RELEASE_ORIGINAL,
+        WEIGHTS_RELEASES,
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
@@ -32,6 +38,10 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     g.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES)
+    g.add_argument("--weights-release", default=WEIGHTS_RELEASE_CURRENT, choices=WEIGHTS_RELEASES,
+                   help=f"which official weights the folder holds: {WEIGHTS_RELEASE_CURRENT} (published 2026-01-29, "
+                        f"a download today) or {WEIGHTS_RELEASE_ORIGINAL} (the first release); decides how sound tags "
+                        "are spelt in prompts ([laugh] vs [Laughter])")
     g.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
                    help="plain decoding loop (no static cache / CUDA graph)")
     s = p.add_argument_group("generation")
@@ -48,7 +58,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 def _edit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edit-type", required=True, help="emotion, style, speed, paralinguistic, denoise or vad")
     p.add_argument("--value", help="the emotion / style / speed value (e.g. happy, whisper, faster)")
-    p.add_argument("--new-text", help="paralinguistic: the transcript with [Laughter]-style tags inserted")
+    p.add_argument("--new-text", help="paralinguistic: the transcript with [laugh]-style tags inserted")
     p.add_argument("--iterations", type=int, default=1, help="edit passes, each on the previous output (1-5)")
 
 
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     clone = sub.add_parser("clone", help="speak a text in the voice of a reference clip (inline tags allowed)")
     clone.add_argument("--prompt-audio", required=True, help="reference clip (0.5-30 s)")
     clone.add_argument("--prompt-text", help="transcript of the reference clip (default: its .txt sidecar)")
-    clone.add_argument("--text", required=True, help="text to speak; may hold <Laughter>, <emotion:happy>, [pause:500ms]")
+    clone.add_argument("--text", required=True, help="text to speak; may hold <laugh>, <emotion:happy>, [pause:500ms]")
     clone.add_argument("--out", "-o", default="cloned.wav")
     _add_engine_options(clone)
 
@@ -98,7 +108,7 @@ def _engine(args):
 
     config = EngineConfig(editx_dir=args.editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
-                          fast_decode=args.fast_decode)
+                          fast_decode=args.fast_decode, weights_release=args.weights_release)
     return StepAudioEditX(config).load()
 
 

@@ -94,3 +94,18 @@ def test_offline_download_lists_every_missing_file(tmp_path, monkeypatch):
     message = str(info.value)
     assert "config.json" in message and "linguistic_tokenizer.npy" in message
     assert "stepfun-ai/Step-Audio-EditX" in message and "stepfun-ai/Step-Audio-Tokenizer" in message
+
+
+def test_weights_release_flag_reaches_the_engine(monkeypatch):
+    from comfyui_step_audio_editx import cli
+
+    args = cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2025-11"])
+    assert args.weights_release == "2025-11"
+    assert cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad"]).weights_release == "2026-01"
+    seen = {}
+    monkeypatch.setattr("comfyui_step_audio_editx.engines.step_audio_editx.StepAudioEditX.load",
+                        lambda self: seen.setdefault("config", self.config) and self)
+    cli._engine(args)
+    assert seen["config"].weights_release == "2025-11"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2024"])

@@ -69,7 +69,7 @@ def test_edits_apply_in_priority_order(engine, voice):
     counting = CountingEngine(engine)
     segs = segments(voice, ["We won <Laughter> the cup! <speed:faster> <emotion:happy> <style:shout>"])
     result = apply_edit_tags(counting, segs, FAST)
-    assert result.applied[0] == ["emotion:happy", "style:shout", "speed:faster", "paralinguistic:Laughter"]
+    assert result.applied[0] == ["emotion:happy", "style:shout", "speed:faster", "paralinguistic:laugh"]
     assert result.model_calls == 4 and len(counting.calls) == 4
     assert result.waveforms[0].shape[0] % C.SAMPLES_PER_GROUP == 0
 

@@ -240,10 +240,10 @@ def test_paralinguistic_iterations_use_the_tagged_text_as_transcript_from_pass_t
     seen = []
     real = engine_mod.build_edit_prompt
     monkeypatch.setattr(engine_mod, "build_edit_prompt",
-                        lambda tok, et, ev, audio_text, ids, nt=None: seen.append((et, audio_text, nt))
-                        or real(tok, et, ev, audio_text, ids, nt))
+                        lambda tok, et, ev, audio_text, ids, nt, release: seen.append((et, audio_text, nt))
+                        or real(tok, et, ev, audio_text, ids, nt, release))
     wav, sr = crop(clip, 1.5)
-    plain, tagged = "I just heard the news, and honestly", "I just heard the news [Laughter], and honestly"
+    plain, tagged = "I just heard the news, and honestly", "I just heard the news [laugh], and honestly"
     fixed = GenerationSettings(max_new_tokens=40, dynamic_tokens=False)
     engine.clear_cache()
     engine.edit(EditRequest(wav, sr, plain, "paralinguistic", None, tagged, n_iterations=3, seed=2), fixed)
@@ -252,3 +252,35 @@ def test_paralinguistic_iterations_use_the_tagged_text_as_transcript_from_pass_t
     seen.clear()
     engine.edit(EditRequest(wav, sr, plain, "emotion", "happy", n_iterations=2, seed=2), fixed)
     assert [a for _, a, _ in seen] == [plain, plain]
+
+
+@pytest.mark.parametrize("release, written", [("2026-01", "[laugh] [chuckle]"), ("2025-11", "[Laughter] [Sigh]")])
+def test_prompts_carry_the_tag_spelling_of_the_configured_weights(engine, clip, monkeypatch, release, written):
+    """Whatever spelling the user writes, the prompt holds what the configured weights were trained on."""
+    from dataclasses import replace as dc_replace
+
+    from comfyui_step_audio_editx.engines.step_audio_editx import engine as engine_mod
+    from comfyui_step_audio_editx.engines.step_audio_editx.prompts import render_edit_prompt
+
+    rendered = []
+    real = engine_mod.build_edit_prompt
+    monkeypatch.setattr(engine_mod, "build_edit_prompt",
+                        lambda tok, *a: rendered.append(render_edit_prompt(*a)) or real(tok, *a))
+    monkeypatch.setattr(engine, "config", dc_replace(engine.config, weights_release=release))
+    wav, sr = crop(clip, 1.0)
+    user_text = "Hello [Laughter] [chuckle] there" if release == "2026-01" else "Hello [laugh] [sigh] there"
+    engine.clear_cache()
+    engine.edit(EditRequest(wav, sr, "Hello there", "paralinguistic", None, user_text, seed=1),
+                GenerationSettings(max_new_tokens=10, dynamic_tokens=False))
+    assert f"the new text is : Hello {written} there\n" in rendered[0]
+
+
+def test_original_weights_refuse_a_tag_they_never_learnt_before_any_work(engine, clip, monkeypatch):
+    from dataclasses import replace as dc_replace
+
+    monkeypatch.setattr(engine, "config", dc_replace(engine.config, weights_release="2025-11"))
+    wav, sr = crop(clip, 1.0)
+    with pytest.raises(ValueError, match=r"not trained on \[chuckle\]"):
+        engine.edit(EditRequest(wav, sr, "Hello there", "paralinguistic", None, "Hello [chuckle] there"))
+    with pytest.raises(VocabularyError, match="Unknown weights release"):
+        EngineConfig(weights_release="2024-06")

@@ -55,7 +55,7 @@ SAMPLE_WAV = "sample_speech.wav"
 # Saved workflows store widget values by position: this order is frozen. New inputs are only appended.
 EXPECTED_INPUTS: dict[str, list[str]] = {
     "StepAudioEditXEngine": ["model", "device", "dtype", "attention", "fast_decode", "dynamic_token",
-                             "max_new_tokens", "temperature", "seed"],
+                             "max_new_tokens", "temperature", "seed", "weights_release"],
     "StepAudioEditXAudioEditor": ["audio", "transcript", "edit_type", "emotion", "style", "speed",
                                   "paralinguistic_text", "n_edit_iterations", "dynamic_token", "seed", "engine"],
     "StepAudioEditXClone": ["reference_audio", "reference_text", "text", "seed", "engine"],
@@ -222,8 +222,8 @@ def test_editor_validation_messages():
     assert v(transcript="", edit_type="denoise", paralinguistic_text="") is True
     assert v(transcript=None, edit_type="style", paralinguistic_text="") is True
     assert "Did you mean 'emotion'" in v(transcript="hi", edit_type="emotions", paralinguistic_text="")
-    assert "[Laughter]" in v(transcript="hi there", edit_type="paralinguistic", paralinguistic_text="hi [Laughte] x")
-    assert "no paralinguistic [Tag]" in v(transcript="hi", edit_type="paralinguistic", paralinguistic_text="hi there")
+    assert "Did you mean [laugh]" in v(transcript="hi there", edit_type="paralinguistic", paralinguistic_text="hi [Laughte] x")
+    assert "no paralinguistic [tag]" in v(transcript="hi", edit_type="paralinguistic", paralinguistic_text="hi there")
     assert v(transcript="a\nb", edit_type="paralinguistic", paralinguistic_text="a [Sigh]\nb [Uhm]") is True
 
 
@@ -242,7 +242,7 @@ def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     assert "reference_text is empty" in v(reference_text=" ", text="Hello")
     assert "text is empty" in v(reference_text="Hi", text="")
     assert v(reference_text="Hi", text="Hello <Laughter> [pause:1s] <emotion:happy> you") is True
-    assert "Did you mean <Laughter>?" in v(reference_text="Hi", text="Hello <Laughtr> you")
+    assert "Did you mean <laugh>?" in v(reference_text="Hi", text="Hello <Laughtr> you")
     loader = NODE_CLASS_MAPPINGS["StepAudioEditXLoadAudioWithTranscript"]
     assert loader.VALIDATE_INPUTS(audio=SAMPLE_WAV) is True
     assert "Invalid audio file" in loader.VALIDATE_INPUTS(audio="missing.wav")
@@ -518,6 +518,9 @@ def test_engine_node_builds_a_handle_without_loading(fake_engines, tts_root):
     assert (handle.settings.dynamic_tokens, handle.settings.max_new_tokens, handle.seed) == (False, 500, 9)
     assert handle.settings.sampling.greedy and fake_engines.engines() == []
     assert build_handle(AUTO_DOWNLOAD).config.download is True
+    assert handle.config.weights_release == "2026-01"  # a workflow saved before the widget existed: today's weights
+    (old,) = node.make("Step-Audio-EditX", "auto", "fp32", "sdpa", False, False, 500, 0.0, 9, "2025-11")
+    assert old.config.weights_release == "2025-11" and old.config != handle.config  # a separate engine
 
 
 def test_editor_runs_one_edit_and_reports(fake_engines):

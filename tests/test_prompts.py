@@ -11,6 +11,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx import prompts as P
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.codes import interleave
 from comfyui_step_audio_editx.engines.step_audio_editx.text_tokenizer import TextTokenizer
+from comfyui_step_audio_editx.engines.step_audio_editx import vocabulary as V
 from comfyui_step_audio_editx.engines.step_audio_editx.vocabulary import VocabularyError
 
 pytestmark = pytest.mark.parity
@@ -33,12 +34,26 @@ def audio(ref, tok) -> list[int]:
     return ids
 
 
-def _build(tok, case, audio):
+# The reference prompts were made by the official code with the original tag spelling ([Laughter]); the
+# official code writes tags verbatim, so our prompts equal them when told the weights are that release.
+ORIGINAL = V.WEIGHTS_RELEASE_ORIGINAL
+
+
+def _build(tok, case, audio, release=ORIGINAL):
     if "edit_type" in case:
-        args = (case["edit_type"], case["edit_info"], case["audio_text"], audio, case["text"])
+        args = (case["edit_type"], case["edit_info"], case["audio_text"], audio, case["text"], release)
         return P.build_edit_prompt(tok, *args), P.render_edit_prompt(*args)
-    args = (case["prompt_text"], audio, case["target_text"], case["speaker"])
+    args = (case["prompt_text"], audio, case["target_text"], case["speaker"], release)
     return P.build_clone_prompt(tok, *args), P.render_clone_prompt(*args)
+
+
+def test_current_weights_get_the_current_tag_spelling(ref, tok, audio):
+    """Same reference cases for the 2026-01 weights: only the tag marks change, to the spelling they learnt."""
+    case = next(c for c in ref["cases"].values() if c.get("edit_type") == "paralinguistic")
+    assert "[Laughter]" in case["rendered"]
+    ids, rendered = _build(tok, case, audio, V.WEIGHTS_RELEASE_CURRENT)
+    assert rendered == case["rendered"].replace("[Laughter]", "[laugh]")
+    assert ids == tok.encode(rendered) and ids != case["ids"]
 
 
 def test_prompt_strings_equal_official(ref):
@@ -59,7 +74,8 @@ def test_every_reference_case_ids_and_rendering(ref, tok, audio):
 def test_instructions_equal_official(ref):
     for name, case in ref["cases"].items():
         if "edit_type" in case:
-            got = P.build_edit_instruction(case["edit_type"], case["edit_info"], case["audio_text"], case["text"])
+            got = P.build_edit_instruction(case["edit_type"], case["edit_info"], case["audio_text"], case["text"],
+                                           ORIGINAL)
             assert got == case["instruction"], name
 
 
@@ -150,15 +166,25 @@ def test_value_required(tok, audio):
 
 def test_paralinguistic_new_text_checks(tok, audio):
     fixed = P.build_edit_instruction("paralinguistic", None, "Hello world", "Hello [laughter] world")
-    assert "[Laughter]" in fixed and "[laughter]" not in fixed
+    assert "[laugh]" in fixed and "[laughter]" not in fixed
+    assert P.build_edit_instruction("paralinguistic", None, "Hello", "Hello [laugh] [breath]", ORIGINAL).count(
+        "[Laughter] [Breathing]") == 1
     assert "[sic]" in P.check_paralinguistic_text("He said [sic] [Sigh] so.")
+    assert P.check_paralinguistic_text("So [CHUCKLE] [clears_throat] [Question-yi] ok") == \
+        "So [chuckle] [clears throat] [Question-yi] ok"
+    with pytest.raises(P.PromptError, match=r"not trained on \[chuckle\]"):
+        P.check_paralinguistic_text("So [chuckle] ok", ORIGINAL)
     with pytest.raises(P.PromptError, match="needs new_text"):
         P.build_edit_prompt(tok, "paralinguistic", None, "Hello world", audio)
     with pytest.raises(P.PromptError, match="no paralinguistic"):
         P.build_edit_prompt(tok, "paralinguistic", None, "Hello world", audio, "Hello world")
-    with pytest.raises(P.PromptError, match=r"Did you mean \[Laughter\]"):
+    with pytest.raises(P.PromptError, match=r"Did you mean \[laugh\]"):
         P.check_paralinguistic_text("Hello [Laughtr] world")
-    with pytest.raises(P.PromptError, match=r"\[Laughter\]"):
+    with pytest.raises(P.PromptError, match=r"Did you mean \[Laughter\]"):
+        P.check_paralinguistic_text("Hello [Laughtr] world", ORIGINAL)
+    with pytest.raises(P.PromptError, match=r"Did you mean \[giggle\]"):
+        P.check_paralinguistic_text("Hello [gigle] world")
+    with pytest.raises(P.PromptError, match=r"\[laugh\]"):
         P.check_paralinguistic_text("Hello <Laughter:2> world")
 
 

@@ -171,3 +171,25 @@ def test_edit_errors_and_bound():
     with pytest.raises(VocabularyError, match="emotion"):
         B.estimate_edit_tokens(100, "emotoin", "happy")
     assert B.estimate_edit_tokens(1250, "speed", "more slower", max_tokens=2000) == 2000
+
+
+def test_every_tag_of_both_releases_counts_as_a_sound():
+    """All 22 current tags and the original spellings add a sound, as [mark] or inline tag, in clone and edit caps."""
+    from comfyui_step_audio_editx.engines.step_audio_editx.vocabulary import (
+        PARALINGUISTIC_TAGS,
+        PARALINGUISTIC_TAGS_ORIGINAL,
+    )
+
+    base = "We finally made it home after the long trip"
+    names = PARALINGUISTIC_TAGS + PARALINGUISTIC_TAGS_ORIGINAL + ("clears_throat", "QUESTION-OH")
+    assert len(names) == 34
+    marks = " ".join(f"[{t}]" for t in names)
+    assert B.count_speech(f"{base} {marks}").sounds == len(names)
+    assert B.count_paralinguistic_sounds(f"{base} {marks}") == len(names)
+    assert B.count_paralinguistic_sounds(base + " " + " ".join(f"<{t}>" for t in names)) == len(names)
+    for name in names:
+        assert B.estimate_clone_tokens(f"{base} [{name}]") > B.estimate_clone_tokens(base), name
+    n = 500
+    one = B.estimate_edit_tokens(n, "paralinguistic", text=f"{base} [chuckle]")
+    three = B.estimate_edit_tokens(n, "paralinguistic", text=f"{base} [chuckle] [Question-yi] [clears throat]")
+    assert three - one >= 2 * math.floor(tokens_for(B.PARALINGUISTIC_SOUND_SECONDS_SLOW)) - C.TOKENS_PER_GROUP

@@ -30,7 +30,7 @@ from .frontend.speaker import SpeakerEncoder
 from .lm.generation import GenerationOutput, generate
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
-from .prompts import build_clone_prompt, build_edit_prompt, clone_speaker_name
+from .prompts import build_clone_prompt, build_edit_prompt, check_paralinguistic_text, clone_speaker_name
 from .text_tokenizer import TextTokenizer
 from .token_budget import estimate_clone_tokens, estimate_edit_tokens
 from .types import (
@@ -44,7 +44,14 @@ from .types import (
     StopReason,
     Timings,
 )
-from .vocabulary import MAX_EDIT_ITERATIONS, TRANSCRIPT_FREE_EDITS, check_edit_type, check_edit_value
+from .vocabulary import (
+    MAX_EDIT_ITERATIONS,
+    TRANSCRIPT_FREE_EDITS,
+    WEIGHTS_RELEASE_CURRENT,
+    check_edit_type,
+    check_edit_value,
+    check_weights_release,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,12 @@ class EngineConfig:
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     attention: str = "auto"  # auto | sdpa | xformers | flex_attention | eager
     fast_decode: bool = True  # static KV cache + compiled / CUDA-graph decode step where available
+    # Which official weights the folder holds (same hub name): "2026-01" (a download today) or "2025-11"
+    # (the first release). Decides the spelling of non-verbal tags written into prompts ([laugh] vs [Laughter]).
+    weights_release: str = WEIGHTS_RELEASE_CURRENT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights_release", check_weights_release(self.weights_release))
 
 
 @dataclass
@@ -204,7 +217,8 @@ class StepAudioEditX:
             jobs = []
             for r, ctx in zip(requests, contexts):
                 prompt = build_clone_prompt(parts.tokenizer, r.prompt_text, ctx.audio_ids, r.target_text,
-                                            speaker=clone_speaker_name(r.prompt_text, r.prompt_audio))
+                                            speaker=clone_speaker_name(r.prompt_text, r.prompt_audio),
+                                            weights_release=self.config.weights_release)
                 budget = self._room(prompt, settings)
                 cap = estimate_clone_tokens(r.target_text, max_tokens=budget) if settings.dynamic_tokens else budget
                 jobs.append(_Job(prompt, cap, derive_seed(r.seed, "clone"), ctx))
@@ -222,7 +236,7 @@ class StepAudioEditX:
         the requests still active. Finished passes are cached, so lowering ``n_iterations`` is free."""
         if not requests:
             return []
-        checked = [self._check_edit(n, r, len(requests)) for n, r in enumerate(requests)]
+        checked = [self._check_edit(n, r, len(requests), self.config.weights_release) for n, r in enumerate(requests)]
         with self._lock, torch.inference_mode():
             parts = self.load()._parts
             rounds = max(r.n_iterations for r in checked)
@@ -271,7 +285,7 @@ class StepAudioEditX:
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod
-    def _check_edit(n: int, r: EditRequest, count: int) -> EditRequest:
+    def _check_edit(n: int, r: EditRequest, count: int, weights_release: str = WEIGHTS_RELEASE_CURRENT) -> EditRequest:
         """Validate everything before any work, so a bad row fails the batch before it costs anything."""
         where = f"edit request {n + 1} of {count}: " if count > 1 else ""
         try:
@@ -279,14 +293,17 @@ class StepAudioEditX:
             value = check_edit_value(edit_type, r.edit_value)
             if not 1 <= int(r.n_iterations) <= MAX_EDIT_ITERATIONS:
                 raise ValueError(f"n_iterations must be 1..{MAX_EDIT_ITERATIONS}, got {r.n_iterations}.")
-            if edit_type == "paralinguistic" and not (r.new_text or "").strip():
-                raise ValueError("the paralinguistic edit needs new_text: the transcript with [Laughter]-style tags "
-                                 "where the sounds go.")
+            new_text = r.new_text
+            if edit_type == "paralinguistic":
+                if not (new_text or "").strip():
+                    raise ValueError("the paralinguistic edit needs new_text: the transcript with [laugh]-style tags "
+                                     "where the sounds go.")
+                new_text = check_paralinguistic_text(new_text, weights_release)  # the weights' own spelling
             if edit_type not in TRANSCRIPT_FREE_EDITS and not (r.audio_text or "").strip():
                 raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text).")
         except ValueError as exc:
             raise type(exc)(where + str(exc)) from exc
-        return replace(r, edit_type=edit_type, edit_value=value, n_iterations=int(r.n_iterations))
+        return replace(r, edit_type=edit_type, edit_value=value, new_text=new_text, n_iterations=int(r.n_iterations))
 
     @staticmethod
     def _request_key(r: EditRequest, settings: GenerationSettings) -> str:
@@ -321,7 +338,7 @@ class StepAudioEditX:
 
     def _edit_job(self, parts: _Parts, r: EditRequest, ctx: PromptContext, settings: GenerationSettings, it: int) -> _Job:
         prompt = build_edit_prompt(parts.tokenizer, r.edit_type, r.edit_value, self._pass_transcript(r, it),
-                                   ctx.audio_ids, r.new_text)
+                                   ctx.audio_ids, r.new_text, self.config.weights_release)
         budget = self._room(prompt, settings)
         if settings.dynamic_tokens:
             cap = estimate_edit_tokens(len(ctx.audio_ids), r.edit_type, r.edit_value, r.new_text, max_tokens=budget)
