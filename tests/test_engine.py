@@ -284,3 +284,57 @@ def test_original_weights_refuse_a_tag_they_never_learnt_before_any_work(engine,
         engine.edit(EditRequest(wav, sr, "Hello there", "paralinguistic", None, "Hello [chuckle] there"))
     with pytest.raises(VocabularyError, match="Unknown weights release"):
         EngineConfig(weights_release="2024-06")
+
+
+def _with_pass_one_output(monkeypatch, engine, make_waveform):
+    """Replace what pass 1 returns (only its waveform), so the loop's handling of odd lengths is exercised."""
+    real = StepAudioEditX._run_pass
+
+    def run_pass(self, parts, jobs, settings, progress, call, calls):
+        out = real(self, parts, jobs, settings, progress, call, calls)
+        if call == 1:
+            for p in out:
+                p.waveform = make_waveform()
+        return out
+
+    monkeypatch.setattr(StepAudioEditX, "_run_pass", run_pass)
+
+
+@pytest.mark.parametrize("seconds", [40.0, 0.3], ids=["longer_than_30s", "shorter_than_half_a_second"])
+def test_iterations_continue_on_intermediate_audio_outside_the_input_limits(engine, clip, monkeypatch, seconds):
+    """Pass 1 of an edit may come out 40 s long (a slowed 20 s clip) or very short: pass 2 still runs on it,
+    as the official loop does (vq06 splits at 30 s); the user-input limits apply to the user's clip only."""
+    wav, sr = clip
+    at24k = torch.nn.functional.interpolate(wav[None, None], scale_factor=C.OUTPUT_SAMPLE_RATE / sr)[0, 0]
+    n = int(seconds * C.OUTPUT_SAMPLE_RATE)
+    long_or_short = at24k.repeat(n // at24k.shape[0] + 1)[:n]
+    _with_pass_one_output(monkeypatch, engine, lambda: long_or_short.clone())
+    engine.clear_cache()
+    request = EditRequest(*crop(clip, 1.5), TEXT, "speed", "more slower", n_iterations=2, seed=4)
+    result = engine.edit(request, GenerationSettings(max_new_tokens=20, dynamic_tokens=False))
+    assert len(result.passes) == 2 and result.warnings == []
+    # pass 2's prompt holds the intermediate audio: 12.5 + 25 ids per second (vq02 + vq06), whole groups
+    audio_ids = result.passes[1].n_prompt_tokens - result.passes[0].n_prompt_tokens
+    assert audio_ids > 0 if seconds > 1.5 else audio_ids < 0
+    with pytest.raises(AudioInputError, match="at most 30 s" if seconds > 30 else "at least 0.5 s"):
+        engine.edit(EditRequest(long_or_short, C.OUTPUT_SAMPLE_RATE, TEXT, "speed", "faster"))
+
+
+def test_a_pass_that_cannot_run_returns_the_passes_done_with_a_warning(engine, clip, monkeypatch):
+    _with_pass_one_output(monkeypatch, engine, lambda: torch.zeros(0))  # pass 1 produced no audio
+    engine.clear_cache()
+    result = engine.edit(EditRequest(*crop(clip, 1.5), TEXT, "emotion", "sad", n_iterations=3, seed=4),
+                         GenerationSettings(max_new_tokens=10, dynamic_tokens=False))
+    assert len(result.passes) == 1 and result.waveform.numel() == 0
+    assert len(result.warnings) == 1
+    assert "pass 2 of 3 could not run (audio is empty" in result.warnings[0] and "1 pass(es)" in result.warnings[0]
+
+
+def test_a_fed_back_clip_that_cannot_be_edited_comes_back_unchanged(engine, clip):
+    """EditRequest.intermediate (a cloned chunk): a silent clip is not an error but an unchanged result."""
+    silent = torch.zeros(C.OUTPUT_SAMPLE_RATE // 4)
+    result = engine.edit(EditRequest(silent, C.OUTPUT_SAMPLE_RATE, TEXT, "emotion", "sad", intermediate=True))
+    assert result.passes == [] and torch.equal(result.waveform, silent)
+    assert "pass 1 of 1 could not run (audio is silent" in result.warnings[0]
+    with pytest.raises(AudioInputError, match="at least 0.5 s"):  # as user input it is an error
+        engine.edit(EditRequest(silent, C.OUTPUT_SAMPLE_RATE, TEXT, "emotion", "sad"))

@@ -440,6 +440,10 @@ def test_edit_info_reports_tokens_stops_and_truncation():
     assert "clip 2: 0.50 s in -> 0.50 s out, 40+60 tokens (cap 60, 60), stop: eos, truncated" in info
     assert "trimmed 0.50 s of trailing batch padding" in info and "model calls: 2 (each batched over 2 clips)" in info
     assert "WARNING: clip 2, iteration 2 reached its 60-token cap" in info and "dynamic_token off" in info
+    results[0].warnings.append("WARNING: pass 2 of 2 could not run (audio is empty); the result is the 1 pass(es) "
+                               "before it.")
+    info = edit_info("emotion -> sad", clips, results, 2, True, 0.5, 2.0)
+    assert "WARNING: clip 1: pass 2 of 2 could not run (audio is empty)" in info
 
 
 # --- node functions on a fake engine that follows the StepAudioEditX contract -----------------------------------

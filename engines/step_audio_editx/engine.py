@@ -23,6 +23,7 @@ import torch
 
 from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
 from .decoder.token2wav import Token2Wav, Token2WavInput
+from .frontend.audio import resample, to_mono
 from .frontend.context import FrontEnd, PromptContext, clip_digest
 from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
@@ -243,6 +244,7 @@ class StepAudioEditX:
             current = [(r.audio, r.sample_rate) for r in checked]
             passes: list[list[PassResult]] = [[] for _ in checked]
             chain = [self._request_key(r, settings) for r in checked]
+            warnings: list[list[str]] = [[] for _ in checked]
             for it in range(rounds):
                 active = [i for i, r in enumerate(checked) if r.n_iterations > it]
                 keys = {i: hashlib.sha256(f"{chain[i]}|{it}".encode()).hexdigest() for i in active}
@@ -250,10 +252,18 @@ class StepAudioEditX:
                 fresh: dict[int, PassResult] = {}
                 if todo:
                     started = time.perf_counter()
-                    contexts = parts.frontend.encode([current[i] for i in todo])
+                    jobs, failed = self._prepare_pass(parts, checked, todo, current, settings, it)
                     frontend_s = (time.perf_counter() - started) / len(todo)
-                    jobs = [self._edit_job(parts, checked[i], ctx, settings, it) for i, ctx in zip(todo, contexts)]
-                    fresh = dict(zip(todo, self._run_pass(parts, jobs, settings, progress, call=it + 1, calls=rounds)))
+                    for i, reason in failed.items():  # fed-back audio this pass cannot take: keep what is done
+                        warnings[i].append(f"WARNING: pass {it + 1} of {checked[i].n_iterations} could not run "
+                                           f"({reason}); the result is the {it} pass(es) before it.")
+                        logger.warning("edit request %d: %s", i + 1, warnings[i][-1])
+                        checked[i] = replace(checked[i], n_iterations=it)
+                    active = [i for i in active if i not in failed]
+                    rows = list(jobs)
+                    if rows:
+                        fresh = dict(zip(rows, self._run_pass(parts, [jobs[i] for i in rows], settings, progress,
+                                                              call=it + 1, calls=rounds)))
                     for i, p in fresh.items():
                         p.timings.frontend_s = frontend_s
                         p.timings.total_s += frontend_s
@@ -269,11 +279,13 @@ class StepAudioEditX:
                     if p.stop_reason is StopReason.INTERRUPTED:
                         checked[i] = replace(checked[i], n_iterations=it + 1)  # no further passes on a cut output
             results = []
-            for ps in passes:
+            for r, ps, notes in zip(checked, passes, warnings):
                 total = Timings()
                 for p in ps:
                     total.add(p.timings)
-                results.append(AudioResult(ps[-1].waveform, OUTPUT_SAMPLE_RATE, ps, total))
+                waveform = ps[-1].waveform if ps else resample(to_mono(r.audio).float(), r.sample_rate,
+                                                                OUTPUT_SAMPLE_RATE)
+                results.append(AudioResult(waveform, OUTPUT_SAMPLE_RATE, ps, total, notes))
             return results
 
     def clear_cache(self) -> None:
@@ -327,6 +339,41 @@ class StepAudioEditX:
             logger.warning("max_new_tokens=%d is more than the context leaves (%d); using %d.",
                            settings.max_new_tokens, room, room)
         return room if settings.dynamic_tokens else min(settings.max_new_tokens, room)
+
+    def _prepare_pass(self, parts: _Parts, checked: Sequence[EditRequest], todo: Sequence[int], current: Sequence,
+                      settings: GenerationSettings, it: int) -> tuple[dict[int, _Job], dict[int, str]]:
+        """Jobs of pass ``it`` for rows ``todo``, and why the rows whose audio the pack fed back (pass 2+, or
+        ``EditRequest.intermediate``) cannot run. Such audio is never held to the user-input limits; a
+        problem with it ends that row, while a problem with user input is an error for the whole call."""
+        fed_back = {i: it > 0 or checked[i].intermediate for i in todo}
+        clips = [current[i] for i in todo]
+        try:
+            contexts: list = parts.frontend.encode(clips, [not fed_back[i] for i in todo])
+        except (ValueError, RuntimeError):
+            if not any(fed_back.values()):
+                raise
+            contexts = [self._encode_or_reason(parts, clip, fed_back[i]) for i, clip in zip(todo, clips)]
+        jobs: dict[int, _Job] = {}
+        failed: dict[int, str] = {}
+        for i, ctx in zip(todo, contexts):
+            try:
+                if isinstance(ctx, Exception):
+                    raise ctx
+                jobs[i] = self._edit_job(parts, checked[i], ctx, settings, it)
+            except (ValueError, RuntimeError) as exc:
+                if not fed_back[i]:
+                    raise
+                failed[i] = str(exc)
+        return jobs, failed
+
+    @staticmethod
+    def _encode_or_reason(parts: _Parts, clip, fed_back: bool):
+        try:
+            return parts.frontend.encode([clip], user_input=not fed_back)[0]
+        except (ValueError, RuntimeError) as exc:
+            if not fed_back:
+                raise
+            return exc
 
     @staticmethod
     def _pass_transcript(r: EditRequest, it: int) -> str:

@@ -92,6 +92,9 @@ class EditRequest:
     new_text: Optional[str] = None  # paralinguistic: the transcript with [Tag]s inserted
     n_iterations: int = 1
     seed: int = 0
+    # True when ``audio`` is the pack's own output (a cloned chunk): the user-input duration limits do not
+    # apply, and audio the model cannot take returns unchanged with a warning instead of an error.
+    intermediate: bool = False
 
 
 @dataclass
@@ -126,6 +129,7 @@ class AudioResult:
     sample_rate: int = OUTPUT_SAMPLE_RATE
     passes: list[PassResult] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)  # e.g. an edit pass that could not run on fed-back audio
 
     @property
     def stop_reason(self) -> StopReason:
