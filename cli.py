@@ -47,12 +47,17 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-k", type=int, default=0,
+                   help="0 = off, as the current official inference (temperature alone); the first official "
+                        "path used 50 with --repetition-guard")
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--no-dynamic-tokens", dest="dynamic_tokens", action="store_false",
                    help="use --max-new-tokens instead of a cap sized from the audio / text")
     s.add_argument("--max-new-tokens", type=int, default=8192)
-    s.add_argument("--no-repetition-guard", dest="repetition_guard", action="store_false")
+    s.add_argument("--repetition-guard", dest="repetition_guard", action="store_true", default=False,
+                   help="ban an id that occurs twice in the last 10 (the first official path; off in the current one)")
+    s.add_argument("--no-repetition-guard", dest="repetition_guard", action="store_false",
+                   help="the default; kept for scripts written when the guard was on by default")
 
 
 def _edit_options(p: argparse.ArgumentParser) -> None:

@@ -109,3 +109,15 @@ def test_weights_release_flag_reaches_the_engine(monkeypatch):
     assert seen["config"].weights_release == "2025-11"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2024"])
+
+
+def test_sampling_flags_default_to_the_current_official_path():
+    from comfyui_step_audio_editx import cli
+    from comfyui_step_audio_editx.engines.step_audio_editx import SamplingConfig
+
+    parse = cli.build_parser().parse_args
+    assert cli._settings(parse(["edit", "x.wav", "--edit-type", "vad"])).sampling == SamplingConfig()
+    original = parse(["edit", "x.wav", "--edit-type", "vad", "--top-k", "50", "--repetition-guard"])
+    assert cli._settings(original).sampling == SamplingConfig.original_path()
+    legacy = parse(["edit", "x.wav", "--edit-type", "vad", "--no-repetition-guard"])  # old scripts still parse
+    assert cli._settings(legacy).sampling.repetition_guard is False
