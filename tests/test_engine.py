@@ -80,28 +80,63 @@ def test_clone_prompt_names_the_speaker_by_the_official_hash(engine, clip, monke
     assert seen[0] != clone_speaker_name(TEXT, wav) and seen[0].startswith("clone_")
 
 
-@pytest.mark.parametrize("edit_type,value,new_text", [
-    ("emotion", "happy", None), ("emotion", "remove", None), ("style", "whisper", None), ("speed", "more faster", None),
-    ("paralinguistic", None, "I just heard the news [Laughter], and honestly"), ("denoise", None, None),
-    ("vad", None, None),
+@pytest.fixture
+def sent(monkeypatch):
+    """Every edit prompt the engine builds: (rendered prompt, its audio ids)."""
+    from comfyui_step_audio_editx.engines.step_audio_editx import engine as engine_mod
+    from comfyui_step_audio_editx.engines.step_audio_editx.prompts import render_edit_prompt
+
+    prompts = []
+    real = engine_mod.build_edit_prompt
+
+    def record(tok, edit_type, value, audio_text, ids, new_text, release):
+        prompts.append((render_edit_prompt(edit_type, value, audio_text, ids, new_text, release), tuple(ids)))
+        return real(tok, edit_type, value, audio_text, ids, new_text, release)
+
+    monkeypatch.setattr(engine_mod, "build_edit_prompt", record)
+    return prompts
+
+
+NEWS = "I just heard the news, and honestly"
+
+
+@pytest.mark.parametrize("edit_type,value,new_text,instruction", [
+    ("emotion", "happy", None, f"Make the following audio more happy. The text corresponding to the audio is: {NEWS}\n"),
+    ("emotion", "remove", None, f"Remove any emotion in the following audio and the reference text is: {NEWS}\n"),
+    ("style", "whisper", None, f"Make the following audio more whisper style. The text corresponding to the audio is: {NEWS}\n"),
+    ("speed", "more faster", None, f"Make the following audio more more faster. The text corresponding to the audio is: {NEWS}\n"),
+    ("paralinguistic", None, "I just heard the news [Laughter], and honestly",
+     "Add some non-verbal sounds to make the audio more natural, the new text is : I just heard the news [laugh], and "
+     f"honestly\n  The text corresponding to the audio is: {NEWS}\n"),
+    ("denoise", None, None, "Remove any noise from the given audio while preserving the voice content clearly."),
+    ("vad", None, None, "Remove any silent portions from the given audio while preserving the voice content clearly."),
 ])
-def test_every_edit_type(engine, clip, edit_type, value, new_text):
+def test_every_edit_type(engine, clip, sent, edit_type, value, new_text, instruction):
+    """Each edit sends its official instruction, followed by the clip's own audio ids, and decodes to audio."""
     wav, sr = crop(clip, 1.5)
-    text = "" if edit_type in ("denoise", "vad") else "I just heard the news, and honestly"
+    text = "" if edit_type in ("denoise", "vad") else NEWS
+    engine.clear_cache()
     result = engine.edit(EditRequest(wav, sr, text, edit_type, value, new_text, seed=3), SAMPLED)
     check_audio(result)
+    (rendered, ids), = sent
+    assert f"<|BOT|> human\n{instruction}" in rendered
+    assert ids == engine._parts.frontend.encode([(wav, sr)])[0].audio_ids
 
 
-def test_iterations_chain_and_lowering_the_count_is_free(engine, clip):
+def test_iterations_chain_and_lowering_the_count_is_free(engine, clip, sent):
     wav, sr = crop(clip, 1.5)
+    engine.clear_cache()
     two = engine.edit(EditRequest(wav, sr, TEXT, "style", "whisper", n_iterations=2, seed=9), SAMPLED)
     assert len(two.passes) == 2
     check_audio(two)
     one = engine.edit(EditRequest(wav, sr, TEXT, "style", "whisper", n_iterations=1, seed=9), SAMPLED)
     assert one.passes[0] is two.passes[0]  # served from the per-iteration cache
     assert torch.equal(one.waveform, two.passes[0].waveform)
-    # the second pass edits the first pass's 24 kHz output: its prompt holds that output's tokens
-    assert two.passes[1].n_prompt_tokens != two.passes[0].n_prompt_tokens or two.passes[1].tokens != two.passes[0].tokens
+    assert len(sent) == 2  # the second call built no prompt
+    # the second pass edits the first pass's 24 kHz output: its prompt holds exactly that output's audio ids
+    first_output = engine._parts.frontend.encode([(two.passes[0].waveform, C.OUTPUT_SAMPLE_RATE)], user_input=False)
+    assert sent[1][1] == first_output[0].audio_ids != sent[0][1]
+    assert two.passes[1].n_prompt_tokens - two.passes[0].n_prompt_tokens == len(sent[1][1]) - len(sent[0][1])
 
 
 @pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])

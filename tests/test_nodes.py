@@ -257,7 +257,25 @@ def test_loader_reads_the_clip_and_its_transcript(tts_root):
     assert clip["waveform"].dtype == torch.float32 and clip["waveform"].dim() == 3
     assert clip["sample_rate"] == 24000 and 6.0 < clip["waveform"].shape[-1] / 24000 < 7.0
     assert transcript == (EXAMPLES_DIR / "sample_speech.txt").read_text().strip()
-    assert loader.IS_CHANGED(SAMPLE_WAV) == loader.IS_CHANGED(SAMPLE_WAV)
+
+
+def test_loader_is_changed_follows_the_audio_and_the_transcript(tmp_path, monkeypatch):
+    """ComfyUI re-runs the loader only when IS_CHANGED changes: editing either file must change it."""
+    import shutil
+
+    loader = NODE_CLASS_MAPPINGS["StepAudioEditXLoadAudioWithTranscript"]
+    shutil.copy(EXAMPLES_DIR / SAMPLE_WAV, tmp_path / "clip.wav")
+    (tmp_path / "clip.txt").write_text("First words.", encoding="utf-8")
+    monkeypatch.setattr(comfy_bridge, "input_file_path", lambda name: tmp_path / name)
+    first = loader.IS_CHANGED("clip.wav")
+    assert loader.IS_CHANGED("clip.wav") == first  # nothing changed: ComfyUI may reuse the output
+    (tmp_path / "clip.txt").write_text("Other words.", encoding="utf-8")
+    second = loader.IS_CHANGED("clip.wav")
+    assert second != first
+    data = bytearray((tmp_path / "clip.wav").read_bytes())
+    data[-2:] = bytes([data[-2] ^ 0xFF, data[-1] ^ 0xFF])  # one sample of the audio
+    (tmp_path / "clip.wav").write_bytes(bytes(data))
+    assert loader.IS_CHANGED("clip.wav") not in (first, second)
 
 
 # --- example workflows --------------------------------------------------------------------------------------

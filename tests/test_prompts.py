@@ -92,8 +92,6 @@ def test_layout_frame(tok, audio):
 @pytest.mark.parametrize(
     "edit_type, value, expected",
     [
-        ("speed", "more slower", "Make the following audio more more slower. The text corresponding to the audio is: Hi.\n"),
-        ("speed", "more_slower", "Make the following audio more more slower. The text corresponding to the audio is: Hi.\n"),
         ("speed", "slower", "Make the following audio more slower. The text corresponding to the audio is: Hi.\n"),
         ("style", "act coy", "Make the following audio more act_coy style. The text corresponding to the audio is: Hi.\n"),
         ("emotion", "Remove", "Remove any emotion in the following audio and the reference text is: Hi.\n"),
@@ -105,17 +103,43 @@ def test_instructions_beyond_the_reference(edit_type, value, expected):
     assert P.build_edit_instruction(edit_type, value, "  Hi. \n") == expected
 
 
-def test_ids_equal_tokenising_the_rendered_string_for_other_inputs(tok, audio):
+def test_speed_spellings_follow_the_official_more_faster_instruction(ref):
+    """The official rule ("more" + value, so "more more faster") carried to every spelling of "more slower"."""
+    official = ref["cases"]["speed_more_faster"]
+    expected = official["instruction"].replace("faster", "slower")
+    for spelling in ("more slower", "more_slower", "More-Slower"):
+        assert P.build_edit_instruction("speed", spelling, official["audio_text"]) == expected
+
+
+def _official_chat(ref, system: str, user: str) -> str:
+    """The official chat template (tokenizer_config.json) rendered as apply_chat_template does."""
+    import jinja2
+
+    template = jinja2.Environment().from_string(ref["chat_template"])
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return template.render(messages=messages, add_generation_prompt=True)
+
+
+def test_prompts_for_other_inputs_equal_the_official_chat_template(tok, ref, audio):
+    """Inputs the reference set does not hold: rendered with the official template, tokenised by the
+    (parity-tested) tokenizer, they must give our ids."""
+    audio_str = ref["audio_token_str"]
     cases = [
         ("speed", "more slower", "It's 3.14 — okay?  Yes.", None),
         ("style", "whisper", "今日はいい天気ですね。", None),
-        ("paralinguistic", None, "I can't believe it we won!", "I can't believe it [Laughter] we won!"),
+        ("paralinguistic", None, "I can't believe it we won!", "I can't believe it [laugh] we won!"),
     ]
     for edit_type, value, text, new_text in cases:
-        ids = P.build_edit_prompt(tok, edit_type, value, text, audio, new_text)
-        assert ids == tok.encode(P.render_edit_prompt(edit_type, value, text, audio, new_text))
-    ids = P.build_clone_prompt(tok, "Reference words.", np.array(audio), "  Target, with spaces  ")
-    assert ids == tok.encode(P.render_clone_prompt("Reference words.", audio, "  Target, with spaces  "))
+        instruction = P.build_edit_instruction(edit_type, value, text, new_text)
+        official = _official_chat(ref, P.SYSTEM_PROMPT_EDIT, instruction + "\n" + audio_str + "\n")
+        assert P.render_edit_prompt(edit_type, value, text, audio, new_text) == official
+        assert P.build_edit_prompt(tok, edit_type, value, text, audio, new_text) == tok.encode(official)
+    system = P.CLONE_SYSTEM_PROMPT_TEMPLATE.format(speaker="clone_0123456789abcdef", prompt_text="Reference words.",
+                                                   prompt_wav_tokens=audio_str)
+    official = _official_chat(ref, system, "  Target, with spaces  ")
+    args = ("Reference words.", audio, "  Target, with spaces  ", "clone_0123456789abcdef")
+    assert P.render_clone_prompt(*args) == official
+    assert P.build_clone_prompt(tok, args[0], np.array(audio), *args[2:]) == tok.encode(official)
     assert f"speaker name: {P.clone_speaker_name('a')}\n" in P.render_clone_prompt("a", audio, "b")
 
 
