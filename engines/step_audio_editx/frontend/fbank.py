@@ -5,8 +5,8 @@ end dithers as FunASR's WavFrontend(Online) does by default (dither 1.0, in int1
 ``dither * N(0, 1)`` to every sample of every frame after framing, before DC removal and pre-emphasis,
 fresh noise per frame. Without it, digital silence (our trim pads with it; DAW exports hold it) gives
 log-mel values ~20 nats below anything the encoder saw in training. The noise here is drawn on the CPU
-from a generator seeded by a hash of the clip's samples, so a clip gives the same codes on every run and
-device. CAM++ is dither 0 (the official ``extract_spk_embedding``).
+from a generator seeded by the clip's length (``dither_seed``), so a clip gives the same codes on every
+run and device. CAM++ is dither 0 (the official ``extract_spk_embedding``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ..constants import KALDI_WAVE_SCALE, SPEAKER_FBANK_BINS, TOKENIZER_SAMPLE_R
 
 FUNASR_DITHER = 1.0  # FunASR WavFrontend / WavFrontendOnline default (the official config.yaml sets none)
 _SEED_BITS = 63
+_DITHER_SEED_TAG = "vq02-dither"
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,14 @@ def load_cmvn(path: str | Path) -> torch.Tensor:
 
 
 def dither_seed(wav16k: torch.Tensor) -> int:
-    """The clip's dither seed: a hash of its float32 samples (same clip, same noise, on any device)."""
-    data = wav16k.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> (64 - _SEED_BITS)
+    """The clip's dither seed, from its length in samples (same clip, same noise, on any device).
+
+    Not from the sample values: an edit pass feeds back decoder output whose last bits differ between a
+    batch and a single call, or between CPU and GPU; noise keyed to exact values would turn that rounding
+    into different codes. Sharing the noise pattern between clips of one length changes nothing else.
+    """
+    digest = hashlib.sha256(f"{_DITHER_SEED_TAG}|{int(wav16k.shape[-1])}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> (64 - _SEED_BITS)
 
 
 def dither_noise(num_frames: int, frame_length: int, seed: int) -> torch.Tensor:

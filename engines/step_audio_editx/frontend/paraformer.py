@@ -422,7 +422,7 @@ class Vq02Tokenizer:
     """16 kHz mono clips -> vq02 codes (16.67 Hz), batched over clips, on CPU or CUDA.
 
     Input: the trimmed 16 kHz ``PreparedAudio.tokenizer_wav`` of each clip. Features are dithered as the
-    official FunASR front end (1.0), with noise seeded from each clip (``fbank.paraformer_fbank``);
+    official FunASR front end (1.0), with noise seeded per clip (``fbank.dither_seed``);
     ``from_folder(dither=0.0)`` turns it off (the parity fixtures' reference ran without dither).
     """
 
