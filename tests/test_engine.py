@@ -353,6 +353,9 @@ def test_iterations_continue_on_intermediate_audio_outside_the_input_limits(engi
     assert audio_ids > 0 if seconds > 1.5 else audio_ids < 0
     with pytest.raises(AudioInputError, match="at most 30 s" if seconds > 30 else "at least 0.5 s"):
         engine.edit(EditRequest(long_or_short, C.OUTPUT_SAMPLE_RATE, TEXT, "speed", "faster"))
+    if seconds > 30:  # all of it is tokenised (vq06 in 30 s pieces, as official), not just the first 30 s
+        ctx = engine._parts.frontend.encode([(long_or_short, C.OUTPUT_SAMPLE_RATE)], user_input=False)[0]
+        assert seconds - 2.0 <= ctx.n_groups * C.GROUP_SECONDS <= seconds + 0.5  # each piece rounds up
 
 
 def test_a_pass_that_cannot_run_returns_the_passes_done_with_a_warning(engine, clip, monkeypatch):
