@@ -2,11 +2,12 @@
 
 For each batch size (default 1, 4, 8, 16): B prompts of ``--prompt-tokens`` ids (default 1,300), each
 generating ``--new-tokens`` ids with the current official sampling (T 0.7 alone, plus the audio constraint;
-``--original-sampling``: the first official path's top-k 50 and repetition guard too). Reports prefill seconds, decode tokens/s per row and in total, ms per step, the
-weights' read rate, peak GPU memory, and the warm-up paid by the first call (graph capture and kernel
-selection). The eager baseline (``fast=False``: left-padded batch, DynamicCache, the model's forward per
-token) runs ``--eager-new-tokens`` steps. ``--prefill-study`` times one prompt's prefill under each SDPA
-kernel choice at fresh lengths (cuDNN builds an execution plan per new shape).
+``--original-sampling``: the first official path's top-k 50 and repetition guard too). Reports prefill
+seconds, decode tokens/s per row and in total, ms per step, the weights' read rate, peak GPU memory, and
+the warm-up paid by the first call (graph capture and kernel selection). The eager baseline
+(``fast=False``: left-padded batch, DynamicCache, the model's forward per token) runs
+``--eager-new-tokens`` steps. ``--prefill-study`` times one prompt's prefill under each SDPA kernel choice
+at fresh lengths (cuDNN builds an execution plan per new shape).
 
 The <|EOT|> row of the random lm_head is zeroed and the audio rows scaled up, so rows run to their cap
 (the timing is then per token, not per lucky early stop).

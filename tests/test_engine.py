@@ -75,7 +75,8 @@ def test_clone_prompt_names_the_speaker_by_the_official_hash(engine, clip, monke
                         lambda *a, **k: seen.append(k.get("speaker")) or real(*a, **k))
     wav, sr = crop(clip, 1.0)
     stereo = torch.stack([wav, 0.5 * wav])
-    engine.clone(CloneRequest(stereo, sr, TEXT, "Hi.", seed=1), GenerationSettings(max_new_tokens=5, dynamic_tokens=False))
+    engine.clone(CloneRequest(stereo, sr, TEXT, "Hi.", seed=1),
+                 GenerationSettings(max_new_tokens=5, dynamic_tokens=False))
     assert seen == [clone_speaker_name(TEXT, stereo)]
     assert seen[0] != clone_speaker_name(TEXT, wav) and seen[0].startswith("clone_")
 

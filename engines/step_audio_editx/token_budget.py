@@ -341,7 +341,7 @@ def edit_length_factor(edit_type: str, edit_info: str | None = None) -> float:
 
 
 def count_paralinguistic_sounds(text: str) -> int:
-    """Sounds a paralinguistic new text asks for: ``[laugh]`` marks and inline ``<laugh>`` tags, any accepted spelling."""
+    """Sounds a paralinguistic new text asks for: ``[laugh]`` marks and inline ``<laugh>`` tags (any spelling)."""
     inline = 0
     for m in INLINE_TAG_PATTERN.finditer(text):
         for part in m.group(0).strip("<> ").split("|"):
