@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import logging
 import sys
 import threading
 
+logger = logging.getLogger(__name__)
 _TRIGGER = "transformers"
 _STEP1_MODULE = ".step_audio_editx.lm.step1"  # relative to this package; importing it registers
 _lock = threading.Lock()
@@ -60,7 +62,10 @@ class _RegisteringLoader(importlib.abc.Loader):
     def exec_module(self, module):
         self._inner.exec_module(module)
         _remove_hook()
-        register_now()
+        try:
+            register_now()
+        except Exception:  # never break the user's own ``import transformers`` (e.g. torch missing)
+            logger.warning("Could not register the Step1 model type with transformers.", exc_info=True)
 
     def __getattr__(self, name):  # get_resource_reader, is_package ... of the real loader
         if name == "_inner":  # not set yet (copy, pickle): no recursion
