@@ -101,6 +101,10 @@ ATTN_BIAS_ALIGNMENT = 8
 # transformers renamed from_pretrained's torch_dtype= to dtype= in this version.
 TRANSFORMERS_DTYPE_KWARG_VERSION = "4.56"
 
+# --- how the model runs (the choices of the Engine node and the CLI; torch-free so --help is instant) ------
+ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash_attention_2", "xformers", "sdpa", "flex_attention", "eager")
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+
 # --- decoder (token2wav) run settings -----------------------------------------------------------
 DECODER_CFM_STEPS = 10  # Euler steps of the flow matching (official CosyVoice(n_timesteps=10))
 

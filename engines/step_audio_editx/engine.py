@@ -44,7 +44,7 @@ from .types import (
     StopReason,
     Timings,
 )
-from .vocabulary import MAX_EDIT_ITERATIONS, TRANSCRIPT_FREE_EDITS, check_edit_type, check_edit_value
+from .request_checks import check_clone_request, check_edit_request
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +194,7 @@ class StepAudioEditX:
         if not requests:
             return []
         for n, r in enumerate(requests):
-            if not r.target_text or not r.target_text.strip():
-                raise ValueError(f"clone request {n + 1}: the text to speak is empty.")
+            check_clone_request(r, f"clone request {n + 1} of {len(requests)}: " if len(requests) > 1 else "")
         with self._lock, torch.inference_mode():
             parts = self.load()._parts
             started = time.perf_counter()
@@ -251,8 +250,8 @@ class StepAudioEditX:
                         self._passes.move_to_end(keys[i])
                     passes[i].append(p)
                     current[i] = (p.waveform, OUTPUT_SAMPLE_RATE)
-                    if p.stop_reason is StopReason.INTERRUPTED:
-                        checked[i] = replace(checked[i], n_iterations=it + 1)  # no further passes on a cut output
+                    if p.stop_reason is StopReason.INTERRUPTED or not p.n_generated_tokens:
+                        checked[i] = replace(checked[i], n_iterations=it + 1)  # no further passes on a cut / empty output
             results = []
             for ps in passes:
                 total = Timings()
@@ -272,20 +271,7 @@ class StepAudioEditX:
     @staticmethod
     def _check_edit(n: int, r: EditRequest, count: int) -> EditRequest:
         """Validate everything before any work, so a bad row fails the batch before it costs anything."""
-        where = f"edit request {n + 1} of {count}: " if count > 1 else ""
-        try:
-            edit_type = check_edit_type(r.edit_type)
-            value = check_edit_value(edit_type, r.edit_value)
-            if not 1 <= int(r.n_iterations) <= MAX_EDIT_ITERATIONS:
-                raise ValueError(f"n_iterations must be 1..{MAX_EDIT_ITERATIONS}, got {r.n_iterations}.")
-            if edit_type == "paralinguistic" and not (r.new_text or "").strip():
-                raise ValueError("the paralinguistic edit needs new_text: the transcript with [Laughter]-style tags "
-                                 "where the sounds go.")
-            if edit_type not in TRANSCRIPT_FREE_EDITS and not (r.audio_text or "").strip():
-                raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text).")
-        except ValueError as exc:
-            raise type(exc)(where + str(exc)) from exc
-        return replace(r, edit_type=edit_type, edit_value=value, n_iterations=int(r.n_iterations))
+        return check_edit_request(r, f"edit request {n + 1} of {count}: " if count > 1 else "")
 
     @staticmethod
     def _request_key(r: EditRequest, settings: GenerationSettings) -> str:
@@ -340,9 +326,12 @@ class StepAudioEditX:
             timings.total_s = prefill_s + decode_s + timings.decoder_s
             passes.append(PassResult(wav, len(job.prompt), len(out.tokens), job.cap, out.stop_reason, timings,
                                      tuple(out.tokens)))
-            if out.stop_reason.truncated:
-                logger.warning("Generation hit its cap of %d tokens (%.1f s of audio): the output may be cut short.",
-                               job.cap, job.cap / AUDIO_TOKENS_PER_SECOND)
+            if out.stop_reason.truncated:  # callers warn once per result (CLI line, node info), naming the file
+                logger.info("Generation hit its cap of %d tokens (%.1f s of audio): the output may be cut short.",
+                            job.cap, job.cap / AUDIO_TOKENS_PER_SECOND)
+            if not out.tokens and out.stop_reason is not StopReason.INTERRUPTED:
+                logger.warning("The model ended without producing any audio (stop: %s); this result is empty.",
+                               out.stop_reason.value)
         return passes
 
     @staticmethod

@@ -121,7 +121,9 @@ def _missing_message(missing: Sequence[MissingFile], after_download: bool = Fals
     return (
         f"Step-Audio-EditX model files are missing:\n{lines}\n"
         + ("Download them by hand, for example with:\n" if after_download
-           else "Turn on auto-download, or download them, for example with:\n") + how
+           else "Let the pack download them (command line: add --download; ComfyUI: choose the model "
+                "'auto (download if missing)' on the Engine node; Python: EngineConfig(download=True)), or "
+                "download them yourself, for example with:\n") + how
     )
 
 

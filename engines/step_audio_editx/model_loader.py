@@ -29,6 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import (
+    ATTENTION_CHOICES,
+    DTYPE_CHOICES,
     HUB_REPO_EDITX,
     MODEL_CONFIG_FILE,
     SAFETENSORS_INDEX_FILE,
@@ -54,8 +56,6 @@ MODEL_BACKENDS: dict[str, tuple[str, ...]] = {
     "conformer": ("sdpa", "eager"),
 }
 
-ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash_attention_2", "xformers", "sdpa", "flex_attention", "eager")
-DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -182,9 +182,20 @@ def resolve_device(requested: str | torch.device = "auto") -> torch.device:
     requested = (requested or "auto").strip().lower()
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"Unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {requested!r} was asked for but this PyTorch sees no CUDA GPU; use 'cpu' or 'auto'.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"Device {requested!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         "GPU(s), numbered from 0; use 'cuda:0' or 'auto'.")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"Device {requested!r} was asked for but this PyTorch has no Apple GPU (MPS) backend; "
+                         "use 'cpu' or 'auto'.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Device {requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
     return device
 
 

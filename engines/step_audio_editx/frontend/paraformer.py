@@ -34,6 +34,7 @@ import yaml
 from torch import nn
 
 from ..constants import (
+    HUB_REPO_TOKENIZER,
     PARAFORMER_CHUNK_SIZE,
     PARAFORMER_ENCODER_LOOK_BACK,
     PARAFORMER_MIN_TAIL_SAMPLES,
@@ -41,6 +42,7 @@ from ..constants import (
     PARAFORMER_SUBDIR,
     VQ02_CENTROIDS_FILE,
 )
+from ..file_readers import load_weights_pickle
 from .fbank import FbankConfig, ParaformerFrontend, load_cmvn
 
 logger = logging.getLogger(__name__)
@@ -388,7 +390,7 @@ def random_sanm_encoder(cfg: SanmEncoderConfig, seed: int = 0) -> SanmEncoder:
 
 def load_encoder_state(model_pt: str | Path) -> dict[str, torch.Tensor]:
     """The ``encoder.*`` tensors of an official Paraformer ``model.pt`` (prefix removed; decoder etc. ignored)."""
-    state = torch.load(str(model_pt), map_location="cpu", weights_only=True)
+    state = load_weights_pickle(model_pt, HUB_REPO_TOKENIZER)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..constants import (
+    HUB_REPO_TOKENIZER,
     TOKENIZER_SAMPLE_RATE,
     VQ06_CHUNK_SECONDS,
     VQ06_FRAME_RATE,
@@ -35,6 +36,7 @@ from ..constants import (
     VQ06_ONNX_FILE,
     VQ06_V1_HEADS,
 )
+from ..file_readers import DamagedModelFileError
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +204,12 @@ def cached_weights(onnx_path: str | Path, *, cache_dir: str | Path | None = None
         if _valid_cache(candidate, fingerprint):
             return candidate
     logger.info("converting %s to safetensors (once; later loads use the cache)", onnx_path)
-    state = s3tokenizer.onnx2torch(str(onnx_path), None, False)
-    config = s3tokenizer.model.ModelConfig(**s3_config_from_state(state, heads))
+    try:
+        state = s3tokenizer.onnx2torch(str(onnx_path), None, False)
+        config = s3tokenizer.model.ModelConfig(**s3_config_from_state(state, heads))
+    except Exception as exc:  # onnx's DecodeError, KeyError on a foreign graph ...: the file is not the tokenizer
+        raise DamagedModelFileError(f"{onnx_path} is not the S3 tokenizer ONNX model ({type(exc).__name__}). "
+                                    f"Re-download it from {HUB_REPO_TOKENIZER}.") from None
     model = s3tokenizer.S3Tokenizer(VQ06_MODEL_NAME, config=config)
     # what S3Tokenizer.init_from_onnx does, with the config read from the weight shapes
     model.load_state_dict(state, strict=True)
