@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -165,6 +167,32 @@ def find_model_folders(
     return ModelFolders(editx.resolve(), tokenizer.resolve())
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why a download cannot work right now (offline mode, no DNS), found in milliseconds.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once at import and, without a network, retries each file with
+    back-off for ~23 s before failing; both checks here happen before any request. The DNS probe is skipped
+    behind a proxy, where the proxy resolves the hub's name.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").strip().lower() in TRUE_VALUES
+                                       for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"cannot resolve {host} ({exc.strerror or exc}); check the network connection"
+    return None
+
+
 def download_missing(folders: ModelFolders, token: str | bool | None = None) -> ModelFolders:
     """Fetch only the missing files the pipeline reads (resumable, with progress bars).
 
@@ -180,6 +208,10 @@ def download_missing(folders: ModelFolders, token: str | bool | None = None) -> 
         missing = folders.missing()
         if not missing:
             return folders
+        reason = _hub_unreachable_reason()
+        if reason:
+            raise ModelFilesError(f"Cannot download from Hugging Face: {reason}.\n"
+                                  + _missing_message(missing, after_download=True))
         for item in missing:
             item.folder.mkdir(parents=True, exist_ok=True)
             logger.info("Downloading %s from %s", item.relpath, item.repo)
