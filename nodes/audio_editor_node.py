@@ -81,6 +81,8 @@ class StepAudioEditXAudioEditor:
         results, load_s, run_s = bridge.run_on_engine(handle, unique_id, lambda eng, progress: (
             eng.batch_edit(requests, settings, progress) if len(requests) > 1
             else [eng.edit(requests[0], settings, progress)]))
+        for i, result in enumerate(results):  # an empty clip would reach SaveAudio and fail there, unexplained
+            result.check_not_empty(f"clip {i + 1} of {len(results)}" if len(results) > 1 else "the edit")
         label = f"{edit_type} -> {value}" if value else edit_type
         info = edit_info(label, clips, results, n_edit_iterations, settings.dynamic_tokens, load_s, run_s)
         return (to_comfy_audio([r.waveform for r in results], results[0].sample_rate), info)

@@ -291,3 +291,15 @@ def test_help_imports_neither_torch_nor_the_engine():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("temperature", ["nan", "inf", float("nan")])
+def test_engine_node_rejects_non_finite_temperature(monkeypatch, tmp_path, temperature):
+    """ComfyUI turns the widget string "nan" into float('nan'), which passes its min/max check."""
+    from comfyui_step_audio_editx.nodes import comfy_bridge
+    from comfyui_step_audio_editx.nodes.engine_node import StepAudioEditXEngine
+
+    monkeypatch.setattr(comfy_bridge, "tts_model_roots", lambda: [str(tmp_path)])
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        StepAudioEditXEngine().make("auto (download if missing)", "cpu", "auto", "auto", True, True, 8192,
+                                    float(temperature), 0)
