@@ -156,7 +156,7 @@ def test_progress_exception_propagates(engine, clip):
 @pytest.mark.parametrize("request_kwargs,error,match", [
     (dict(edit_type="emotoin", edit_value="happy"), VocabularyError, "emotion"),
     (dict(edit_type="emotion", edit_value="hapy"), VocabularyError, "happy"),
-    (dict(edit_type="style", edit_value="whisper", n_iterations=6), ValueError, "1..5"),
+    (dict(edit_type="style", edit_value="whisper", n_iterations=6), ValueError, "from 1 to 5"),
     (dict(edit_type="paralinguistic"), ValueError, "new_text"),
     (dict(edit_type="emotion", edit_value="happy", audio_text=" "), ValueError, "transcript"),
 ])
