@@ -173,7 +173,7 @@ class _TokenBar:
         if progress.stage != "generate":
             return None
         if self.bar is None or self.call != progress.call:
-            self.close()
+            self.close(finished=True)
             self.call = progress.call
             label = f"call {progress.call}/{progress.calls}" if progress.calls > 1 else "generate"
             self.bar = tqdm(total=progress.total, desc=label, unit="tok", dynamic_ncols=True)
@@ -181,8 +181,12 @@ class _TokenBar:
         self.bar.update(progress.done - self.bar.n)  # tqdm itself limits how often it redraws
         return None
 
-    def close(self) -> None:
+    def close(self, finished: bool = False) -> None:
+        """``finished``: the call ended normally; rows that stopped before the cap end the bar at 100 %
+        of the tokens made, not at e.g. 341/355 (the total is the largest cap of the batch)."""
         if self.bar is not None:
+            if finished and self.bar.n < (self.bar.total or 0):
+                self.bar.total = self.bar.n
             self.bar.refresh()  # the last count, not the last one tqdm happened to draw
             self.bar.close()
             self.bar = None
@@ -195,9 +199,12 @@ def _with_progress(run):
     bar = _TokenBar()
     with logging_redirect_tqdm():
         try:
-            return run(bar)
-        finally:
+            result = run(bar)
+        except BaseException:
             bar.close()
+            raise
+        bar.close(finished=True)
+        return result
 
 
 def _save(path: Path, result, name: Optional[str] = None) -> None:

@@ -303,3 +303,22 @@ def test_engine_node_rejects_non_finite_temperature(monkeypatch, tmp_path, tempe
     with pytest.raises(ValueError, match="temperature must be a finite number"):
         StepAudioEditXEngine().make("auto (download if missing)", "cpu", "auto", "auto", True, True, 8192,
                                     float(temperature), 0)
+
+
+def test_token_bar_ends_at_the_tokens_made(capsys):
+    """A call that stops before its cap ends its bar at 100 % of what it made; the final count is drawn."""
+    from comfyui_step_audio_editx.cli import _TokenBar
+    from comfyui_step_audio_editx.engines.step_audio_editx import Progress
+
+    bar = _TokenBar()
+    for done in range(1, 342):
+        bar(Progress("generate", done, 355))
+    inner = bar.bar
+    bar(Progress("generate", 1, 40, call=2, calls=2))  # the next call closes the first bar as finished
+    assert (inner.n, inner.total) == (341, 341)
+    for done in range(2, 41):
+        bar(Progress("generate", done, 40, call=2, calls=2))
+    second = bar.bar
+    bar.close(finished=True)
+    assert (second.n, second.total) == (40, 40)
+    assert "40/40" in capsys.readouterr().err
