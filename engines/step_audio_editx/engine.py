@@ -6,7 +6,8 @@ ids -> ``Token2Wav`` (flow + HiFT, batched) -> 24 kHz waveform.
 
 Batches are real batches: one front-end pass over all new clips, one generate per length group, one
 decode; an edit's iterations run as batch steps over the requests still active. With the same seeds a
-batch gives what the requests give one by one.
+batch generates the tokens the requests generate one by one; its waveforms equal theirs up to float
+rounding (the batched decoder's kernels sum in another order; see the README).
 """
 
 from __future__ import annotations
