@@ -62,9 +62,13 @@ class StepAudioEditXAudioEditor:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, transcript=None, edit_type=None, paralinguistic_text=None):
+    def VALIDATE_INPUTS(cls, edit_type=None):
+        """One declared input (ComfyUI repeats a message once per declared input). The checks that need
+        several widgets (transcript, paralinguistic text) run in ``edit`` before anything loads."""
+        if edit_type is None:
+            return True
         try:
-            check_edit_widgets(transcript, edit_type, paralinguistic_text)
+            check_edit_widgets(None, edit_type, None)
         except ValueError as exc:
             return str(exc)
         return True
