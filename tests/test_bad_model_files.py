@@ -103,3 +103,31 @@ def test_batch_keeps_every_finished_result(caplog, clip, tiny_model_root, tmp_pa
                  "--device", "cpu", "--no-dynamic-tokens", "--max-new-tokens", "20"]) == 1
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.wav", "c.wav"]
     assert "jobs.jsonl:2: could not write" in caplog.text and "1 of 3 results could not be saved" in caplog.text
+
+
+def test_an_unusable_iteration_stops_its_row_not_the_batch(tiny_engine, clip, monkeypatch, caplog):
+    """Row 2's first pass comes out 0.24 s long (too short to edit again): it keeps that pass, row 1 goes on."""
+    import torch
+
+    from comfyui_step_audio_editx.engines.step_audio_editx import EditRequest, GenerationSettings
+    from comfyui_step_audio_editx.engines.step_audio_editx import engine as engine_module
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import GenerationOutput
+    from comfyui_step_audio_editx.engines.step_audio_editx.types import StopReason
+
+    real = engine_module.generate
+
+    def short_second_row(model, prompts, caps, *args, **kwargs):
+        outs = real(model, prompts, caps, *args, **kwargs)
+        if len(outs) == 2:
+            outs[1] = GenerationOutput(outs[1].tokens[:10], StopReason.EOS, outs[1].n_prompt_tokens, caps[1], 0.0, 0.0)
+        return outs
+
+    monkeypatch.setattr(engine_module, "generate", short_second_row)
+    data, sr = sf.read(clip, dtype="float32")
+    wav = torch.from_numpy(data)
+    requests = [EditRequest(wav, sr, "I just heard the news", "emotion", "happy", n_iterations=2, seed=s) for s in (1, 2)]
+    tiny_engine.clear_cache()
+    first, second = tiny_engine.batch_edit(requests, GenerationSettings(dynamic_tokens=False, max_new_tokens=40))
+    tiny_engine.clear_cache()
+    assert len(first.passes) == 2 and len(second.passes) == 1 and second.n_generated_tokens == 10
+    assert "Request 2: iteration 1's output cannot be edited again" in caplog.text

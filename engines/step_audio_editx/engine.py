@@ -24,6 +24,7 @@ import torch
 
 from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
 from .decoder.token2wav import Token2Wav, Token2WavInput
+from .frontend.audio import AudioInputError, validate_audio
 from .frontend.context import FrontEnd, PromptContext, clip_digest
 from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
@@ -251,8 +252,8 @@ class StepAudioEditX:
                         self._passes.move_to_end(keys[i])
                     passes[i].append(p)
                     current[i] = (p.waveform, OUTPUT_SAMPLE_RATE)
-                    if p.stop_reason is StopReason.INTERRUPTED or not p.n_generated_tokens:
-                        checked[i] = replace(checked[i], n_iterations=it + 1)  # no further passes on a cut / empty output
+                    if checked[i].n_iterations > it + 1 and not self._can_continue(i, it, p):
+                        checked[i] = replace(checked[i], n_iterations=it + 1)  # the other rows go on
             results = []
             for ps in passes:
                 total = Timings()
@@ -273,6 +274,20 @@ class StepAudioEditX:
     def _check_edit(n: int, r: EditRequest, count: int) -> EditRequest:
         """Validate everything before any work, so a bad row fails the batch before it costs anything."""
         return check_edit_request(r, f"edit request {n + 1} of {count}: " if count > 1 else "")
+
+    @staticmethod
+    def _can_continue(row: int, it: int, p: PassResult) -> bool:
+        """Whether pass ``it``'s output can be the next pass's input; a row that cannot stops with its passes
+        so far (a warning says why) instead of failing the whole batch."""
+        if p.stop_reason is StopReason.INTERRUPTED:
+            return False
+        try:
+            validate_audio(p.waveform, OUTPUT_SAMPLE_RATE)
+        except AudioInputError as exc:
+            logger.warning("Request %d: iteration %d's output cannot be edited again (%s); keeping %d iteration(s).",
+                           row + 1, it + 1, exc, it + 1)
+            return False
+        return True
 
     @staticmethod
     def _request_key(r: EditRequest, settings: GenerationSettings) -> str:
