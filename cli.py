@@ -335,9 +335,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, OutputPathError) as exc:  # bad input or set-up: one line, no traceback
         logger.error("%s", exc)
+        logger.debug("details", exc_info=True)  # --log-level DEBUG shows where
         return EXIT_USAGE
     except (OutputWriteError, RuntimeError) as exc:  # the run itself failed: say so without a traceback
         logger.error("%s", exc)
+        logger.debug("details", exc_info=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         logger.error("Interrupted")
