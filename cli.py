@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .engines.step_audio_editx.constants import ATTENTION_CHOICES, DTYPE_CHOICES
-from .utils.files.outputs import OutputPathError, OutputWriteError, check_batch_outputs, check_output_path
+from .utils.files.outputs import (
+    OutputPathError,
+    OutputWriteError,
+    check_batch_outputs,
+    check_output_path,
+    write_audio_atomic,
+)
 from .utils.files.text_files import read_text_file
 
 logger = logging.getLogger("comfyui_step_audio_editx.cli")
@@ -209,8 +215,6 @@ def _with_progress(run):
 
 def _save(path: Path, result, name: Optional[str] = None) -> None:
     """Write one finished result (never an empty one) and log what it holds; one line per file."""
-    from .utils.files.outputs import write_audio_atomic
-
     result.check_not_empty(str(path))
     write_audio_atomic(path, result.waveform, result.sample_rate)
     stop = result.stop_reason.value
@@ -256,11 +260,7 @@ def cmd_clone(args) -> int:
     engine = _engine(args)
     result = _with_progress(lambda bar: clone_long_form(engine, audio, rate, prompt_text, args.text, settings,
                                                         args.seed, bar))
-    if not result.waveform.numel():
-        raise UsageError("the text produced no audio")  # pragma: no cover - clone_long_form raises first
-    from .utils.files.outputs import write_audio_atomic
-
-    write_audio_atomic(out, result.waveform, result.sample_rate)
+    write_audio_atomic(out, result.waveform, result.sample_rate)  # clone_long_form raises on an empty chunk
     logger.info("%s: %.2f s of audio in %d chunk(s), %d model call(s)", out,
                 result.waveform.shape[-1] / result.sample_rate, result.chunks, result.model_calls)
     if result.truncated:

@@ -85,6 +85,7 @@ def test_empty_generation_is_an_error_not_an_empty_file(caplog, clip, tiny_model
 
 def test_batch_keeps_every_finished_result(caplog, clip, tiny_model_root, tmp_path, monkeypatch):
     """Row 2's file cannot be written (disk full): rows 1 and 3 are still saved, and the exit code says so."""
+    from comfyui_step_audio_editx import cli
     from comfyui_step_audio_editx.utils.files import outputs
 
     rows = [{"input": str(clip), "edit_type": "denoise", "output": name} for name in ("a.wav", "b.wav", "c.wav")]
@@ -97,7 +98,7 @@ def test_batch_keeps_every_finished_result(caplog, clip, tiny_model_root, tmp_pa
             raise outputs.OutputWriteError(f"could not write {path}: No space left on device.")
         return real(path, *args)
 
-    monkeypatch.setattr(outputs, "write_audio_atomic", disk_full_for_b)
+    monkeypatch.setattr(cli, "write_audio_atomic", disk_full_for_b)
     out_dir = tmp_path / "out"
     assert main(["batch", str(manifest), "--out-dir", str(out_dir), "--models-dir", str(tiny_model_root),
                  "--device", "cpu", "--no-dynamic-tokens", "--max-new-tokens", "20"]) == 1
