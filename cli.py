@@ -32,6 +32,7 @@ DEFAULT_MODELS_DIR = os.environ.get("STEP_AUDIO_EDITX_MODELS", "models")
 EXIT_FAILED = 1  # a result could not be produced or saved
 EXIT_USAGE = 2  # bad input or set-up, reported before any model work (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class UsageError(ValueError):
@@ -39,6 +40,8 @@ class UsageError(ValueError):
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                   help="also accepted before the command")
     g = p.add_argument_group("model")
     g.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
                    help="folder holding Step-Audio-EditX/ and Step-Audio-Tokenizer/ (default: %(default)s, "
@@ -72,7 +75,7 @@ def _edit_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="step-audio-editx", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     edit = sub.add_parser("edit", help="edit one clip (emotion, style, speed, paralinguistic, denoise, vad)")
@@ -213,7 +216,12 @@ def _with_progress(run):
         return result
 
 
-def _save(path: Path, result, name: Optional[str] = None) -> None:
+def _cap_hint(args) -> str:
+    return ("try --no-dynamic-tokens with a larger --max-new-tokens" if args.dynamic_tokens
+            else "raise --max-new-tokens")
+
+
+def _save(path: Path, result, hint: str, name: Optional[str] = None) -> None:
     """Write one finished result (never an empty one) and log what it holds; one line per file."""
     result.check_not_empty(str(path))
     write_audio_atomic(path, result.waveform, result.sample_rate)
@@ -221,8 +229,7 @@ def _save(path: Path, result, name: Optional[str] = None) -> None:
     logger.info("%s: %.2f s of audio, %d tokens, stop: %s, %.2f s", name or path, result.duration_s,
                 result.n_generated_tokens, stop, result.timings.total_s)
     if result.truncated:
-        logger.warning("%s hit the new-token cap: the audio may be cut short (try --no-dynamic-tokens with a "
-                       "larger --max-new-tokens)", name or path)
+        logger.warning("%s hit the new-token cap: the audio may be cut short (%s)", name or path, hint)
 
 
 # -- commands ----------------------------------------------------------------------------------------------------
@@ -242,7 +249,7 @@ def cmd_edit(args) -> int:
                                              n_iterations=args.iterations, seed=args.seed), transcript_hint=hint)
     engine = _engine(args)
     result = _with_progress(lambda bar: engine.edit(request, settings, progress=bar))
-    _save(out, result)
+    _save(out, result, _cap_hint(args))
     return 0
 
 
@@ -264,8 +271,7 @@ def cmd_clone(args) -> int:
     logger.info("%s: %.2f s of audio in %d chunk(s), %d model call(s)", out,
                 result.waveform.shape[-1] / result.sample_rate, result.chunks, result.model_calls)
     if result.truncated:
-        logger.warning("%s: some chunk hit the new-token cap: the audio may be cut short (try --no-dynamic-tokens "
-                       "with a larger --max-new-tokens)", out)
+        logger.warning("%s: some chunk hit the new-token cap: the audio may be cut short (%s)", out, _cap_hint(args))
     return 0
 
 
@@ -299,7 +305,7 @@ def cmd_batch(args) -> int:
     failed = 0
     for row, out, result in zip(rows, outputs, results):
         try:
-            _save(out, result, f"{row.label} -> {out}")
+            _save(out, result, _cap_hint(args), f"{row.label} -> {out}")
         except (OutputWriteError, RuntimeError) as exc:  # keep every other finished result
             logger.error("%s: %s", row.label, exc)
             failed += 1
