@@ -9,6 +9,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -50,6 +51,12 @@ class Evil:
     (CAMPPLUS, lambda p: p.write_bytes(b"not an onnx model"), "is not a valid ONNX model"),
     (PARAFORMER_PT, lambda p: p.write_bytes(p.read_bytes()[:2000]), "cannot be read"),
     (PARAFORMER_PT, lambda p: p.write_bytes(pickle.dumps({"encoder.x": Evil()})), "loading it would run code"),
+    ("Step-Audio-EditX/config.json", lambda p: p.write_bytes(b"{\xff\xfe"), "is not a text file"),
+    ("Step-Audio-EditX/model.safetensors.index.json", lambda p: p.write_bytes(b""), "is not valid JSON"),
+    ("Step-Audio-Tokenizer/linguistic_tokenizer.npy", lambda p: p.write_bytes(b""), "is not a plain array file"),
+    ("Step-Audio-Tokenizer/linguistic_tokenizer.npy", lambda p: np.save(p, np.array([Evil()], dtype=object)),
+     "holds pickled objects, which are refused"),
+    (PARAFORMER_PT.replace("model.pt", "config.yaml"), lambda p: p.write_bytes(b""), "does not hold settings"),
 ])
 def test_damaged_model_file(caplog, clip, tiny_model_root, tmp_path, relpath, damage, expected):
     models = copy_model(tiny_model_root, tmp_path / "models")
@@ -61,7 +68,7 @@ def test_damaged_model_file(caplog, clip, tiny_model_root, tmp_path, relpath, da
     assert main(edit_args(clip, models, out)) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and expected in errors[0] and "Re-download it from stepfun-ai/" in errors[0]
-    assert "weights_only=False" not in caplog.text and not out.exists()
+    assert "weights_only=False" not in caplog.text and "allow_pickle" not in caplog.text and not out.exists()
 
 
 def test_missing_models_name_the_download_flag(caplog, clip, tmp_path):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 
 class DamagedModelFileError(ValueError):
     """A model file that exists but cannot be read safely; the message names it and where to get it again."""
@@ -47,3 +49,53 @@ def open_onnx_session(path: str | Path, source: str, **session_kwargs):
     except Exception as exc:  # onnxruntime's pybind errors (InvalidProtobuf, Fail, ...) share no useful base
         raise DamagedModelFileError(f"{path} is not a valid ONNX model ({_reason(exc)}). Re-download it from "
                                     f"{source}.") from None
+
+
+def read_model_text(path: str | Path, source: str) -> str:
+    """A model folder's text file (config, yaml, CMVN) as UTF-8; DamagedModelFileError naming it when it is not."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DamagedModelFileError(f"{path} is not a text file (byte data where UTF-8 text belongs). Re-download it "
+                                    f"from {source}.") from None
+
+
+def read_model_json(path: str | Path, source: str):
+    """A model folder's JSON file, errors naming it."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(read_model_text(path, source))
+    except json.JSONDecodeError as exc:
+        raise DamagedModelFileError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}). Re-download it from "
+                                    f"{source}.") from None
+
+
+def read_model_yaml_mapping(path: str | Path, source: str) -> dict:
+    """A model folder's YAML file that must hold a mapping, errors naming it."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(read_model_text(path, source))
+    except yaml.YAMLError as exc:
+        raise DamagedModelFileError(f"{path} is not valid YAML ({type(exc).__name__}). Re-download it from "
+                                    f"{source}.") from None
+    if not isinstance(data, dict):
+        raise DamagedModelFileError(f"{path} does not hold settings (an empty or damaged file). Re-download it from "
+                                    f"{source}.")
+    return data
+
+
+def load_model_array(path: str | Path, source: str) -> np.ndarray:
+    """A ``.npy`` array (never pickled objects); DamagedModelFileError naming the file otherwise. numpy's advice to
+    allow pickles is not passed on, for the same reason as torch's."""
+    path = Path(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # EOFError, ValueError (pickled data, bad header), OSError
+        reason = ("it holds pickled objects, which are refused" if "pickle" in str(exc).lower()
+                  else "it is empty or damaged")
+        raise DamagedModelFileError(f"{path} is not a plain array file: {reason}. Re-download it from {source}.") from None

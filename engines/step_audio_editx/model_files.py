@@ -8,7 +8,6 @@ entries) or under a folder the user names, and download only the files the pipel
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .constants import CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
+from .file_readers import DamagedModelFileError, read_model_json
 from .frontend.semantic import cache_path_next_to
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,11 @@ def weight_files(editx_dir: Path) -> list[str]:
     """Safetensors files of the language model, from the index when there is one."""
     index = editx_dir / WEIGHTS_INDEX
     if index.is_file():
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map", {})
-        return sorted(set(weight_map.values()))
+        data = read_model_json(index, EDITX_REPO)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise DamagedModelFileError(f"{index} holds no weight_map. Re-download it from {EDITX_REPO}.")
+        return sorted(set(map(str, weight_map.values())))
     return [SINGLE_WEIGHTS]
 
 

@@ -37,6 +37,7 @@ from .constants import (
     SAFETENSORS_SINGLE_FILE,
     TRANSFORMERS_DTYPE_KWARG_VERSION,
 )
+from .file_readers import read_model_text
 from .model_files import ModelFilesError as _MissingFilesError
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ def _safetensors_shards(folder: Path) -> tuple[list[Path], dict[str, str] | None
     index_path = folder / SAFETENSORS_INDEX_FILE
     if index_path.is_file():
         try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads(read_model_text(index_path, HUB_REPO_EDITX))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise Step1CheckpointError(folder, f"{SAFETENSORS_INDEX_FILE} is not a safetensors index ({exc}).") from exc
         names = sorted(set(weight_map.values()))
@@ -347,7 +348,7 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
     if not config_path.is_file():
         raise ModelFilesError(folder, MODEL_CONFIG_FILE)
     try:
-        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw_config = json.loads(read_model_text(config_path, HUB_REPO_EDITX))
     except json.JSONDecodeError as exc:
         raise Step1CheckpointError(folder, f"{MODEL_CONFIG_FILE} is not valid JSON ({exc}).") from exc
     if raw_config.get("model_type") != Step1Config.model_type:
