@@ -330,8 +330,8 @@ COMMANDS = {"edit": cmd_edit, "clone": cmd_clone, "batch": cmd_batch, "make-tiny
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # huggingface_hub logs each retry through its own handler as well as ours: keep one copy, and only errors
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    # huggingface_hub prints through a handler of its own AND passes every record on to ours: keep its copy only
+    logging.getLogger("huggingface_hub").propagate = False
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -322,3 +322,12 @@ def test_token_bar_ends_at_the_tokens_made(capsys):
     bar.close(finished=True)
     assert (second.n, second.total) == (40, 40)
     assert "40/40" in capsys.readouterr().err
+
+
+def test_huggingface_hub_messages_print_once():
+    code = ("from comfyui_step_audio_editx.cli import _configure_logging; _configure_logging('INFO'); "
+            "from huggingface_hub.utils import logging as hub_logging; "
+            "hub_logging.get_logger('huggingface_hub.file_download').warning('retrying in 1 s')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stderr.count("retrying in 1 s") == 1, out.stderr
