@@ -121,13 +121,21 @@ def _settings(args):
         raise UsageError(f"--{flag}: {exc}") from None
 
 
-def _check_device(args) -> None:
-    from .engines.step_audio_editx import resolve_device
+def _check_model_options(args) -> None:
+    """--device exists here, --attention runs on it, and the model folders given are folders."""
+    from .engines.step_audio_editx import backend_unavailable_reason, resolve_device
 
     try:
-        resolve_device(args.device)
+        device = resolve_device(args.device)
     except ValueError as exc:
         raise UsageError(f"--device: {exc}") from None
+    reason = backend_unavailable_reason(args.attention, device) if args.attention != "auto" else None
+    if reason:
+        raise UsageError(f"--attention {args.attention} is unavailable on {device}: {reason}. Use --attention auto.")
+    for flag, value in (("--models-dir", args.models_dir), ("--editx-dir", args.editx_dir),
+                        ("--tokenizer-dir", args.tokenizer_dir)):
+        if value and Path(value).expanduser().exists() and not Path(value).expanduser().is_dir():
+            raise UsageError(f"{flag} {value} is a file; give the folder that holds the model files.")
 
 
 def _read_clip(path: str | Path, label: str = ""):
@@ -240,7 +248,7 @@ def cmd_edit(args) -> int:
     text_inputs = [args.text_file] if args.text_file else []
     out = check_output_path(args.out, [args.input, *text_inputs], what="-o/--out")
     settings = _settings(args)
-    _check_device(args)
+    _check_model_options(args)
     audio, rate = _read_clip(args.input)
     text = _transcript(args.input, args.text, args.text_file)
     hint = f"pass --text or --text-file, or put it in {_sidecar(args.input)}"
@@ -259,7 +267,7 @@ def cmd_clone(args) -> int:
 
     out = check_output_path(args.out, [args.prompt_audio], what="-o/--out")
     settings = _settings(args)
-    _check_device(args)
+    _check_model_options(args)
     plan_clone_text(args.text)  # bad tags and pauses are reported now, not after loading
     audio, rate = _read_clip(args.prompt_audio)
     prompt_text = require_transcript(_transcript(args.prompt_audio, args.prompt_text), "cloning a voice",
@@ -298,7 +306,7 @@ def cmd_batch(args) -> int:
              for i, row in enumerate(rows)]
     outputs = check_batch_outputs(args.out_dir, names, [row.label for row in rows], [row.input for row in rows])
     settings = _settings(args)
-    _check_device(args)
+    _check_model_options(args)
     requests = _batch_requests(rows, args.seed)
     engine = _engine(args)
     results = _with_progress(lambda bar: engine.batch_edit(requests, settings, progress=bar))

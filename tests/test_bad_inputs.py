@@ -331,3 +331,18 @@ def test_huggingface_hub_messages_print_once():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stderr.count("retrying in 1 s") == 1, out.stderr
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--editx-dir", "/etc/hostname"], "--editx-dir /etc/hostname is a file"),
+    (["--attention", "xformers"], "--attention xformers is unavailable on cpu"),
+])
+def test_bad_model_options_before_any_model_work(caplog, clip, tmp_path, extra, expected):
+    if "xformers" in extra:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("xformers may run on this machine's GPU")
+    if "/etc/hostname" in extra and not Path("/etc/hostname").is_file():
+        pytest.skip("needs /etc/hostname")
+    assert expected in run(caplog, *edit(clip, "-o", str(tmp_path / "o.wav"), *extra))
