@@ -43,9 +43,13 @@ def build_handle(model: str, device: str = "auto", dtype: str = "auto", attentio
     """An engine handle from the Engine node's widget values (``model``: a combo value)."""
     roots = bridge.tts_model_roots()
     editx_dir, download = resolve_model_choice(model, roots) if model is not None else (None, False)
+    resolved = bridge.torch_device(device)
+    reason = backend_unavailable_reason(attention, resolved) if attention != "auto" else None
+    if reason:
+        raise ValueError(f"Attention backend {attention!r} is unavailable on {resolved}: {reason}. Choose 'auto'.")
     config = EngineConfig(editx_dir=editx_dir, search_roots=tuple(roots), download=download,
-                          device=str(bridge.torch_device(device)), dtype=dtype, attention=attention,
-                          fast_decode=bool(fast_decode), weights_release=weights_release)
+                          device=str(resolved), dtype=dtype, attention=attention, fast_decode=bool(fast_decode),
+                          weights_release=weights_release)
     settings = GenerationSettings(sampling=SamplingConfig(temperature=float(temperature)),
                                   dynamic_tokens=bool(dynamic_token), max_new_tokens=int(max_new_tokens))
     return EngineHandle(config, settings, int(seed))
@@ -104,17 +108,18 @@ class StepAudioEditXEngine:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, device=None, attention=None):
-        if device is not None and device not in DEVICE_CHOICES:
+    def VALIDATE_INPUTS(cls, device=None):
+        """Declares one input because ComfyUI repeats a failed check's message once per declared input; the
+        attention backend and the temperature are checked by ``make`` before anything loads."""
+        if device is None:
+            return True
+        if device not in DEVICE_CHOICES:
             return f"Unknown device {device!r}; choose one of {', '.join(DEVICE_CHOICES)}."
-        if attention is not None and attention not in ATTENTION_CHOICES:
-            return f"Unknown attention backend {attention!r}; choose one of {', '.join(ATTENTION_CHOICES)}."
         try:
-            resolved = bridge.torch_device(device or "auto")
+            bridge.torch_device(device)
         except ValueError as exc:
             return str(exc)
-        reason = backend_unavailable_reason(attention, resolved) if attention not in (None, "auto") else None
-        return f"Attention backend {attention!r} is unavailable on {resolved}: {reason}." if reason else True
+        return True
 
     def make(self, model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens, temperature, seed,
              weights_release=WEIGHTS_RELEASE_CURRENT):

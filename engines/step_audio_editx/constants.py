@@ -72,7 +72,7 @@ PARAFORMER_SAMPLES_PER_CHUNK_UNIT = 960  # FunASR: chunk stride = chunk_size[1] 
 PARAFORMER_MIN_TAIL_SAMPLES = 480  # a final chunk this short that yields no frame is skipped
 
 VQ06_ONNX_FILE = "speech_tokenizer_v1.onnx"
-VQ06_MODEL_NAME = "speech_tokenizer_v1_25hz"  # the s3tokenizer name of the 25 Hz v1 tokenizer
+VQ06_MODEL_NAME = "speech_tokenizer_v1_25hz"  # the name of the 25 Hz v1 tokenizer (cache metadata)
 VQ06_CHUNK_SECONDS = 30  # official get_vq06_code cuts audio into 30 s pieces ...
 VQ06_MIN_CHUNK_SAMPLES = 480  # ... and drops pieces shorter than 30 ms
 VQ06_MEL_HOP = 160  # whisper log-mel hop at 16 kHz (100 frames/s)
@@ -100,6 +100,10 @@ ALIBI_SLOPE_EXTRA_EXP = 4.0
 ATTN_BIAS_ALIGNMENT = 8
 # transformers renamed from_pretrained's torch_dtype= to dtype= in this version.
 TRANSFORMERS_DTYPE_KWARG_VERSION = "4.56"
+
+# --- how the model runs (the choices of the Engine node and the CLI; torch-free so --help is instant) ------
+ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash_attention_2", "xformers", "sdpa", "flex_attention", "eager")
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 
 # --- decoder (token2wav) run settings -----------------------------------------------------------
 DECODER_CFM_STEPS = 10  # Euler steps of the flow matching (official CosyVoice(n_timesteps=10))

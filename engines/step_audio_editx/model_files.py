@@ -8,13 +8,15 @@ entries) or under a folder the user names, and download only the files the pipel
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from .constants import CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
+from .file_readers import DamagedModelFileError, read_model_json
 from .frontend.semantic import cache_path_next_to
 
 logger = logging.getLogger(__name__)
@@ -88,9 +90,11 @@ def weight_files(editx_dir: Path) -> list[str]:
     """Safetensors files of the language model, from the index when there is one."""
     index = editx_dir / WEIGHTS_INDEX
     if index.is_file():
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map", {})
-        return sorted(set(weight_map.values()))
+        data = read_model_json(index, EDITX_REPO)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict):
+            raise DamagedModelFileError(f"{index} holds no weight_map. Re-download it from {EDITX_REPO}.")
+        return sorted(set(map(str, weight_map.values())))
     return [SINGLE_WEIGHTS]
 
 
@@ -121,7 +125,9 @@ def _missing_message(missing: Sequence[MissingFile], after_download: bool = Fals
     return (
         f"Step-Audio-EditX model files are missing:\n{lines}\n"
         + ("Download them by hand, for example with:\n" if after_download
-           else "Turn on auto-download, or download them, for example with:\n") + how
+           else "Let the pack download them (command line: add --download; ComfyUI: choose the model "
+                "'auto (download if missing)' on the Engine node; Python: EngineConfig(download=True)), or "
+                "download them yourself, for example with:\n") + how
     )
 
 
@@ -163,6 +169,32 @@ def find_model_folders(
     return ModelFolders(editx.resolve(), tokenizer.resolve())
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+def _hub_unreachable_reason() -> str | None:
+    """Why a download cannot work right now (offline mode, no DNS), found in milliseconds.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once at import and, without a network, retries each file with
+    back-off for ~23 s before failing; both checks here happen before any request. The DNS probe is skipped
+    behind a proxy, where the proxy resolves the hub's name.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").strip().lower() in TRUE_VALUES
+                                       for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    host = constants.ENDPOINT.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        return f"cannot resolve {host} ({exc.strerror or exc}); check the network connection"
+    return None
+
+
 def download_missing(folders: ModelFolders, token: str | bool | None = None) -> ModelFolders:
     """Fetch only the missing files the pipeline reads (resumable, with progress bars).
 
@@ -178,6 +210,10 @@ def download_missing(folders: ModelFolders, token: str | bool | None = None) -> 
         missing = folders.missing()
         if not missing:
             return folders
+        reason = _hub_unreachable_reason()
+        if reason:
+            raise ModelFilesError(f"Cannot download from Hugging Face: {reason}.\n"
+                                  + _missing_message(missing, after_download=True))
         for item in missing:
             item.folder.mkdir(parents=True, exist_ok=True)
             logger.info("Downloading %s from %s", item.relpath, item.repo)

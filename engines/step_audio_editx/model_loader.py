@@ -29,12 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import (
+    ATTENTION_CHOICES,
+    DTYPE_CHOICES,
     HUB_REPO_EDITX,
     MODEL_CONFIG_FILE,
     SAFETENSORS_INDEX_FILE,
     SAFETENSORS_SINGLE_FILE,
     TRANSFORMERS_DTYPE_KWARG_VERSION,
 )
+from .file_readers import read_model_text
 from .model_files import ModelFilesError as _MissingFilesError
 
 if TYPE_CHECKING:
@@ -54,8 +57,6 @@ MODEL_BACKENDS: dict[str, tuple[str, ...]] = {
     "conformer": ("sdpa", "eager"),
 }
 
-ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash_attention_2", "xformers", "sdpa", "flex_attention", "eager")
-DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -182,9 +183,20 @@ def resolve_device(requested: str | torch.device = "auto") -> torch.device:
     requested = (requested or "auto").strip().lower()
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"Unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {requested!r} was asked for but this PyTorch sees no CUDA GPU; use 'cpu' or 'auto'.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"Device {requested!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         "GPU(s), numbered from 0; use 'cuda:0' or 'auto'.")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"Device {requested!r} was asked for but this PyTorch has no Apple GPU (MPS) backend; "
+                         "use 'cpu' or 'auto'.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Device {requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
     return device
 
 
@@ -240,7 +252,7 @@ def _safetensors_shards(folder: Path) -> tuple[list[Path], dict[str, str] | None
     index_path = folder / SAFETENSORS_INDEX_FILE
     if index_path.is_file():
         try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads(read_model_text(index_path, HUB_REPO_EDITX))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise Step1CheckpointError(folder, f"{SAFETENSORS_INDEX_FILE} is not a safetensors index ({exc}).") from exc
         names = sorted(set(weight_map.values()))
@@ -336,7 +348,7 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
     if not config_path.is_file():
         raise ModelFilesError(folder, MODEL_CONFIG_FILE)
     try:
-        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw_config = json.loads(read_model_text(config_path, HUB_REPO_EDITX))
     except json.JSONDecodeError as exc:
         raise Step1CheckpointError(folder, f"{MODEL_CONFIG_FILE} is not valid JSON ({exc}).") from exc
     if raw_config.get("model_type") != Step1Config.model_type:
