@@ -80,6 +80,26 @@ class QuantScheme:
         return in_features // self.group_size
 
 
+GROUP_SIZE_CHOICES: tuple[int, ...] = (DEFAULT_GROUP_SIZE, 64, 32, 16)  # smaller only for small test models
+
+
+def scale_dtype(stored: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The dtype scales are kept in: the checkpoint's own (bf16), so ``q * scale`` rounds exactly as
+    compressed-tensors decodes it, also when the model computes in fp32; fp16 when the model runs in fp16
+    (GPUs without bf16 arithmetic)."""
+    return torch.float16 if compute == torch.float16 else stored
+
+
+def scheme_for_columns(bits: int, in_features: int) -> QuantScheme:
+    """The scheme for quantizing a matrix with ``in_features`` columns on load: group 128 (every Step1 matrix),
+    else the largest smaller group that divides the columns."""
+    for group in GROUP_SIZE_CHOICES:
+        if in_features % group == 0:
+            return QuantScheme(bits, group)
+    raise QuantFormatError(f"{in_features} input columns are not a multiple of {GROUP_SIZE_CHOICES[-1]}: "
+                           "cannot quantize per group.")
+
+
 def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
     """int8 values [N, K] in the signed range -> int32 words [N, K * bits / 32] (layout above)."""
     per_word = WORD_BITS // bits

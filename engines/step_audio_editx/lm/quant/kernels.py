@@ -3,7 +3,7 @@
 Why: a decode step at batch <= 16 is bound by reading the weights; int4 reads a quarter of bf16's bytes
 (plus 1/64 byte per weight of scales). Each kernel unpacks a [BLOCK_N, BLOCK_K] tile from int32 words,
 forms ``q * scale`` rounded to the scale dtype (exactly the dequantized weight the torch reference
-multiplies with) and accumulates in float32, with the same prologues / epilogue as the bf16 decode
+multiplies with) and accumulates in float32; activations and outputs keep their own dtype, with the same prologues / epilogue as the bf16 decode
 kernels of ``triton_decode`` (RMSNorm or SwiGLU on the input, residual add in place):
 
 * ``qgemv``: one row on CUDA cores (the batch-1 decode step);
@@ -26,6 +26,7 @@ MAX_KERNEL_ROWS = triton_decode.MIN_DOT_ROWS  # rows a quantized matmul runs in 
 DEFAULT_GEMV = (8, 512, 4, 1)  # (BLOCK_N, BLOCK_K, num_warps, num_stages) used outside the decode session
 DEFAULT_DOT = (32, 256, 4, 4)
 DEQUANT_BLOCK = (32, 256)  # rows x columns per dequantize program
+MIN_BLOCK_K = 16  # tl.dot's smallest inner size
 
 HAS_TRITON = triton_decode.HAS_TRITON
 if HAS_TRITON:
@@ -112,7 +113,7 @@ if HAS_TRITON:
             a = tl.load(x_ptr + offs, mask=xmask, other=0.0)
             a = _prologue(a, x_ptr, offs, rk[None, :], xmask, factor, norm_ptr, K, PROLOGUE)
             w = _dequant_tile(p_ptr, s_ptr, rn, nmask, k0, stride_p, stride_s, BITS, GROUP, BLOCK_N, BLOCK_K)
-            acc += tl.dot(a.to(w.dtype), tl.trans(w), input_precision=PRECISION)
+            acc += tl.dot(a, tl.trans(w.to(a.dtype)), input_precision=PRECISION)
         out = acc.to(out_ptr.dtype.element_ty)
         omask = mmask[:, None] & nmask[None, :]
         if RESIDUAL:
@@ -132,14 +133,17 @@ if HAS_TRITON:
                  mask=nmask[:, None])
 
 
-def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block_k: int) -> tuple[int, int]:
+def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block_k: int) -> tuple[int, int, int]:
+    """(N, K, BLOCK_K): the configured BLOCK_K, halved until it divides K (small test models)."""
     n = packed.shape[0]
     k = packed.shape[1] * scheme.per_word
+    while block_k > MIN_BLOCK_K and k % block_k:
+        block_k //= 2
     if k % block_k or block_k % scheme.per_word:
         raise ValueError(f"{k} input columns do not split into blocks of {block_k} for {scheme.name}")
     if packed.stride(1) != 1 or scale.stride(1) != 1:
         raise ValueError("packed weights and scales must be row-major")
-    return n, k
+    return n, k, block_k
 
 
 def _prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
@@ -151,8 +155,8 @@ def qgemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qu
           eps: float = 0.0, swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``f(x) @ W^T`` for ONE row (x [1, K], or [1, 2K] for SwiGLU); with ``residual`` added into it in place."""
     block_n, block_k, warps, stages = config
-    n, k = _check(packed, scale, scheme, block_k)
-    out = residual if residual is not None else torch.empty(1, n, dtype=scale.dtype, device=x.device)
+    n, k, block_k = _check(packed, scale, scheme, block_k)
+    out = residual if residual is not None else torch.empty(1, n, dtype=x.dtype, device=x.device)
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, n, k, eps,
         packed.stride(0), scale.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
@@ -167,17 +171,17 @@ def qdot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
          eps: float = 0.0, swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``f(x) @ W^T`` for up to 16 rows on tensor cores (same arguments as ``qgemv``)."""
     block_n, block_k, warps, stages = config
-    n, k = _check(packed, scale, scheme, block_k)
+    n, k, block_k = _check(packed, scale, scheme, block_k)
     rows = x.shape[0]
     if rows > MAX_KERNEL_ROWS:
         raise ValueError(f"qdot runs at most {MAX_KERNEL_ROWS} rows, got {rows}")
-    out = residual if residual is not None else torch.empty(rows, n, dtype=scale.dtype, device=x.device)
+    out = residual if residual is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _qdot_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, rows, n, k, eps,
         x.stride(0), packed.stride(0), scale.stride(0), out.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
         PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
         BLOCK_M=MAX_KERNEL_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION=triton_decode._precision(scale.dtype), num_warps=warps, num_stages=stages,
+        PRECISION=triton_decode._precision(x.dtype), num_warps=warps, num_stages=stages,
     )
     return out
 
@@ -194,7 +198,7 @@ def dequantize(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
                dtype: torch.dtype | None = None) -> torch.Tensor:
     """The float weight [N, K] on the GPU in one launch (same values as ``format.dequantize``)."""
     block_n, block_k = DEQUANT_BLOCK
-    n, k = _check(packed, scale, scheme, block_k)
+    n, k, block_k = _check(packed, scale, scheme, block_k)
     out = torch.empty(n, k, dtype=dtype or scale.dtype, device=packed.device)
     _dequant_kernel[(triton.cdiv(n, block_n), k // block_k)](
         packed, scale, out, n, packed.stride(0), scale.stride(0), out.stride(0), BITS=scheme.bits,

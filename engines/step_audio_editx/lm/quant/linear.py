@@ -12,16 +12,47 @@ and no-Triton results are exactly dequantize-then-matmul.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .format import QuantScheme, dequantize, quantize
+from .format import QuantScheme, dequantize, quantize, scale_dtype, scheme_for_columns
 
 # The seven projections of a Step1 layer that are quantized (relative to ``model.layers.{i}``).
 QUANT_TARGETS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """A packed weight as the decode step sees it (possibly several projections fused by rows)."""
+
+    packed: torch.Tensor  # int32 [N, K * bits / 32]
+    scale: torch.Tensor  # [N, K / group]
+    scheme: QuantScheme
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.packed.shape[0], self.packed.shape[1] * self.scheme.per_word
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    def data_ptr(self) -> int:
+        return self.packed.data_ptr()
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if kernels.available(self.packed):
+            return kernels.dequantize(self.packed, self.scale, self.scheme, dtype)
+        return dequantize(self.packed, self.scale, self.scheme, dtype)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W^T`` by dequantize-then-matmul (the reference every kernel is compared with)."""
+        return F.linear(x, self.dequantized(x.dtype))
 
 
 class QuantLinear(nn.Module):
@@ -44,7 +75,8 @@ class QuantLinear(nn.Module):
         """Quantize a float ``nn.Linear`` (round to nearest, per-group scales) on its own device."""
         weight = linear.weight.detach()
         module = cls(weight.shape[1], weight.shape[0], scheme, weight.dtype, device="meta")
-        module.set_tensors(*quantize(weight, scheme))
+        packed, scale = quantize(weight, scheme)
+        module.set_tensors(packed, scale.to(scale_dtype(scale.dtype, weight.dtype)))
         return module
 
     def set_tensors(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
@@ -62,15 +94,17 @@ class QuantLinear(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.weight_scale.dtype
 
+    @property
+    def matrix(self) -> QuantMatrix:
+        return QuantMatrix(self.weight_packed, self.weight_scale, self.scheme)
+
     def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight [out, in] this layer multiplies with."""
-        if kernels.available(self.weight_packed):
-            return kernels.dequantize(self.weight_packed, self.weight_scale, self.scheme, dtype)
-        return dequantize(self.weight_packed, self.weight_scale, self.scheme, dtype)
+        return self.matrix.dequantized(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed) and x.dtype == self.dtype:
+        if rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
             flat = x.reshape(rows, self.in_features)
             return kernels.quant_linear(flat, self.weight_packed, self.weight_scale, self.scheme).view(
                 *x.shape[:-1], self.out_features)
@@ -85,7 +119,7 @@ def quant_modules(model) -> dict[str, QuantLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def quantize_step1_(model, scheme: QuantScheme, progress=None) -> None:
+def quantize_step1_(model, bits: int, progress=None) -> None:
     """Replace every layer's projections of a loaded float ``Step1ForCausalLM`` by ``QuantLinear`` in place,
     freeing each float weight as soon as its quantized copy exists (peak: the model plus one matrix)."""
     for layer in model.model.layers:
@@ -95,16 +129,17 @@ def quantize_step1_(model, scheme: QuantScheme, progress=None) -> None:
             linear = getattr(parent, child)
             if isinstance(linear, QuantLinear):
                 continue
-            setattr(parent, child, QuantLinear.from_linear(linear, scheme))
+            setattr(parent, child, QuantLinear.from_linear(linear, scheme_for_columns(bits, linear.in_features)))
             linear.weight = None  # drop the float tensor now, not when the loop ends
         if progress is not None:
             progress()
 
 
 def replace_with_empty_quant_linears(model, scheme: QuantScheme, dtype: torch.dtype, layers: set[int] | None = None,
-                                     targets: tuple[str, ...] = QUANT_TARGETS) -> None:
+                                     targets: tuple[str, ...] = QUANT_TARGETS, per_columns: bool = False) -> None:
     """Swap the named projections of a (meta) Step1 for empty ``QuantLinear`` of ``scheme`` (the loader then
-    points their buffers at the checkpoint's tensors)."""
+    points their buffers at the checkpoint's tensors). ``per_columns``: the group size follows each matrix's
+    columns (``scheme_for_columns``), as quantizing on load does."""
     for index, layer in enumerate(model.model.layers):
         if layers is not None and index not in layers:
             continue
@@ -112,4 +147,5 @@ def replace_with_empty_quant_linears(model, scheme: QuantScheme, dtype: torch.dt
             parent_name, _, child = target.rpartition(".")
             parent = layer.get_submodule(parent_name)
             linear = getattr(parent, child)
-            setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, scheme, dtype, device="meta"))
+            own = scheme_for_columns(scheme.bits, linear.in_features) if per_columns else scheme
+            setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, own, dtype, device="meta"))
