@@ -282,6 +282,7 @@ def status() -> dict:
         engines.append({
             "editx_dir": config.editx_dir, "download": config.download, "device": config.device,
             "dtype": config.dtype, "attention": config.attention, "fast_decode": config.fast_decode,
+            "quantize": config.quantize,
             "loaded": loaded, "on_device": str(engine.device) if loaded else None,
             "managed": id(engine) in _PATCHERS,
         })

@@ -17,7 +17,16 @@ from .constants import (
 from .engine import EngineConfig, StepAudioEditX, derive_seed
 from .frontend.audio import AudioInputError, load_audio, validate_audio
 from .frontend.context import clip_digest
-from .model_files import EDITX_DIRNAME, TOKENIZER_DIRNAME, ModelFilesError, ModelFolders, find_model_folders, resolve_model_folders
+from .lm.quant.loading import QUANTIZE_CHOICES
+from .model_files import (
+    AWQ_DIRNAME,
+    EDITX_DIRNAME,
+    TOKENIZER_DIRNAME,
+    ModelFilesError,
+    ModelFolders,
+    find_model_folders,
+    resolve_model_folders,
+)
 from .model_loader import (
     ATTENTION_CHOICES,
     DTYPE_CHOICES,
@@ -60,7 +69,7 @@ from .vocabulary import (
 )
 
 __all__ = [
-    "ATTENTION_CHOICES", "TRANSCRIPT_FREE_EDITS", "TOKENS_PER_GROUP", "validate_audio", "clip_digest", "EDITX_DIRNAME", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS", "TOKENIZER_DIRNAME", "check_edit_type", "check_edit_value", "AUDIO_TOKENS_PER_SECOND", "AttentionBackendError", "AudioInputError", "AudioResult",
+    "ATTENTION_CHOICES", "AWQ_DIRNAME", "QUANTIZE_CHOICES", "TRANSCRIPT_FREE_EDITS", "TOKENS_PER_GROUP", "validate_audio", "clip_digest", "EDITX_DIRNAME", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS", "TOKENIZER_DIRNAME", "check_edit_type", "check_edit_value", "AUDIO_TOKENS_PER_SECOND", "AttentionBackendError", "AudioInputError", "AudioResult",
     "CloneRequest", "DIALECTS", "DTYPE_CHOICES", "EDIT_TYPES", "EMOTIONS", "EditRequest", "EngineConfig",
     "GenerationSettings", "MAX_CONTEXT_TOKENS", "MAX_EDIT_ITERATIONS", "ModelFilesError", "ModelFolders",
     "OUTPUT_SAMPLE_RATE", "PARALINGUISTIC_TAGS", "PassResult", "Progress", "ProgressCallback", "SPEEDS", "STYLES",

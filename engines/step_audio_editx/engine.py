@@ -65,6 +65,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     attention: str = "auto"  # auto | sdpa | xformers | flex_attention | eager
     fast_decode: bool = True  # static KV cache + compiled / CUDA-graph decode step where available
+    quantize: str = "none"  # none | int8 | int4: the LM's projections quantized on load (weight-only, group 128)
 
 
 @dataclass
@@ -129,8 +130,9 @@ class StepAudioEditX:
         folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
         device = resolve_device(c.device)
         dtype = choose_dtype(device, c.dtype)
-        tokenizer = TextTokenizer.from_folder(folders.editx)
-        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention)
+        tokenizer = TextTokenizer.from_folder(folders.text_tokenizer)
+        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
+                        quantize=c.quantize)
         token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
         frontend = FrontEnd(
             Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
