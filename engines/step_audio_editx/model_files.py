@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .constants import CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
+from .constants import HUB_REPO_EDITX_AWQ, CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
 from .frontend.semantic import cache_path_next_to
 
 logger = logging.getLogger(__name__)
 
 EDITX_REPO = "stepfun-ai/Step-Audio-EditX"
-AWQ_REPO = "stepfun-ai/Step-Audio-EditX-AWQ-4bit"
+AWQ_REPO = HUB_REPO_EDITX_AWQ
 TOKENIZER_REPO = "stepfun-ai/Step-Audio-Tokenizer"
 EDITX_DIRNAME = "Step-Audio-EditX"
 AWQ_DIRNAME = "Step-Audio-EditX-AWQ-4bit"

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .constants import (
     HUB_REPO_EDITX,
+    HUB_REPO_EDITX_AWQ,
     MODEL_CONFIG_FILE,
     SAFETENSORS_INDEX_FILE,
     SAFETENSORS_SINGLE_FILE,
@@ -362,7 +363,7 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
             expected = plan.expected(expected)
             plan.apply(model, target_dtype)
     except QuantFormatError as exc:
-        raise Step1CheckpointError(folder, str(exc)) from exc
+        raise Step1CheckpointError(folder, str(exc), repo=HUB_REPO_EDITX_AWQ) from exc
     _check_tensors(folder, expected, inventory)
 
     from safetensors import safe_open
