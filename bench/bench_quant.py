@@ -125,6 +125,31 @@ def drift_runs(dims: dict, device, run: dict) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def parity_runs(parity_dir: Path) -> list[dict]:
+    """The parity fixture's tiny model (official reference outputs) in fp32 on the CPU: bf16-file weights as
+    they are, then quantized on load; logits against the official implementation's and its greedy tokens."""
+    from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
+    import numpy as np
+
+    ref = np.load(parity_dir / "reference" / "step1_logits.npz")
+    columns = torch.from_numpy(ref["logit_columns"]).long()
+    rows = []
+    for name, quant in (("as stored", "none"), ("int8", "int8"), ("int4", "int4")):
+        model = load_step1(parity_dir / "Step-Audio-EditX", device="cpu", dtype="fp32", quantize=quant)
+        ids = torch.from_numpy(ref["seq300_input_ids"]).long()[None]
+        got = model(ids).logits[0][:, columns]
+        want = torch.from_numpy(ref["seq300_logits_cols"]).float()
+        raw = SamplingConfig(do_sample=False, repetition_guard=False, constrain_audio=False)
+        expected = ref["greedy_new_tokens"].tolist()
+        tokens = generate(model, [ids[0].tolist()], [len(expected)], raw, [0])[0].tokens
+        same = next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), len(expected))
+        rows.append({"weights": name, "logits_rel_l2": float((got - want).norm() / want.norm()),
+                     "argmax_agree": float((got.argmax(-1) == want.argmax(-1)).float().mean()),
+                     "greedy_same_prefix": same, "greedy_tokens": len(expected)})
+    return rows
+
+
 def write_awq_folder(models: Path, device, bits: int = 4) -> Path:
     """A compressed-tensors pack-quantized folder (StepFun's AWQ layout) from the bf16 folder's weights; its
     decoder and tokenizer.model stay in the bf16 folder beside it."""
@@ -223,6 +248,13 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['weights']} | {r['logits_rel_l2']:.4f} | {r['top1_agree']:.3f} | {r['kl_mean']:.4f} |"
                          f" {r['kl_max']:.4f} | {r['greedy_same_prefix']} of {r['greedy_tokens']} |")
         lines.append("")
+    if report.get("parity"):
+        lines += ["| parity fixture (official outputs), fp32 CPU | logits rel. L2 | argmax agree (299 positions) | "
+                  "greedy: same tokens as official |", "|---|---:|---:|---:|"]
+        for r in report["parity"]:
+            lines.append(f"| {r['weights']} | {r['logits_rel_l2']:.4f} | {r['argmax_agree']:.3f} | "
+                         f"{r['greedy_same_prefix']} of {r['greedy_tokens']} |")
+        lines.append("")
     if report.get("e2e"):
         lines += [f"| model | load s | {report['edit_s']:.0f} s edit wall s | decode tok/s | prefill s | peak VRAM GiB |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -236,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default="/tmp/step_audio_editx_bench_models")
-    parser.add_argument("--parts", default="decode,drift,e2e", help="comma list of decode, drift, e2e")
+    parser.add_argument("--parts", default="decode,drift,e2e", help="comma list of decode, drift, e2e, parity")
+    parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "parity" / "A",
+                        help="parity fixture set (for --parts parity)")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -248,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"device": device_description(device), "size": "tiny" if args.tiny else "full",
                     "edit_s": run["edit_s"]}
     steps = (("decode", lambda: decode_runs(dims, device, run)), ("drift", lambda: drift_runs(dims, device, run)),
-             ("e2e", lambda: e2e_runs(Path(args.models), device, run, args.tiny)))
+             ("e2e", lambda: e2e_runs(Path(args.models), device, run, args.tiny)),
+             ("parity", lambda: parity_runs(args.parity_dir)))
     for name, step in steps:
         if name in parts:
             report[name] = step()
