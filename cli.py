@@ -37,8 +37,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--awq", action="store_true",
                    help=f"use StepFun's 4-bit {AWQ_DIRNAME}/ under --models-dir (with --download: ~2.5 GB)")
     g.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                   help="quantize the LM's weights on load from a bf16 folder: int8 (~5.5 GB peak VRAM for a 30 s "
-                        "edit) or int4 (~4.3 GB); bf16 needs ~8.9 GB. Faster decoding on CUDA GPUs")
+                   help="quantize the LM's weights on load from a bf16 folder: int8 (6.4 GiB peak VRAM for a 30 s "
+                        "edit on an H200) or int4 (5.0 GiB); bf16 needs 9.1 GiB. Saves memory; decoding is slower "
+                        "than bf16 for now")
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")

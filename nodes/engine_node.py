@@ -34,10 +34,11 @@ from .widgets import (
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu", "mps")
 QUANTIZE_TIP = (
     "Quantize the language model's weights as they load from a bf16 folder (weight-only, one scale per 128 "
-    "weights). none: bf16, ~8.9 GB peak VRAM for a 30 s edit. int8: ~5.5 GB, quality indistinguishable, decode "
-    "faster than bf16. int4: ~4.3 GB, the fastest decode, a small quality cost (StepFun's AWQ-4bit folder is the "
-    "better 4-bit choice: calibrated). Fast on CUDA GPUs with Triton; elsewhere exact but slower than bf16. "
-    "Ignored for an already-quantized folder.")
+    "weights). Peak GPU memory of a 30 s edit (H200): none (bf16) 9.1 GiB, int8 6.4 GiB, int4 5.0 GiB. Quality: "
+    "int8 is close to bf16; int4 costs more (StepFun's calibrated AWQ-4bit folder is the better 4-bit choice). "
+    "Speed today: decoding is ~20% slower than bf16 for one clip and ~40% slower in batches of 8-16 (the 4-bit "
+    "kernels are not yet bandwidth-bound); choose it to fit a smaller GPU, not for speed. CUDA with Triton runs "
+    "fused kernels; CPU / MPS dequantize per call (exact, slower). Ignored for an already-quantized folder.")
 
 
 def build_handle(model: str, device: str = "auto", dtype: str = "auto", attention: str = "auto",
