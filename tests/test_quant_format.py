@@ -195,3 +195,16 @@ def test_a_quantized_folder_ignores_a_different_on_load_request(tmp_path, caplog
     assert model.model.layers[0].mlp.up_proj.scheme.bits == 4
     assert "already quantized" in caplog.text
     shutil.rmtree(folder)
+
+
+def test_fp16_models_keep_fp16_scales_and_compute_dequantize_then_matmul(tmp_path):
+    """GPUs without bf16 run fp16: scales are converted once, and the layer is q * scale (fp16) @ x exactly."""
+    folder = _mini_folder(tmp_path, "w4a16")
+    model = load_step1(folder, device="cpu", dtype="fp16")
+    down = model.model.layers[0].mlp.down_proj
+    assert down.weight_scale.dtype == torch.float16
+    tensors, _ = _fixture("w4a16")
+    assert torch.equal(down.weight_scale, tensors["model.layers.0.mlp.down_proj.weight_scale"].half())
+    x = torch.randn(3, 256, dtype=torch.float16)
+    weight = unpack(down.weight_packed, 4).half().view(128, -1, 128) * down.weight_scale.unsqueeze(-1)
+    assert torch.equal(down(x), torch.nn.functional.linear(x, weight.view(128, 256)))
