@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from comfyui_step_audio_editx.engines.step_audio_editx.model_files import (
     AWQ_DIRNAME,
     AWQ_REPO,
@@ -112,3 +113,18 @@ def test_cli_awq_and_quantize_flags_reach_the_engine_config(monkeypatch, tmp_pat
     assert config.editx_dir == str(tmp_path / AWQ_DIRNAME) and config.quantize == "int8"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["clone", "--prompt-audio", "a.wav", "--text", "hi", "--quantize", "int3"])
+
+
+def test_comfyui_memory_estimate_scales_the_language_model_for_quantize_on_load(tiny_model_root):
+    from comfyui_step_audio_editx.engines.step_audio_editx import EngineConfig, GenerationSettings
+    from comfyui_step_audio_editx.nodes import comfy_bridge
+    from comfyui_step_audio_editx.nodes.engine_cache import EngineHandle
+
+    def estimate(quantize: str) -> int:
+        config = EngineConfig(search_roots=(str(tiny_model_root),), dtype="bf16", quantize=quantize)
+        return comfy_bridge._estimated_load_bytes(EngineHandle(config, GenerationSettings(), 0), torch.device("cpu"))
+
+    editx = tiny_model_root / "Step-Audio-EditX"
+    lm = sum(f.stat().st_size for f in editx.glob("*.safetensors"))
+    assert estimate("none") - estimate("int4") == pytest.approx((1 - 0.35) * lm * 1.1, rel=1e-6, abs=2)
+    assert estimate("none") > estimate("int8") > estimate("int4") > 0
