@@ -105,3 +105,13 @@ def test_triton_kernels_equal_dequantize_then_matmul_in_the_interpreter():
     assert done.returncode == 0, done.stderr[-3000:]
     worst = float(done.stdout.split("WORST")[-1])
     assert worst < 1e-6  # float32 accumulation order only
+
+
+def test_without_working_kernels_quant_layers_use_the_reference_path(monkeypatch):
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import kernels
+
+    kernels.kernel_problem.cache_clear()
+    assert kernels.kernel_problem("cpu") is not None  # no GPU Triton on the CPU: a reason, not an exception
+    kernels.kernel_problem.cache_clear()
+    tensor = torch.zeros(1, dtype=torch.int32)
+    assert not kernels.available(tensor)

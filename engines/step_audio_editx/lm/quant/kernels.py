@@ -19,16 +19,24 @@ rounding, not bit for bit (``tests/test_quant_kernels.py``). Works on any GPU Tr
 
 from __future__ import annotations
 
+import logging
+from functools import lru_cache
+
 import torch
 
 from .. import triton_decode
 from .format import QuantScheme
+from .format import dequantize as format_dequantize
+from .format import quantize as format_quantize
+
+logger = logging.getLogger(__name__)
 
 MAX_KERNEL_ROWS = triton_decode.MIN_DOT_ROWS  # rows a quantized matmul runs in one fused kernel
 DEFAULT_GEMV = (8, 512, 4, 1)  # (BLOCK_N, BLOCK_K, num_warps, num_stages) used outside the decode session
 DEFAULT_DOT = (32, 256, 4, 4)
 DEQUANT_BLOCK = (32, 256)  # rows x columns per dequantize program
 MIN_BLOCK_K = 16  # tl.dot's smallest inner size
+PROBE_ROWS, PROBE_COLUMNS = 32, 256  # the one-off probe of ``kernel_problem``
 
 HAS_TRITON = triton_decode.HAS_TRITON
 if HAS_TRITON:
@@ -39,8 +47,28 @@ if HAS_TRITON:
 
 
 def available(tensor: torch.Tensor) -> bool:
-    """True when the Triton kernels can run on ``tensor``'s device."""
-    return HAS_TRITON and tensor.is_cuda
+    """True when the Triton kernels run on ``tensor``'s device (probed once per device: a GPU Triton cannot
+    compile for, e.g. an old one, gets the torch reference path instead of an error)."""
+    return HAS_TRITON and tensor.is_cuda and kernel_problem(str(tensor.device)) is None
+
+
+@lru_cache(maxsize=None)
+def kernel_problem(device: str) -> str | None:
+    """Why the quantized kernels cannot run on ``device`` (None when a probe matches the torch reference)."""
+    if not HAS_TRITON:
+        return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
+    try:
+        scheme = QuantScheme(4)
+        weight = torch.linspace(-1, 1, PROBE_ROWS * PROBE_COLUMNS, device=device).view(PROBE_ROWS, PROBE_COLUMNS)
+        packed, scale = format_quantize(weight, scheme)
+        if not torch.equal(dequantize(packed, scale, scheme), format_dequantize(packed, scale, scheme)):
+            return "the dequantize kernel disagrees with the torch reference"
+        return None
+    except Exception as exc:  # compiler or driver refusal: use the reference path
+        problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        logger.warning("Quantized Triton kernels do not run on %s (%s); dequantize-then-matmul is used instead "
+                       "(exact, slower)", device, problem)
+        return problem
 
 
 if HAS_TRITON:
