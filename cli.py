@@ -19,7 +19,15 @@ DEFAULT_MODELS_DIR = os.environ.get("STEP_AUDIO_EDITX_MODELS", "models")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    from .engines.step_audio_editx import ATTENTION_CHOICES, AWQ_DIRNAME, DTYPE_CHOICES, QUANTIZE_CHOICES
+    from .engines.step_audio_editx import (
+        ATTENTION_CHOICES,
+        AWQ_DIRNAME,
+        DTYPE_CHOICES,
+        QUANTIZE_CHOICES,
+        WEIGHTS_RELEASE_CURRENT,
+        WEIGHTS_RELEASE_ORIGINAL,
+        WEIGHTS_RELEASES,
+    )
 
     g = p.add_argument_group("model")
     g.add_argument("--models-dir", default=DEFAULT_MODELS_DIR,
@@ -32,6 +40,10 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     g.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES)
+    g.add_argument("--weights-release", default=WEIGHTS_RELEASE_CURRENT, choices=WEIGHTS_RELEASES,
+                   help=f"which official weights the folder holds: {WEIGHTS_RELEASE_CURRENT} (published 2026-01-29, "
+                        f"a download today) or {WEIGHTS_RELEASE_ORIGINAL} (the first release); decides how sound tags "
+                        "are spelt in prompts ([laugh] vs [Laughter])")
     g.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
                    help="plain decoding loop (no static cache / CUDA graph)")
     g.add_argument("--awq", action="store_true",
@@ -43,18 +55,23 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-k", type=int, default=0,
+                   help="0 = off, as the current official inference (temperature alone); the first official "
+                        "path used 50 with --repetition-guard")
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--no-dynamic-tokens", dest="dynamic_tokens", action="store_false",
                    help="use --max-new-tokens instead of a cap sized from the audio / text")
     s.add_argument("--max-new-tokens", type=int, default=8192)
-    s.add_argument("--no-repetition-guard", dest="repetition_guard", action="store_false")
+    s.add_argument("--repetition-guard", dest="repetition_guard", action="store_true", default=False,
+                   help="ban an id that occurs twice in the last 10 (the first official path; off in the current one)")
+    s.add_argument("--no-repetition-guard", dest="repetition_guard", action="store_false",
+                   help="the default; kept for scripts written when the guard was on by default")
 
 
 def _edit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edit-type", required=True, help="emotion, style, speed, paralinguistic, denoise or vad")
     p.add_argument("--value", help="the emotion / style / speed value (e.g. happy, whisper, faster)")
-    p.add_argument("--new-text", help="paralinguistic: the transcript with [Laughter]-style tags inserted")
+    p.add_argument("--new-text", help="paralinguistic: the transcript with [laugh]-style tags inserted")
     p.add_argument("--iterations", type=int, default=1, help="edit passes, each on the previous output (1-5)")
 
 
@@ -75,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     clone = sub.add_parser("clone", help="speak a text in the voice of a reference clip (inline tags allowed)")
     clone.add_argument("--prompt-audio", required=True, help="reference clip (0.5-30 s)")
     clone.add_argument("--prompt-text", help="transcript of the reference clip (default: its .txt sidecar)")
-    clone.add_argument("--text", required=True, help="text to speak; may hold <Laughter>, <emotion:happy>, [pause:500ms]")
+    clone.add_argument("--text", required=True, help="text to speak; may hold <laugh>, <emotion:happy>, [pause:500ms]")
     clone.add_argument("--out", "-o", default="cloned.wav")
     _add_engine_options(clone)
 
@@ -109,7 +126,8 @@ def _engine(args):
         editx_dir = str(Path(args.models_dir) / AWQ_DIRNAME)
     config = EngineConfig(editx_dir=editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
-                          fast_decode=args.fast_decode, quantize=args.quantize)
+                          fast_decode=args.fast_decode, weights_release=args.weights_release,
+                          quantize=args.quantize)
     return StepAudioEditX(config).load()
 
 

@@ -12,6 +12,8 @@ from ..engines.step_audio_editx import (
     QUANTIZE_CHOICES,
     EngineConfig,
     GenerationSettings,
+    WEIGHTS_RELEASE_CURRENT,
+    WEIGHTS_RELEASES,
     SamplingConfig,
     backend_unavailable_reason,
 )
@@ -28,6 +30,7 @@ from .widgets import (
     MIN_MAX_NEW_TOKENS,
     TEMPERATURE_STEP,
     TIP_DYNAMIC_TOKEN,
+    TIP_WEIGHTS_RELEASE,
     seed_widget,
 )
 
@@ -43,13 +46,15 @@ QUANTIZE_TIP = (
 
 def build_handle(model: str, device: str = "auto", dtype: str = "auto", attention: str = "auto",
                  fast_decode: bool = True, dynamic_token: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 temperature: float = DEFAULT_TEMPERATURE, seed: int = 0, quantize: str = "none") -> EngineHandle:
+                 temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+                 weights_release: str = WEIGHTS_RELEASE_CURRENT, quantize: str = "none") -> EngineHandle:
     """An engine handle from the Engine node's widget values (``model``: a combo value)."""
     roots = bridge.tts_model_roots()
     editx_dir, download = resolve_model_choice(model, roots) if model is not None else (None, False)
     config = EngineConfig(editx_dir=editx_dir, search_roots=tuple(roots), download=download,
                           device=str(bridge.torch_device(device)), dtype=dtype, attention=attention,
-                          fast_decode=bool(fast_decode), quantize=quantize or "none")
+                          fast_decode=bool(fast_decode), weights_release=weights_release,
+                          quantize=quantize or "none")
     settings = GenerationSettings(sampling=SamplingConfig(temperature=float(temperature)),
                                   dynamic_tokens=bool(dynamic_token), max_new_tokens=int(max_new_tokens))
     return EngineHandle(config, settings, int(seed))
@@ -103,7 +108,10 @@ class StepAudioEditXEngine:
                 "default": DEFAULT_TEMPERATURE, "min": 0.0, "max": MAX_TEMPERATURE, "step": TEMPERATURE_STEP,
                 "tooltip": "Sampling temperature (official 0.7). 0 = greedy (deterministic without a seed)."}),
             "seed": seed_widget("Default seed for nodes whose seed is -1.", allow_engine_seed=False),
-        }, "optional": {  # optional: API prompts saved before it existed stay valid
+        }, "optional": {
+            # Optional so API-format workflows saved before it existed still validate (they get today's weights).
+            "weights_release": (list(WEIGHTS_RELEASES), {"default": WEIGHTS_RELEASE_CURRENT,
+                                                         "tooltip": TIP_WEIGHTS_RELEASE}),
             "quantize": (list(QUANTIZE_CHOICES), {"default": "none", "tooltip": QUANTIZE_TIP}),
         }}
 
@@ -121,6 +129,6 @@ class StepAudioEditXEngine:
         return f"Attention backend {attention!r} is unavailable on {resolved}: {reason}." if reason else True
 
     def make(self, model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens, temperature, seed,
-             quantize="none"):
+             weights_release=WEIGHTS_RELEASE_CURRENT, quantize="none"):
         return (build_handle(model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens,
-                             temperature, seed, quantize),)
+                             temperature, seed, weights_release, quantize),)
