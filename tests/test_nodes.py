@@ -55,7 +55,8 @@ SAMPLE_WAV = "sample_speech.wav"
 # Saved workflows store widget values by position: this order is frozen. New inputs are only appended.
 EXPECTED_INPUTS: dict[str, list[str]] = {
     "StepAudioEditXEngine": ["model", "device", "dtype", "attention", "fast_decode", "dynamic_token",
-                             "max_new_tokens", "temperature", "seed", "weights_release"],
+                             "max_new_tokens", "temperature", "seed", "weights_release",
+                             "quantize"],
     "StepAudioEditXAudioEditor": ["audio", "transcript", "edit_type", "emotion", "style", "speed",
                                   "paralinguistic_text", "n_edit_iterations", "dynamic_token", "seed", "engine"],
     "StepAudioEditXClone": ["reference_audio", "reference_text", "text", "seed", "engine"],

@@ -19,7 +19,8 @@ def _names(module: str, *names: str) -> dict[str, str]:
 
 _EXPORTS: dict[str, str] = {
     **_names(".constants", "AUDIO_TOKENS_PER_SECOND", "MAX_CONTEXT_TOKENS", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS",
-             "OUTPUT_SAMPLE_RATE", "TOKENIZER_SAMPLE_RATE", "TOKENS_PER_GROUP", "ATTENTION_CHOICES", "DTYPE_CHOICES"),
+             "OUTPUT_SAMPLE_RATE", "TOKENIZER_SAMPLE_RATE", "TOKENS_PER_GROUP", "ATTENTION_CHOICES", "DTYPE_CHOICES",
+             "AWQ_DIRNAME", "QUANTIZE_CHOICES"),
     **_names(".engine", "EngineConfig", "StepAudioEditX", "derive_seed"),
     **_names(".frontend.audio", "AudioInputError", "load_audio", "validate_audio"),
     **_names(".frontend.context", "clip_digest"),

@@ -30,6 +30,7 @@ from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
 from .frontend.speaker import SpeakerEncoder
 from .lm.generation import GenerationOutput, generate
+from .lm.quant.loading import scheme_for_choice
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
 from .prompts import build_clone_prompt, build_edit_prompt, clone_speaker_name
@@ -71,9 +72,11 @@ class EngineConfig:
     # Which official weights the folder holds (same hub name): "2026-01" (a download today) or "2025-11"
     # (the first release). Decides the spelling of non-verbal tags written into prompts ([laugh] vs [Laughter]).
     weights_release: str = WEIGHTS_RELEASE_CURRENT
+    quantize: str = "none"  # none | int8 | int4: the LM's projections quantized on load (weight-only, group 128)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights_release", check_weights_release(self.weights_release))
+        scheme_for_choice(self.quantize)  # an unknown choice fails here, naming the valid ones
 
 
 @dataclass
@@ -138,8 +141,9 @@ class StepAudioEditX:
         folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
         device = resolve_device(c.device)
         dtype = choose_dtype(device, c.dtype)
-        tokenizer = TextTokenizer.from_folder(folders.editx)
-        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention)
+        tokenizer = TextTokenizer.from_folder(folders.text_tokenizer)
+        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
+                        quantize=c.quantize)
         token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
         frontend = FrontEnd(
             Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
