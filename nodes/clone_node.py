@@ -4,6 +4,7 @@ long texts split into chunks (both by the edit post-processor)."""
 from __future__ import annotations
 
 from ..engines.step_audio_editx import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS
+from ..engines.step_audio_editx.request_checks import require_transcript
 from ..utils.text.edit_tags import parse_edit_tags
 from . import comfy_bridge as bridge
 from .audio_io import split_batch, to_comfy_audio
@@ -58,9 +59,9 @@ class StepAudioEditXClone:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, reference_text=None, text=None):
-        if reference_text is not None and not reference_text.strip():
-            return "reference_text is empty: write what the reference clip says, word for word."
+    def VALIDATE_INPUTS(cls, text=None):
+        """One declared input (ComfyUI repeats a message once per declared input); reference_text is checked
+        by ``clone`` before anything loads."""
         if text is not None and not text.strip():
             return "text is empty: write the text to speak."
         if text is not None:
@@ -74,6 +75,7 @@ class StepAudioEditXClone:
         clips = split_batch(reference_audio, "reference_audio")
         if len(clips) != 1:
             raise CloneInputError(f"reference_audio holds a batch of {len(clips)} clips; connect a single clip.")
+        require_transcript(reference_text, "Cloning a voice", "write what the reference clip says into reference_text")
         from ..utils.audio.edit_post_processor import clone_long_form  # imported on use: it pulls in the text tools
 
         handle = engine if engine is not None else default_engine_handle()

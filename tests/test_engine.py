@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,9 @@ def test_iterations_chain_and_lowering_the_count_is_free(engine, clip, sent):
 
 @pytest.mark.parametrize("settings", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
 def test_batch_equals_sequential(engine, clip, settings):
+    """What the README promises: the same tokens, and waveforms equal up to float rounding (the batched
+    decoder's kernels sum in another order; measured <= 1.7e-7 here, one 16-bit step is 3.1e-5)."""
+    settings = replace(settings, dynamic_tokens=False, max_new_tokens=60)  # a fixed cap keeps it fast
     lengths = (0.8, 1.3, 1.9, 2.6)
     requests = [EditRequest(*crop(clip, s), TEXT, "emotion", "sad", seed=100 + i) for i, s in enumerate(lengths)]
     engine.clear_cache()
@@ -152,8 +156,7 @@ def test_batch_equals_sequential(engine, clip, settings):
         check_audio(b)
         assert b.passes[0].tokens == a.passes[0].tokens
         assert b.waveform.shape == a.waveform.shape
-        # the vocoder's phase integrates float rounding: batched vs alone agree to the decoder's fp32 tolerance
-        assert float((b.waveform - a.waveform).abs().mean()) < 2e-3
+        assert float((b.waveform - a.waveform).abs().max()) < 1e-5
 
 
 def test_seeds_decide_the_output(engine, clip):
@@ -208,7 +211,7 @@ def test_progress_exception_propagates(engine, clip):
 @pytest.mark.parametrize("request_kwargs,error,match", [
     (dict(edit_type="emotoin", edit_value="happy"), VocabularyError, "emotion"),
     (dict(edit_type="emotion", edit_value="hapy"), VocabularyError, "happy"),
-    (dict(edit_type="style", edit_value="whisper", n_iterations=6), ValueError, "1..5"),
+    (dict(edit_type="style", edit_value="whisper", n_iterations=6), ValueError, "from 1 to 5"),
     (dict(edit_type="paralinguistic"), ValueError, "new_text"),
     (dict(edit_type="emotion", edit_value="happy", audio_text=" "), ValueError, "transcript"),
 ])

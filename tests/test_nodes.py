@@ -55,7 +55,8 @@ SAMPLE_WAV = "sample_speech.wav"
 # Saved workflows store widget values by position: this order is frozen. New inputs are only appended.
 EXPECTED_INPUTS: dict[str, list[str]] = {
     "StepAudioEditXEngine": ["model", "device", "dtype", "attention", "fast_decode", "dynamic_token",
-                             "max_new_tokens", "temperature", "seed", "weights_release"],
+                             "max_new_tokens", "temperature", "seed", "weights_release",
+                             "quantize"],
     "StepAudioEditXAudioEditor": ["audio", "transcript", "edit_type", "emotion", "style", "speed",
                                   "paralinguistic_text", "n_edit_iterations", "dynamic_token", "seed", "engine"],
     "StepAudioEditXClone": ["reference_audio", "reference_text", "text", "seed", "engine"],
@@ -216,33 +217,45 @@ def test_validate_inputs_names_only_inputs_it_checks(name):
     assert cls.VALIDATE_INPUTS() is True  # every checked input linked (None): nothing to check yet
 
 
-def test_editor_validation_messages():
+def test_validate_inputs_declares_one_input():
+    """ComfyUI reports a failed VALIDATE_INPUTS once per input it declares: one input, one message."""
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        if hasattr(cls, "VALIDATE_INPUTS"):
+            assert len(inspect.getfullargspec(cls.VALIDATE_INPUTS).args[1:]) == 1, name
+
+
+def test_editor_validation_messages(fake_engines):
     v = NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"].VALIDATE_INPUTS
-    assert "transcript" in v(transcript=" ", edit_type="emotion", paralinguistic_text="")
-    assert v(transcript="", edit_type="denoise", paralinguistic_text="") is True
-    assert v(transcript=None, edit_type="style", paralinguistic_text="") is True
-    assert "Did you mean 'emotion'" in v(transcript="hi", edit_type="emotions", paralinguistic_text="")
-    assert "Did you mean [laugh]" in v(transcript="hi there", edit_type="paralinguistic", paralinguistic_text="hi [Laughte] x")
-    assert "no paralinguistic [tag]" in v(transcript="hi", edit_type="paralinguistic", paralinguistic_text="hi there")
-    assert v(transcript="a\nb", edit_type="paralinguistic", paralinguistic_text="a [Sigh]\nb [Uhm]") is True
+    assert v(edit_type="style") is True
+    assert "Did you mean 'emotion'" in v(edit_type="emotions")
+    editor = NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]()  # the checks needing several widgets: at run time
+    for inputs, message in ((dict(transcript=" ", edit_type="emotion"), "transcript"),
+                            (dict(edit_type="paralinguistic", paralinguistic_text="hi [Laughte] x"), "[laugh]"),
+                            (dict(edit_type="paralinguistic", paralinguistic_text="hi there"),
+                             "no paralinguistic [tag]")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            editor.edit(**editor_inputs(**inputs))
+    assert fake_engines.engines() == []  # nothing loaded
 
 
-def test_engine_validation_messages():
+def test_engine_validation_messages(fake_engines, tts_root):
     v = NODE_CLASS_MAPPINGS["StepAudioEditXEngine"].VALIDATE_INPUTS
-    assert v(device="auto", attention="auto") is True and v(device="cpu", attention="sdpa") is True
-    assert "Unknown device" in v(device="tpu", attention="auto")
-    assert "Unknown attention" in v(device="cpu", attention="flash")
-    assert "xformers" in v(device="cpu", attention="xformers")
+    assert v(device="auto") is True and v(device="cpu") is True
+    assert "Unknown device" in v(device="tpu")
     if not torch.cuda.is_available():
-        assert "no CUDA GPU" in v(device="cuda", attention="auto")
+        assert "no CUDA GPU" in v(device="cuda")
+    with pytest.raises(ValueError, match="xformers"):  # checked when the node runs, before anything loads
+        build_handle("Step-Audio-EditX", "cpu", "auto", "xformers")
+    assert fake_engines.engines() == []
 
 
 def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     v = NODE_CLASS_MAPPINGS["StepAudioEditXClone"].VALIDATE_INPUTS
-    assert "reference_text is empty" in v(reference_text=" ", text="Hello")
-    assert "text is empty" in v(reference_text="Hi", text="")
-    assert v(reference_text="Hi", text="Hello <Laughter> [pause:1s] <emotion:happy> you") is True
-    assert "Did you mean <laugh>?" in v(reference_text="Hi", text="Hello <Laughtr> you")
+    assert "text is empty" in v(text="")
+    assert v(text="Hello <laugh> [pause:1s] <emotion:happy> you") is True
+    assert "Did you mean <laugh>?" in v(text="Hello <Laughtr> you")
+    with pytest.raises(ValueError, match="needs the transcript"):  # at run time, before anything loads
+        NODE_CLASS_MAPPINGS["StepAudioEditXClone"]().clone(audio(speech(1.0)), "  ", "Hello there.", 0)
     loader = NODE_CLASS_MAPPINGS["StepAudioEditXLoadAudioWithTranscript"]
     assert loader.VALIDATE_INPUTS(audio=SAMPLE_WAV) is True
     assert "Invalid audio file" in loader.VALIDATE_INPUTS(audio="missing.wav")

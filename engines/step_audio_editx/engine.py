@@ -6,7 +6,8 @@ ids -> ``Token2Wav`` (flow + HiFT, batched) -> 24 kHz waveform.
 
 Batches are real batches: one front-end pass over all new clips, one generate per length group, one
 decode; an edit's iterations run as batch steps over the requests still active. With the same seeds a
-batch gives what the requests give one by one.
+batch generates the tokens the requests generate one by one; its waveforms equal theirs up to float
+rounding (the batched decoder's kernels sum in another order; see the README).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
 from .frontend.speaker import SpeakerEncoder
 from .lm.generation import GenerationOutput, generate
+from .lm.quant.loading import scheme_for_choice
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
-from .prompts import build_clone_prompt, build_edit_prompt, check_paralinguistic_text, clone_speaker_name
+from .prompts import build_clone_prompt, build_edit_prompt, clone_speaker_name
 from .text_tokenizer import TextTokenizer
 from .token_budget import estimate_clone_tokens, estimate_edit_tokens
 from .types import (
@@ -45,14 +47,8 @@ from .types import (
     StopReason,
     Timings,
 )
-from .vocabulary import (
-    MAX_EDIT_ITERATIONS,
-    TRANSCRIPT_FREE_EDITS,
-    WEIGHTS_RELEASE_CURRENT,
-    check_edit_type,
-    check_edit_value,
-    check_weights_release,
-)
+from .request_checks import check_clone_request, check_edit_request
+from .vocabulary import WEIGHTS_RELEASE_CURRENT, check_weights_release
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +74,11 @@ class EngineConfig:
     # Which official weights the folder holds (same hub name): "2026-01" (a download today) or "2025-11"
     # (the first release). Decides the spelling of non-verbal tags written into prompts ([laugh] vs [Laughter]).
     weights_release: str = WEIGHTS_RELEASE_CURRENT
+    quantize: str = "none"  # none | int8 | int4: the LM's projections quantized on load (weight-only, group 128)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights_release", check_weights_release(self.weights_release))
+        scheme_for_choice(self.quantize)  # an unknown choice fails here, naming the valid ones
 
 
 @dataclass
@@ -145,8 +143,9 @@ class StepAudioEditX:
         folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
         device = resolve_device(c.device)
         dtype = choose_dtype(device, c.dtype)
-        tokenizer = TextTokenizer.from_folder(folders.editx)
-        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention)
+        tokenizer = TextTokenizer.from_folder(folders.text_tokenizer)
+        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
+                        quantize=c.quantize)
         token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
         frontend = FrontEnd(
             Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
@@ -210,8 +209,7 @@ class StepAudioEditX:
         if not requests:
             return []
         for n, r in enumerate(requests):
-            if not r.target_text or not r.target_text.strip():
-                raise ValueError(f"clone request {n + 1}: the text to speak is empty.")
+            check_clone_request(r, f"clone request {n + 1} of {len(requests)}: " if len(requests) > 1 else "")
         with self._lock, torch.inference_mode():
             parts = self.load()._parts
             started = time.perf_counter()
@@ -301,23 +299,8 @@ class StepAudioEditX:
     @staticmethod
     def _check_edit(n: int, r: EditRequest, count: int, weights_release: str = WEIGHTS_RELEASE_CURRENT) -> EditRequest:
         """Validate everything before any work, so a bad row fails the batch before it costs anything."""
-        where = f"edit request {n + 1} of {count}: " if count > 1 else ""
-        try:
-            edit_type = check_edit_type(r.edit_type)
-            value = check_edit_value(edit_type, r.edit_value)
-            if not 1 <= int(r.n_iterations) <= MAX_EDIT_ITERATIONS:
-                raise ValueError(f"n_iterations must be 1..{MAX_EDIT_ITERATIONS}, got {r.n_iterations}.")
-            new_text = r.new_text
-            if edit_type == "paralinguistic":
-                if not (new_text or "").strip():
-                    raise ValueError("the paralinguistic edit needs new_text: the transcript with [laugh]-style tags "
-                                     "where the sounds go.")
-                new_text = check_paralinguistic_text(new_text, weights_release)  # the weights' own spelling
-            if edit_type not in TRANSCRIPT_FREE_EDITS and not (r.audio_text or "").strip():
-                raise ValueError(f"the {edit_type} edit needs the transcript of the input audio (audio_text).")
-        except ValueError as exc:
-            raise type(exc)(where + str(exc)) from exc
-        return replace(r, edit_type=edit_type, edit_value=value, new_text=new_text, n_iterations=int(r.n_iterations))
+        return check_edit_request(r, f"edit request {n + 1} of {count}: " if count > 1 else "",
+                                  weights_release=weights_release)
 
     @staticmethod
     def _request_key(r: EditRequest, settings: GenerationSettings) -> str:
@@ -416,9 +399,12 @@ class StepAudioEditX:
             timings.total_s = prefill_s + decode_s + timings.decoder_s
             passes.append(PassResult(wav, len(job.prompt), len(out.tokens), job.cap, out.stop_reason, timings,
                                      tuple(out.tokens)))
-            if out.stop_reason.truncated:
-                logger.warning("Generation hit its cap of %d tokens (%.1f s of audio): the output may be cut short.",
-                               job.cap, job.cap / AUDIO_TOKENS_PER_SECOND)
+            if out.stop_reason.truncated:  # callers warn once per result (CLI line, node info), naming the file
+                logger.info("Generation hit its cap of %d tokens (%.1f s of audio): the output may be cut short.",
+                            job.cap, job.cap / AUDIO_TOKENS_PER_SECOND)
+            if not out.tokens and out.stop_reason is not StopReason.INTERRUPTED:
+                logger.warning("The model ended without producing any audio (stop: %s); this result is empty.",
+                               out.stop_reason.value)
         return passes
 
     @staticmethod

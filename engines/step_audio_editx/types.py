@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -50,6 +52,12 @@ class SamplingConfig:
     constrain_audio: bool = True  # vq02/vq06 slots by position; <|EOT|> only at a group boundary (issue #66)
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral):
+            raise ValueError(f"top_k must be a whole number, got {self.top_k!r}.")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}.")
         if self.top_k < 0:
@@ -76,6 +84,8 @@ class GenerationSettings:
     max_new_tokens: int = MAX_CONTEXT_TOKENS  # the cap when dynamic_tokens is off (clamped to the context)
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, numbers.Integral):
+            raise ValueError(f"max_new_tokens must be a whole number, got {self.max_new_tokens!r}.")
         if self.max_new_tokens < 5:
             raise ValueError(f"max_new_tokens must be at least 5 (one 120 ms group), got {self.max_new_tokens}.")
 
@@ -98,6 +108,10 @@ class Timings:
     def add(self, other: "Timings") -> None:
         for name in ("frontend_s", "prefill_s", "decode_s", "flow_s", "vocoder_s", "total_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class EmptyGenerationError(RuntimeError):
+    """The model ended before producing any audio: there is nothing to save (try another seed)."""
 
 
 @dataclass
@@ -166,6 +180,19 @@ class AudioResult:
     @property
     def duration_s(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
+
+    @property
+    def empty(self) -> bool:
+        """No audio at all (the model ended at once): not a result to save."""
+        return self.waveform.numel() == 0
+
+    def check_not_empty(self, name: str = "the result") -> "AudioResult":
+        """Self, or EmptyGenerationError saying what to try (callers must never save an empty file)."""
+        if self.empty:
+            raise EmptyGenerationError(
+                f"{name}: the model ended without producing any audio ({self.n_generated_tokens} tokens, stop: "
+                f"{self.stop_reason.value}). Nothing was saved; try another seed or a different temperature.")
+        return self
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,16 @@ def _chunk_key(engine, voice: str, prompt_text: str, chunk: TextChunk, settings:
     return hashlib.sha256(repr((repr(identity), voice, prompt_text, chunk.text, chunk.tags, settings, seed)).encode()).hexdigest()
 
 
+def plan_clone_text(text: str) -> list:
+    """The chunks and pauses of a text to clone; ValueError for bad tags, bad pauses or nothing to speak.
+
+    Needs no model, so callers check a text with it before anything loads."""
+    items = segment_text(text)
+    if not any(isinstance(it, TextChunk) for it in items):
+        raise ValueError("The text has nothing to speak: write some words (tags and pauses alone make no audio).")
+    return items
+
+
 def clone_long_form(
     engine,
     prompt_audio: torch.Tensor,
@@ -272,10 +282,8 @@ def clone_long_form(
     batch with the same voice prompt, their tags applied as batched edit steps, and the results joined
     with a short crossfade and the text's ``[pause:...]`` silences. Unchanged chunks come from a cache.
     """
-    items = segment_text(text)
+    items = plan_clone_text(text)
     chunks = [it for it in items if isinstance(it, TextChunk)]
-    if not chunks:
-        raise ValueError("The text has nothing to speak: write some words (tags and pauses alone make no audio).")
     voice = clip_digest(prompt_audio, prompt_sample_rate)
     seeds = [derive_seed(seed, "chunk", i) for i in range(len(chunks))]
     keys = [_chunk_key(engine, voice, prompt_text, c, settings, s) for c, s in zip(chunks, seeds)]
@@ -298,6 +306,8 @@ def clone_long_form(
                                  prompt_text=prompt_text, target_text=chunks[i].text, seed=seeds[i]) for i in todo]
         cloned: list[AudioResult] = engine.batch_clone(requests, settings, progress=counter.start())
         model_calls += 1
+        for i, r in zip(todo, cloned):
+            r.check_not_empty(f"chunk {i + 1} of {len(chunks)} ({chunks[i].text[:40]!r})")
         for r in cloned:
             passes.extend(r.passes)
             timings.add(r.timings)

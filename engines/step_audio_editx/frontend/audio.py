@@ -66,7 +66,9 @@ def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
-        raise AudioInputError(f"cannot read audio file {path}: {exc}. Use a WAV, FLAC or OGG file.") from exc
+        reason = str(exc).rsplit(": ", 1)[-1].strip().rstrip(".") or type(exc).__name__
+        empty = " (the file is empty)" if path.stat().st_size == 0 else ""
+        raise AudioInputError(f"cannot read audio file {path}: {reason}{empty}. Use a WAV, FLAC or OGG file.") from None
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
 
 

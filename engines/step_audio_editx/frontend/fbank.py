@@ -20,7 +20,8 @@ from typing import Any
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from ..constants import KALDI_WAVE_SCALE, SPEAKER_FBANK_BINS, TOKENIZER_SAMPLE_RATE
+from ..constants import HUB_REPO_TOKENIZER, KALDI_WAVE_SCALE, SPEAKER_FBANK_BINS, TOKENIZER_SAMPLE_RATE
+from ..file_readers import read_model_text
 
 
 FUNASR_DITHER = 1.0  # FunASR WavFrontend / WavFrontendOnline default (the official config.yaml sets none)
@@ -77,7 +78,7 @@ class FbankConfig:
 
 def load_cmvn(path: str | Path) -> torch.Tensor:
     """Read a Kaldi-nnet ``am.mvn`` (``<AddShift>`` / ``<Rescale>``) -> float32 ``[2, dim]`` (shift, scale)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = read_model_text(path, HUB_REPO_TOKENIZER).splitlines()
     found: dict[str, list[float]] = {}
     for i, line in enumerate(lines[:-1]):
         head = line.split()

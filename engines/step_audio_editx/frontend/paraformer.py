@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from ..constants import (
+    HUB_REPO_TOKENIZER,
     PARAFORMER_CHUNK_SIZE,
     PARAFORMER_ENCODER_LOOK_BACK,
     PARAFORMER_MIN_TAIL_SAMPLES,
@@ -42,6 +42,7 @@ from ..constants import (
     PARAFORMER_SUBDIR,
     VQ02_CENTROIDS_FILE,
 )
+from ..file_readers import load_model_array, load_weights_pickle, read_model_yaml_mapping
 from .fbank import FbankConfig, ParaformerFrontend, load_cmvn
 
 logger = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ def random_sanm_encoder(cfg: SanmEncoderConfig, seed: int = 0) -> SanmEncoder:
 
 def load_encoder_state(model_pt: str | Path) -> dict[str, torch.Tensor]:
     """The ``encoder.*`` tensors of an official Paraformer ``model.pt`` (prefix removed; decoder etc. ignored)."""
-    state = torch.load(str(model_pt), map_location="cpu", weights_only=True)
+    state = load_weights_pickle(model_pt, HUB_REPO_TOKENIZER)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
@@ -478,8 +479,7 @@ class Vq02Tokenizer:
             raise FileNotFoundError(
                 f"Step-Audio-Tokenizer files missing: {', '.join(missing)}. Download stepfun-ai/Step-Audio-Tokenizer."
             )
-        with open(para_dir / "config.yaml", encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+        config = read_model_yaml_mapping(para_dir / "config.yaml", HUB_REPO_TOKENIZER)
         fbank = FbankConfig.from_config(config.get("frontend_conf", {}))
         if dither is not None:
             fbank = dataclasses.replace(fbank, dither=float(dither))
@@ -492,7 +492,8 @@ class Vq02Tokenizer:
                 f"{para_dir / 'model.pt'} does not match config.yaml: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}."
             )
-        centroids = torch.from_numpy(np.load(tokenizer_dir / VQ02_CENTROIDS_FILE).astype(np.float32))
+        centroids = torch.from_numpy(load_model_array(tokenizer_dir / VQ02_CENTROIDS_FILE, HUB_REPO_TOKENIZER)
+                                     .astype(np.float32))
         encoder = encoder.to(device=device, dtype=dtype)
         logger.info(
             "vq02 Paraformer loaded: %d blocks, width %d, on %s", enc_cfg.num_blocks, enc_cfg.output_size, device
