@@ -248,7 +248,9 @@ def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     assert "Invalid audio file" in loader.VALIDATE_INPUTS(audio="missing.wav")
     (tmp_path / "lonely.wav").write_bytes((EXAMPLES_DIR / SAMPLE_WAV).read_bytes())
     monkeypatch.setattr(comfy_bridge, "input_file_path", lambda name: tmp_path / name)
-    assert "No transcript file lonely.txt" in loader.VALIDATE_INPUTS(audio="lonely.wav")
+    assert loader.VALIDATE_INPUTS(audio="lonely.wav") is True  # the .txt is optional (denoise, vad)
+    clip, transcript = loader().load("lonely.wav")
+    assert transcript == "" and clip["waveform"].shape[-1] > 0
 
 
 def test_loader_reads_the_clip_and_its_transcript(tts_root):
