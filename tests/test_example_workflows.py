@@ -27,7 +27,7 @@ def test_widget_values_follow_input_types_and_the_frontends_extra_widgets():
     editor = NodeSpec(1, "StepAudioEditXAudioEditor", 0, (400, 400), values={"edit_type": "speed", "speed": "slower"})
     assert widget_values(editor) == ["", "speed", "happy", "whisper", "slower", "", 1, True, -1, "fixed"]
     loader = NodeSpec(2, "StepAudioEditXLoadAudioWithTranscript", 0, (300, 150), values={"audio": "a.wav"})
-    assert widget_values(loader) == ["a.wav", None, ""]  # + the frontend's player (not saved) and upload button
+    assert widget_values(loader) == ["a.wav", None, None]  # + the frontend's player (not saved) and upload button
     engine = NodeSpec(3, "StepAudioEditXEngine", 0, (300, 300), values={"model": "m"}, control="randomize")
     assert widget_values(engine)[-2:] == [0, "randomize"]
     with pytest.raises(ValueError, match="no inputs"):

@@ -2,8 +2,8 @@
 
 Widget values are laid out the way the frontend saves them: one value per widget input in INPUT_TYPES
 order (required, then optional), then one for the control widget a seed carries (control_after_generate),
-then the widgets the frontend adds itself: core's audio player (not saved: a hole, written as null) and
-upload button (saved as "") after an ``audio_upload`` combo. A widget appended to a node later therefore
+then the widgets the frontend adds itself after an ``audio_upload`` combo: core's audio player (not saved: a
+hole, written as null) and upload button (null: what a load and save of the workflow leaves there). A widget appended to a node later therefore
 lands in the examples on regeneration, at the position the frontend expects. Nodes are placed in columns
 from their sizes, so none overlap.
 """
@@ -114,7 +114,7 @@ def widget_values(node: NodeSpec) -> list[Any]:
         if has_control(name, spec):
             values.append(node.control)
         if _options(spec).get("audio_upload"):
-            values += [None, ""]  # core's audio player (not saved) and upload button
+            values += [None, None]  # core's audio player (not saved) and upload button (loads/saves as null)
     return values
 
 

@@ -15,7 +15,7 @@ CLONE_SIZE = (440, 300)
 BATCH_SIZE = (380, 240)
 SAVE_SIZE = (360, 150)
 INFO_SIZE = (420, 250)
-NOTE_SIZE = (380, 330)
+NOTE_SIZE = (380, 250)
 
 SETUP_NOTE = (
     "**Set-up:** copy `sample_speech.wav` and `sample_speech.txt` from this pack's `example_workflows/` into "
