@@ -279,6 +279,8 @@ def test_upload_through_the_loader(ui, tmp_path):
                               arg=node_id, timeout=30_000)
     ui.page.wait_for_function("() => [...document.querySelectorAll('audio')].some((a) => "
                               "a.src.includes('filename=uploaded_voice.wav'))", timeout=30_000)
+    ui.js("() => app.canvas.setDirty(true, true)")
+    ui.page.wait_for_timeout(300)
     ui.shot("uploaded")
     uploaded = ui.server.base / "input" / "uploaded_voice.wav"
     assert uploaded.read_bytes() == clip.read_bytes()
@@ -344,7 +346,7 @@ def test_dynamic_token_governs_max_new_tokens(ui):
     assert disabled and "unused" in label  # both toggles on: the Engine's cap applies nowhere
     ui.shot("both_dynamic")
     assert toggle(editor) is False
-    assert cap() == (False, None)  # the Editor now stops at the Engine's max_new_tokens
+    assert cap() == (False, "max_new_tokens")  # the Editor now stops at the Engine's max_new_tokens
     ui.shot("editor_fixed_cap")
     assert toggle(editor) is True
     assert cap()[0]
@@ -352,5 +354,5 @@ def test_dynamic_token_governs_max_new_tokens(ui):
     assert cap()[0]  # the Editor's own toggle decides for edits, so the Engine's toggle alone changes nothing
     ui.js("(id) => app.graph.getNodeById(id).disconnectOutput(0)", engine)
     ui.page.wait_for_timeout(200)
-    assert cap() == (False, None)  # on its own, the Engine's toggle governs its cap
+    assert cap() == (False, "max_new_tokens")  # on its own, the Engine's toggle governs its cap
     ui.shot("engine_alone")

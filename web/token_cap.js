@@ -9,6 +9,7 @@ import { CLONE, EDITOR, ENGINE, comfyClass, findWidget } from "./common.js";
 const TOGGLE = "dynamic_token";
 const CAP = "max_new_tokens";
 const UNUSED_LABEL = `${CAP} (unused: ${TOGGLE} on)`;
+const ORIGINAL_LABEL = Symbol("label before this extension changed it");
 
 function toggleIsOn(node) {
   const input = node.inputs?.find((i) => i.name === TOGGLE || i.widget?.name === TOGGLE);
@@ -41,8 +42,10 @@ function refreshEngine(engine) {
   const cap = findWidget(engine, CAP);
   if (!cap) return;
   const applies = capApplies(engine);
+  if (cap.disabled === !applies) return;
+  if (!(ORIGINAL_LABEL in cap)) cap[ORIGINAL_LABEL] = cap.label; // the frontend's (maybe translated) label
   cap.disabled = !applies;
-  cap.label = applies ? undefined : UNUSED_LABEL;
+  cap.label = applies ? cap[ORIGINAL_LABEL] : UNUSED_LABEL;
   engine.setDirtyCanvas?.(true, true);
 }
 
@@ -68,6 +71,8 @@ app.registerExtension({
     chain(nodeType.prototype, "onConnectionsChange", () => queueMicrotask(refreshAll));
     chain(nodeType.prototype, "onConfigure", () => queueMicrotask(refreshAll));
     chain(nodeType.prototype, "onRemoved", () => queueMicrotask(refreshAll));
+    // Also on every redraw of an Engine: values set by code (undo, other extensions) fire no callback.
+    if (nodeData.name === ENGINE) chain(nodeType.prototype, "onDrawForeground", function () { refreshEngine(this); });
   },
   nodeCreated(node) {
     if (![ENGINE, EDITOR].includes(comfyClass(node))) return;
