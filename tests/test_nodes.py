@@ -429,6 +429,9 @@ def test_progress_tracker_counts_tokens_across_calls_and_estimates_time():
     assert tracker.update(Progress("generate", 100, 100, call=1, calls=2)).value == 100  # stage end: not throttled
     assert tracker.update(Progress("decode", 0, 1, call=1, calls=2)).total == 0
     assert tracker.update(Progress("generate", 10, 100, call=2, calls=2)).value == 110
+    now[0] = 75.0
+    assert tracker.finished_text() == "done: 110 tokens generated in 2 model calls, 1 min 15 s"
+    assert TokenProgress(clock=lambda: 0.0).finished_text("cancelled") == "cancelled: 0 tokens generated, 0 s"
 
 
 def test_edit_info_reports_tokens_stops_and_truncation():
@@ -552,20 +555,25 @@ def test_editor_edits_a_padded_batch_in_one_batch_call(fake_engines, tts_root):
 
 
 def test_editor_reports_progress_and_lets_the_interrupt_through(fake_engines, monkeypatch):
-    class Interrupted(Exception):
+    class InterruptProcessingException(Exception):  # named like ComfyUI's
         pass
 
-    checks = []
+    checks, texts = [], []
 
     def check():
         checks.append(1)
         if len(checks) == 3:
-            raise Interrupted
+            raise InterruptProcessingException
 
+    monkeypatch.setattr(comfy_bridge, "_send_progress_text", lambda text, node_id: texts.append((node_id, text)))
+    NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs(), unique_id="7")
+    assert texts[-1][0] == "7" and texts[-1][1].startswith("done: ")  # the finished line replaces the token count
+    assert any(re.match(r"\d+/\d+ tokens", t) for _, t in texts[:-1])
     monkeypatch.setattr(comfy_bridge, "check_interrupted", check)
-    with pytest.raises(Interrupted):
-        NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs())
+    with pytest.raises(InterruptProcessingException):
+        NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs(seed=4), unique_id="7")
     assert len(checks) == 3  # checked at every token; nothing after the interrupt
+    assert texts[-1][1].startswith("cancelled: ")
 
 
 def test_editor_rejects_mismatched_batch_text_at_run_time(fake_engines):
