@@ -356,3 +356,18 @@ def test_dynamic_token_governs_max_new_tokens(ui):
     ui.page.wait_for_timeout(200)
     assert cap() == (False, "max_new_tokens")  # on its own, the Engine's toggle governs its cap
     ui.shot("engine_alone")
+
+
+def test_loader_is_added_through_the_node_search_box(ui):
+    canvas = ui.page.locator("canvas#graph-canvas")
+    box = canvas.bounding_box()
+    ui.page.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # opens the node search
+    search = ui.page.get_by_role("combobox").or_(ui.page.locator(".comfy-vue-node-search-container input")).first
+    search.fill("Load Audio + Transcript")
+    ui.page.wait_for_timeout(500)
+    ui.shot("search")
+    ui.page.keyboard.press("Enter")
+    ui.page.wait_for_timeout(500)
+    ui.shot("added")
+    added = ui.js("() => app.graph.nodes.map((n) => [n.type, n.widgets.map((w) => w.name)])")
+    assert added == [["StepAudioEditXLoadAudioWithTranscript", ["audio", "audioUI", "upload"]]]
