@@ -71,6 +71,9 @@ class StepAudioEditXClone:
         return True
 
     def clone(self, reference_audio, reference_text, text, seed, engine=None, unique_id=None):
+        if not reference_text.strip():  # linked from a loader that found no .txt beside the clip
+            raise CloneInputError("reference_text is empty: the Clone needs what the reference clip says, word for "
+                                  "word (put <name>.txt beside the clip for the loader, or type it).")
         clips = split_batch(reference_audio, "reference_audio")
         if len(clips) != 1:
             raise CloneInputError(f"reference_audio holds a batch of {len(clips)} clips; connect a single clip.")

@@ -35,11 +35,11 @@ RUN_TIMEOUT_S = 600.0
 POLL_S = 0.05
 
 
-def require_comfyui() -> None:
+def require_comfyui(what: str = "the real ComfyUI server tests") -> None:
     """Skip the calling test module unless a ComfyUI tree and its Python are configured."""
     if not (COMFYUI_DIR and COMFYUI_PYTHON):
-        pytest.skip("set COMFYUI_DIR (a ComfyUI tree) and COMFYUI_PYTHON (a Python that runs it) to run the real "
-                    "ComfyUI server tests", allow_module_level=True)
+        pytest.skip(f"set COMFYUI_DIR (a ComfyUI tree) and COMFYUI_PYTHON (a Python that runs it) to run {what}",
+                    allow_module_level=True)
 
 
 class ComfyServer:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from comfyui_harness import EXAMPLES_DIR, SAMPLE_WAV, require_comfyui, start_server
 
-require_comfyui()
+require_comfyui("the browser tests (which also need playwright and chromium)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
                                "(pip install -e '.[test]')")
 CHROMIUM = os.environ.get("STEP_AUDIO_EDITX_CHROMIUM", "/usr/bin/chromium")

@@ -606,6 +606,8 @@ def test_clone_node_calls_the_long_form_post_processor(fake_engines, monkeypatch
     assert "chunks: 2, model calls: 3, 60 generated tokens, stop: eos x3" in info
     with pytest.raises(ValueError, match="batch of 2 clips"):
         clone.clone(audio(speech(1.0), speech(1.0)), "a", "b", 0)
+    with pytest.raises(ValueError, match="reference_text is empty"):  # e.g. a loader without a .txt
+        clone.clone(audio(speech(1.0)), " ", "b", 0)
 
 
 # --- node functions on the tiny model -------------------------------------------------------------------------
