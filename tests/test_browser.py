@@ -371,3 +371,30 @@ def test_loader_is_added_through_the_node_search_box(ui):
     ui.shot("added")
     added = ui.js("() => app.graph.nodes.map((n) => [n.type, n.widgets.map((w) => w.name)])")
     assert added == [["StepAudioEditXLoadAudioWithTranscript", ["audio", "audioUI", "upload"]]]
+
+
+def test_loader_player_fits_other_frontend_orders(ui):
+    """The player input lands before the upload button whichever extension runs first, and never twice."""
+    orders = ui.js("""async () => {
+      const ext = app.extensions.find((e) => e.name === "StepAudioEditX.LoaderAudioPlayer");
+      const combo = [["a.wav"], {audio_upload: true}];
+      const run = async (required, optional) => {
+        const nodeData = {name: "StepAudioEditXLoadAudioWithTranscript", input: {required, optional}};
+        await ext.beforeRegisterNodeDef(null, nodeData);
+        return [Object.keys(nodeData.input.required), Object.keys(nodeData.input.optional ?? {})];
+      };
+      return {
+        core_first: await run({audio: combo, upload: ["AUDIOUPLOAD", {}]}),           // frontend 1.27
+        pack_first: await run({audio: combo}),                                          // upload added later
+        core_has_player: await run({audio: combo, audioUI: ["AUDIO_UI", {}], upload: ["AUDIOUPLOAD", {}]}),
+        other_node: await (async () => {
+          const nodeData = {name: "LoadAudio", input: {required: {audio: combo}}};
+          await ext.beforeRegisterNodeDef(null, nodeData);
+          return Object.keys(nodeData.input.required);
+        })(),
+      };
+    }""")
+    assert orders["core_first"] == [["audio", "audioUI", "upload"], []]
+    assert orders["pack_first"] == [["audio", "audioUI"], []]
+    assert orders["core_has_player"] == [["audio", "audioUI", "upload"], []]
+    assert orders["other_node"] == ["audio"]
