@@ -257,6 +257,7 @@ def test_example_opens_clean_and_runs_from_the_run_button(ui, name):
     assert shown == texts[-1]
     info = ui.js("() => [...document.querySelectorAll('textarea')].map((t) => t.value)")
     assert any("model calls" in t and "time:" in t for t in info), info  # the info output in Preview Any
+    assert any("seed: 0, the Engine's" in t for t in info), info  # and which seed decided
 
 
 # --- upload, cancel, dynamic_token ------------------------------------------------------------------------------

@@ -401,6 +401,8 @@ def test_handle_seeds_settings_and_cache():
     handle = EngineHandle(EngineConfig(), GenerationSettings(dynamic_tokens=True, max_new_tokens=100), seed=42)
     assert handle.request_seed(-1) == 42 and handle.request_seed(-1, row=2) == 44
     assert handle.request_seed(5, row=1) == 6 and handle.request_seed(SEED_MAX, row=1) == 0
+    assert handle.seed_line(-1) == "seed: 42, the Engine's (this node's seed is -1)"
+    assert handle.seed_line(7, rows=2) == "seed: 7, this node's own; clip i uses seed + i - 1"
     assert handle.generation_settings(False).dynamic_tokens is False
     assert handle.generation_settings(False).max_new_tokens == 100 and handle.generation_settings() is handle.settings
 
@@ -552,6 +554,7 @@ def test_editor_edits_a_padded_batch_in_one_batch_call(fake_engines, tts_root):
     assert [r.audio.shape[-1] for r in requests] == [16000, 8000]
     assert out["waveform"].shape == (2, 1, OUTPUT_SAMPLE_RATE)
     assert "clip 2: 0.50 s in -> 0.50 s out" in info and "trimmed 0.50 s of trailing batch padding" in info
+    assert info.endswith("seed: 40, the Engine's (this node's seed is -1); clip i uses seed + i - 1")
 
 
 def test_editor_reports_progress_and_lets_the_interrupt_through(fake_engines, monkeypatch):
@@ -604,6 +607,7 @@ def test_clone_node_calls_the_long_form_post_processor(fake_engines, monkeypatch
         (2, 32000), 16000, "Reference words.", "Hi <Laughter> there.", 11)
     assert seen["settings"].dynamic_tokens is True and seen["engine"].loaded
     assert "chunks: 2, model calls: 3, 60 generated tokens, stop: eos x3" in info
+    assert info.endswith("seed: 11, this node's own")
     with pytest.raises(ValueError, match="batch of 2 clips"):
         clone.clone(audio(speech(1.0), speech(1.0)), "a", "b", 0)
     with pytest.raises(ValueError, match="reference_text is empty"):  # e.g. a loader without a .txt
