@@ -7,7 +7,7 @@ import json
 
 import pytest
 from comfyui_step_audio_editx.utils.workflows import EXAMPLES, NodeSpec, WorkflowSpec, api_workflow, ui_workflow
-from comfyui_step_audio_editx.utils.workflows.__main__ import EXAMPLES_DIR, rendered
+from comfyui_step_audio_editx.utils.workflows.__main__ import EXAMPLES_DIR, main, rendered
 from comfyui_step_audio_editx.utils.workflows.builder import TITLE_HEIGHT, widget_values
 
 REGENERATE = "python -m comfyui_step_audio_editx.utils.workflows"
@@ -21,6 +21,7 @@ def test_committed_examples_equal_the_generator_output():
         assert path.read_text(encoding="utf-8") == text, f"{path.name} differs from its spec: run {REGENERATE}"
     shipped = {p for p in EXAMPLES_DIR.rglob("*.json")}
     assert shipped == set(files), f"example files without a spec: {sorted(map(str, shipped - set(files)))}"
+    assert main(["--check"]) == 0
 
 
 def test_widget_values_follow_input_types_and_the_frontends_extra_widgets():
