@@ -404,3 +404,24 @@ def test_loader_player_fits_other_frontend_orders(ui):
     assert orders["pack_first"] == [["audio", "audioUI"], []]
     assert orders["core_has_player"] == [["audio", "audioUI", "upload"], []]
     assert orders["other_node"] == ["audio"]
+
+
+@pytest.mark.parametrize("name", UI_EXAMPLES)
+def test_example_opens_from_the_templates_menu(ui, name):
+    workflow = json.loads((EXAMPLES_DIR / name).read_text(encoding="utf-8"))
+    thumbnails = []
+    ui.page.on("response", lambda r: r.url.split("?")[0].endswith(f"/{Path(name).stem}.jpg") and thumbnails.append(r))
+    ui.page.get_by_role("button", name="Templates").click()
+    ui.page.get_by_text("ComfyUI-Step-Audio-EditX", exact=True).click()
+    card = ui.page.get_by_text(Path(name).stem, exact=True).first
+    card.wait_for(timeout=30_000)
+    ui.page.wait_for_function("() => [...document.querySelectorAll('[role=dialog] img')].some((i) => i.naturalWidth)",
+                              timeout=30_000)
+    assert [r.status for r in thumbnails] == [200]  # the shipped .jpg is the card's picture
+    ui.shot("templates")
+    card.click()
+    ui.page.wait_for_function("(n) => app.graph.nodes.length === n", arg=len(workflow["nodes"]), timeout=30_000)
+    ui.page.wait_for_timeout(500)
+    ui.shot("opened")
+    titles = ui.js("() => app.graph.nodes.map((n) => [n.id, n.title, !!n.has_errors])")
+    assert sorted(titles) == sorted([n["id"], n["title"], False] for n in workflow["nodes"])
