@@ -3,7 +3,8 @@
 ``start_server`` runs ComfyUI on the CPU in a temporary base directory (``--base-directory``): its own
 custom_nodes/ (a link to this checkout), models/TTS/ (a tiny random model folder) and input/ (the example
 clip and transcript), so the ComfyUI tree itself is never written to. ``require_comfyui`` skips, naming
-COMFYUI_DIR / COMFYUI_PYTHON, when no ComfyUI tree is configured.
+COMFYUI_DIR / COMFYUI_PYTHON, when no ComfyUI tree is configured. COMFYUI_FRONTEND_ROOT (optional) serves
+another frontend build (the ``static`` folder of a ``comfyui-frontend-package`` wheel) instead of the bundled one.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON")
+FRONTEND_ROOT = os.environ.get("COMFYUI_FRONTEND_ROOT")  # another frontend build's static/ folder (optional)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
@@ -56,6 +58,8 @@ class ComfyServer:
                 "--disable-auto-launch", "--base-directory", str(base),
                 "--output-directory", str(base / "output"), "--temp-directory", str(base / "temp"),
                 "--user-directory", str(base / "user")]
+        if FRONTEND_ROOT:
+            args += ["--front-end-root", FRONTEND_ROOT]
         if "--database-url" in (Path(COMFYUI_DIR) / "comfy" / "cli_args.py").read_text(encoding="utf-8"):
             args += ["--database-url", "sqlite:///:memory:"]
         self.log = open(self.log_path, "w", encoding="utf-8")
