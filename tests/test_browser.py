@@ -68,6 +68,8 @@ PAGE_HELPERS = """
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("comfyui_browser"))
+    # No first-start template dialog popping up over a test (it is opened on purpose where a test needs it).
+    assert srv.request("POST", "/settings/Comfy.TutorialCompleted", True)[0] == 200
     try:
         yield srv
     finally:
@@ -143,6 +145,7 @@ def ui(browser, server, request):
     try:
         yield wrapper
     finally:
+        wrapper.shot("end")  # the page as the test left it (after a failure too)
         page.close()
     assert wrapper.errors == [], "page errors:\n" + "\n".join(wrapper.errors)
 
@@ -411,9 +414,10 @@ def test_example_opens_from_the_templates_menu(ui, name):
     workflow = json.loads((EXAMPLES_DIR / name).read_text(encoding="utf-8"))
     thumbnails = []
     ui.page.on("response", lambda r: r.url.split("?")[0].endswith(f"/{Path(name).stem}.jpg") and thumbnails.append(r))
-    ui.page.get_by_role("button", name="Templates").click()
-    ui.page.get_by_text("ComfyUI-Step-Audio-EditX", exact=True).click()
-    card = ui.page.get_by_text(Path(name).stem, exact=True).first
+    ui.js("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")  # the Templates button's command
+    dialog = ui.page.get_by_role("dialog")
+    dialog.get_by_text("ComfyUI-Step-Audio-EditX", exact=True).first.click()
+    card = dialog.get_by_text(Path(name).stem, exact=True).first
     card.wait_for(timeout=30_000)
     ui.page.wait_for_function("() => [...document.querySelectorAll('[role=dialog] img')].some((i) => i.naturalWidth)",
                               timeout=30_000)
