@@ -4,6 +4,7 @@ long texts split into chunks (both by the edit post-processor)."""
 from __future__ import annotations
 
 from ..engines.step_audio_editx import MAX_INPUT_SECONDS, MIN_INPUT_SECONDS
+from ..engines.step_audio_editx.request_checks import require_transcript
 from ..utils.text.edit_tags import parse_edit_tags
 from . import comfy_bridge as bridge
 from .audio_io import split_batch, to_comfy_audio
@@ -19,7 +20,7 @@ from .widgets import (
     text_widget,
 )
 
-EXAMPLE_TEXT = "Hello! <Laughter> I can't believe we made it. [pause:500ms] <emotion:happy> This is the best day."
+EXAMPLE_TEXT = "Hello! <laugh> I can't believe we made it. [pause:500ms] <emotion:happy> This is the best day."
 
 
 class CloneInputError(ValueError):
@@ -29,7 +30,7 @@ class CloneInputError(ValueError):
 class StepAudioEditXClone:
     DESCRIPTION = (
         "Zero-shot voice cloning: the text is spoken in the voice of the reference clip. Inline tags such as "
-        "<Laughter>, <emotion:happy> or [pause:500ms] add edits and pauses; long texts are split into chunks."
+        "<laugh>, <emotion:happy> or [pause:500ms] add edits and pauses; long texts are split into chunks."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("AUDIO", "STRING")
@@ -47,7 +48,7 @@ class StepAudioEditXClone:
                     "(3-10 s works best). One clip, not a batch.")}),
                 "reference_text": text_widget("What the reference clip says, word for word."),
                 "text": text_widget(
-                    "The text to speak. Inline tags: <Laughter> (any paralinguistic sound), <emotion:happy>, "
+                    "The text to speak. Inline tags: <laugh> (any paralinguistic sound), <emotion:happy>, "
                     "<style:whisper>, <speed:faster>, [pause:500ms]. Each edit tag costs one extra model pass over "
                     f"its chunk (~{TOKENS_PER_10_SECONDS} tokens per 10 s of audio); long texts become several "
                     "chunks of one model call each.", default=EXAMPLE_TEXT),
@@ -58,9 +59,9 @@ class StepAudioEditXClone:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, reference_text=None, text=None):
-        if reference_text is not None and not reference_text.strip():
-            return "reference_text is empty: write what the reference clip says, word for word."
+    def VALIDATE_INPUTS(cls, text=None):
+        """One declared input (ComfyUI repeats a message once per declared input); reference_text is checked
+        by ``clone`` before anything loads."""
         if text is not None and not text.strip():
             return "text is empty: write the text to speak."
         if text is not None:
@@ -71,12 +72,10 @@ class StepAudioEditXClone:
         return True
 
     def clone(self, reference_audio, reference_text, text, seed, engine=None, unique_id=None):
-        if not reference_text.strip():  # linked from a loader that found no .txt beside the clip
-            raise CloneInputError("reference_text is empty: the Clone needs what the reference clip says, word for "
-                                  "word (put <name>.txt beside the clip for the loader, or type it).")
         clips = split_batch(reference_audio, "reference_audio")
         if len(clips) != 1:
             raise CloneInputError(f"reference_audio holds a batch of {len(clips)} clips; connect a single clip.")
+        require_transcript(reference_text, "Cloning a voice", "write what the reference clip says into reference_text")
         from ..utils.audio.edit_post_processor import clone_long_form  # imported on use: it pulls in the text tools
 
         handle = engine if engine is not None else default_engine_handle()

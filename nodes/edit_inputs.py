@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..engines.step_audio_editx import (
-    TRANSCRIPT_FREE_EDITS,
     EditRequest,
     check_edit_type,
     check_edit_value,
     check_paralinguistic_text,
+    needs_transcript,
 )
+from ..engines.step_audio_editx.request_checks import require_transcript
 from .audio_io import Clip
 
 
@@ -41,11 +42,9 @@ def check_edit_widgets(transcript: Optional[str], edit_type: Optional[str],
     if edit_type is None:
         return
     edit_type = check_edit_type(edit_type)
-    if edit_type not in TRANSCRIPT_FREE_EDITS and transcript is not None and not transcript.strip():
-        raise EditInputError(
-            f"The {edit_type} edit needs the transcript of the input clip (what it says, word for word). "
-            "Only denoise and vad work without one."
-        )
+    if transcript is not None and needs_transcript(edit_type):  # the one transcript rule (request_checks)
+        require_transcript(transcript, f"The {edit_type} edit",
+                           "type it into transcript (only denoise and vad work without one)")
     if edit_type == "paralinguistic" and paralinguistic_text is not None:
         for line in [line for line in paralinguistic_text.splitlines() if line.strip()] or [""]:
             check_paralinguistic_text(line)
@@ -63,7 +62,7 @@ def build_edit_requests(clips: Sequence[Clip], transcript: str, edit_type: str, 
     edit_type = check_edit_type(edit_type)
     value = check_edit_value(edit_type, value)
     n = len(clips)
-    texts = [""] * n if edit_type in TRANSCRIPT_FREE_EDITS else per_clip_lines(transcript, n, "transcript")
+    texts = per_clip_lines(transcript, n, "transcript") if needs_transcript(edit_type) else [""] * n
     new_texts: list[Optional[str]] = (
         per_clip_lines(paralinguistic_text, n, "paralinguistic_text") if edit_type == "paralinguistic" else [None] * n
     )

@@ -11,7 +11,10 @@ from ..engines.step_audio_editx import (
     MAX_EDIT_ITERATIONS,
     MAX_INPUT_SECONDS,
     MIN_INPUT_SECONDS,
+    PARALINGUISTIC_TAGS,
     TOKENS_PER_GROUP,
+    WEIGHTS_RELEASE_CURRENT,
+    WEIGHTS_RELEASE_ORIGINAL,
     GenerationSettings,
     SamplingConfig,
 )
@@ -69,9 +72,15 @@ TIP_TRANSCRIPT = (
 )
 TIP_PARALINGUISTIC = (
     "Only for edit_type paralinguistic: the transcript with sound tags inserted where they should happen, e.g. "
-    "'I can't believe it [Laughter] we actually won.' Tags: [Breathing] [Laughter] [Surprise-oh] "
-    "[Confirmation-en] [Uhm] [Surprise-ah] [Surprise-wa] [Sigh] [Question-ei] [Dissatisfaction-hnn]. "
-    "For a batch, one line per clip."
+    "'I can't believe it [laugh] we actually won.' Tags: " + " ".join(f"[{t}]" for t in PARALINGUISTIC_TAGS)
+    + ". The original spellings [Laughter] [Breathing] [Uhm] work too; the prompt gets the spelling of the "
+    "Engine's weights_release. For a batch, one line per clip."
+)
+TIP_WEIGHTS_RELEASE = (
+    f"Which official Step-Audio-EditX weights the model folder holds. {WEIGHTS_RELEASE_CURRENT}: the release of "
+    f"2026-01-29 (what a download gets today; 22 sound tags such as [laugh] [breath] [chuckle]). "
+    f"{WEIGHTS_RELEASE_ORIGINAL}: the first release, for folders downloaded before then (10 tags, written "
+    "[Laughter] [Breathing] [Uhm]). Sound tags are written into prompts as the chosen weights learnt them."
 )
 TIP_NODE_SEED = (
     "-1 (default): use the connected Engine node's seed, so one seed on the Engine decides every node's output. "

@@ -61,7 +61,8 @@ class ParitySet:
 def parity() -> ParitySet:
     root = parity_dir()
     if not (root / "reference" / "reference.json").is_file():
-        pytest.skip(f"parity fixture set not found at {root} (set STEP_AUDIO_PARITY_DIR to a folder with reference/reference.json)")
+        pytest.skip(f"parity reference set (outputs of the official implementation; not in this repository) not found "
+                    f"at {root}: set STEP_AUDIO_PARITY_DIR to a folder with reference/reference.json")
     return ParitySet(root)
 
 

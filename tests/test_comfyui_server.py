@@ -88,18 +88,35 @@ def test_object_info_lists_the_nodes_in_frozen_widget_order(server):
 
 
 # --- bad inputs come back as node errors ---------------------------------------------------------------------
-def test_bad_widget_values_are_node_errors(server):
+def test_bad_widget_values_are_node_errors_reported_once(server):
+    """ComfyUI reports a failed VALIDATE_INPUTS once per input the method declares; ours declare one each."""
     prompt = api_example("step_audio_editx_edit_emotion_api.json", "bad")
     editor, engine = node_id_of(prompt, "StepAudioEditXAudioEditor"), node_id_of(prompt, "StepAudioEditXEngine")
-    prompt[editor]["inputs"]["transcript"] = ""  # unlinked and empty: an emotion edit needs it
-    prompt[engine]["inputs"]["attention"] = "xformers"  # CUDA-only, and the server runs --cpu
+    prompt[editor]["inputs"]["edit_type"] = "emotions"
+    prompt[engine]["inputs"]["device"] = "tpu"
     status, body = server.queue(prompt)
     assert status == 400
     errors = body["node_errors"]
     assert errors[editor]["class_type"] == "StepAudioEditXAudioEditor"
-    assert "needs the transcript" in errors[editor]["errors"][0]["details"]
-    assert errors[engine]["errors"][0]["extra_info"]["input_name"] in ("device", "attention")
-    assert "xformers" in errors[engine]["errors"][0]["details"]
+    assert [e["extra_info"]["input_name"] for e in errors[editor]["errors"]] == ["edit_type"]
+    assert "Did you mean 'emotion'" in errors[editor]["errors"][0]["details"]
+    assert [e["extra_info"]["input_name"] for e in errors[engine]["errors"]] == ["device"]
+    assert "Unknown device 'tpu'" in errors[engine]["errors"][0]["details"]
+
+
+@pytest.mark.parametrize("node_type, change, message", [
+    ("StepAudioEditXAudioEditor", {"transcript": ""}, "needs the transcript"),
+    ("StepAudioEditXEngine", {"attention": "xformers"}, "xformers"),  # CUDA-only, and the server runs --cpu
+])
+def test_widget_combinations_fail_when_the_node_runs_before_any_load(server, node_type, change, message):
+    prompt = api_example("step_audio_editx_edit_emotion_api.json", "combo")
+    node = node_id_of(prompt, node_type)
+    prompt[node]["inputs"].update(change)
+    prompt[node_id_of(prompt, "StepAudioEditXAudioEditor")]["inputs"]["seed"] = int(time.time())
+    entry = server.run(prompt)
+    err = error_message(entry)
+    assert (err["node_id"], err["node_type"]) == (node, node_type) and message in err["exception_message"]
+    assert not any(e["attention"] == "xformers" for e in server.status()["engines"])  # no engine was even made
 
 
 def test_run_time_input_errors_name_the_node(server):

@@ -65,7 +65,9 @@ def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
-        raise AudioInputError(f"cannot read audio file {path}: {exc}. Use a WAV, FLAC or OGG file.") from exc
+        reason = str(exc).rsplit(": ", 1)[-1].strip().rstrip(".") or type(exc).__name__
+        empty = " (the file is empty)" if path.stat().st_size == 0 else ""
+        raise AudioInputError(f"cannot read audio file {path}: {reason}{empty}. Use a WAV, FLAC or OGG file.") from None
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
 
 
@@ -107,11 +109,14 @@ def _sample_rate(sample_rate: object) -> int:
     return int(sample_rate)
 
 
-def validate_audio(wav: ArrayLike, sample_rate: int) -> torch.Tensor:
+def validate_audio(wav: ArrayLike, sample_rate: int, *, user_input: bool = True) -> torch.Tensor:
     """Check an input clip and return it as mono float32 ``[samples]``; raise ``AudioInputError`` if unusable.
 
     Rejects: sample rates outside [8 kHz, 192 kHz], empty clips, NaN/inf samples, clips shorter than
     0.5 s or longer than 30 s, and clips whose peak is below one 16-bit step (all silent).
+    ``user_input=False`` (the pack's own output fed back: an edit pass, a cloned chunk) skips the two
+    duration limits, which only describe what users should give: the official loop edits such audio
+    whatever its length (vq06 splits it into 30 s pieces).
     """
     sample_rate = _sample_rate(sample_rate)
     if sample_rate < MIN_INPUT_SAMPLE_RATE or sample_rate > MAX_INPUT_SAMPLE_RATE:
@@ -129,11 +134,11 @@ def validate_audio(wav: ArrayLike, sample_rate: int) -> torch.Tensor:
     if not bool(torch.isfinite(raw).all()):
         raise AudioInputError("audio contains NaN or infinite samples. Fix or re-export the clip.")
     seconds = mono.shape[-1] / sample_rate
-    if seconds < MIN_INPUT_SECONDS:
+    if user_input and seconds < MIN_INPUT_SECONDS:
         raise AudioInputError(
             f"audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS} s of speech is needed. Use a longer clip."
         )
-    if seconds > MAX_INPUT_SECONDS:
+    if user_input and seconds > MAX_INPUT_SECONDS:
         raise AudioInputError(
             f"audio is {seconds:.2f} s long; at most {MAX_INPUT_SECONDS:.0f} s is supported. "
             "Cut it into pieces of 30 s or less (edit each piece separately)."
@@ -274,13 +279,15 @@ class PreparedAudio:
 
 
 def prepare_audio(
-    wav: ArrayLike, sample_rate: int, *, peak_cap: bool = True, device: torch.device | str | None = None
+    wav: ArrayLike, sample_rate: int, *, peak_cap: bool = True, device: torch.device | str | None = None,
+    user_input: bool = True,
 ) -> PreparedAudio:
     """Validate one clip (``[samples]`` or ``[channels, samples]``, any supported rate) and prepare every view.
 
     ``peak_cap=False`` skips the official 0.6 cap (it only exists to avoid clipping over edit passes).
+    ``user_input=False``: the clip is the pack's own output (no duration limits, see ``validate_audio``).
     """
-    mono = validate_audio(wav, sample_rate)
+    mono = validate_audio(wav, sample_rate, user_input=user_input)
     sample_rate = _sample_rate(sample_rate)
     if device is not None:
         mono = mono.to(device)
