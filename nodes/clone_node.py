@@ -82,5 +82,5 @@ class StepAudioEditXClone:
         ref, settings = clips[0], handle.generation_settings()
         result, load_s, run_s = bridge.run_on_engine(handle, unique_id, lambda eng, progress: clone_long_form(
             eng, ref.waveform, ref.sample_rate, reference_text, text, settings, handle.request_seed(seed), progress))
-        return (to_comfy_audio([result.waveform], result.sample_rate),
-                clone_info(ref, result, settings.dynamic_tokens, load_s, run_s))
+        info = clone_info(ref, result, settings.dynamic_tokens, load_s, run_s) + "\n" + handle.seed_line(seed)
+        return (to_comfy_audio([result.waveform], result.sample_rate), info)

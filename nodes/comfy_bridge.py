@@ -47,6 +47,7 @@ STATUS_ROUTE = "/step_audio_editx/status"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".onnx", ".npy")
 FP32_BYTES_PER_BF16_BYTE = 2  # the LM ships in bf16; an fp32 load doubles it
 LOAD_HEADROOM = 1.1  # ask ComfyUI to free 10 % more than the weights' size before loading
+INTERRUPT_EXCEPTION = "InterruptProcessingException"  # comfy.model_management's Cancel exception
 QUANTIZED_LM_BYTES = {"int8": 0.57, "int4": 0.35}  # quantized / bf16 bytes of the full Step1 (bench_quant)
 
 
@@ -151,6 +152,10 @@ class NodeProgress:
         if self.bar is not None and update.total > 0:
             self.bar.update_absolute(update.value, update.total)
         _send_progress_text(update.text, self.node_id)
+
+    def finish(self, outcome: str = "done") -> None:
+        """Replace the running status line on the node with how the run ended."""
+        _send_progress_text(self.tracker.finished_text(outcome), self.node_id)
 
 
 def _send_progress_text(text: str, node_id: Optional[str]) -> None:
@@ -276,8 +281,15 @@ def run_on_engine(handle: EngineHandle, node_id: Optional[str],
     start = time.perf_counter()
     engine = prepare_engine(handle)
     ready = time.perf_counter()
-    with torch.inference_mode():
-        result = work(engine, NodeProgress(node_id))
+    progress = NodeProgress(node_id)
+    try:
+        with torch.inference_mode():
+            result = work(engine, progress)
+    except BaseException as exc:  # re-raised untouched: only the node's status line changes
+        interrupted = type(exc).__name__ == INTERRUPT_EXCEPTION
+        progress.finish("cancelled" if interrupted else "failed")
+        raise
+    progress.finish()
     return result, ready - start, time.perf_counter() - ready
 
 

@@ -30,6 +30,7 @@ from .widgets import (
     MIN_MAX_NEW_TOKENS,
     TEMPERATURE_STEP,
     TIP_DYNAMIC_TOKEN,
+    TIP_ENGINE_SEED,
     TIP_WEIGHTS_RELEASE,
     seed_widget,
 )
@@ -105,12 +106,14 @@ class StepAudioEditXEngine:
                                           "tooltip": TIP_DYNAMIC_TOKEN + " The Audio Editor has its own toggle."}),
             "max_new_tokens": ("INT", {
                 "default": DEFAULT_MAX_NEW_TOKENS, "min": MIN_MAX_NEW_TOKENS, "max": MAX_MAX_NEW_TOKENS,
-                "tooltip": "Cap on generated tokens per model call when dynamic_token is off (41.7 tokens = 1 s "
-                           "of speech; 8192 = 196 s). A run that never ends costs time up to this cap."}),
+                "tooltip": "Cap on generated tokens per model call, used only where dynamic_token is off (this node's "
+                           "toggle for the Clone, the Audio Editor's own toggle for edits; greyed out when no "
+                           "connected node uses it). 41.7 tokens = 1 s of speech; 8192 = 196 s. A run that never "
+                           "ends costs time up to this cap."}),
             "temperature": ("FLOAT", {
                 "default": DEFAULT_TEMPERATURE, "min": 0.0, "max": MAX_TEMPERATURE, "step": TEMPERATURE_STEP,
                 "tooltip": "Sampling temperature (official 0.7). 0 = greedy (deterministic without a seed)."}),
-            "seed": seed_widget("Default seed for nodes whose seed is -1.", allow_engine_seed=False),
+            "seed": seed_widget(TIP_ENGINE_SEED, allow_engine_seed=False),
         }, "optional": {
             # Optional so API-format workflows saved before it existed still validate (they get today's weights).
             "weights_release": (list(WEIGHTS_RELEASES), {"default": WEIGHTS_RELEASE_CURRENT,

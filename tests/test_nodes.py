@@ -261,7 +261,9 @@ def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     assert "Invalid audio file" in loader.VALIDATE_INPUTS(audio="missing.wav")
     (tmp_path / "lonely.wav").write_bytes((EXAMPLES_DIR / SAMPLE_WAV).read_bytes())
     monkeypatch.setattr(comfy_bridge, "input_file_path", lambda name: tmp_path / name)
-    assert "No transcript file lonely.txt" in loader.VALIDATE_INPUTS(audio="lonely.wav")
+    assert loader.VALIDATE_INPUTS(audio="lonely.wav") is True  # the .txt is optional (denoise, vad)
+    clip, transcript = loader().load("lonely.wav")
+    assert transcript == "" and clip["waveform"].shape[-1] > 0
 
 
 def test_loader_reads_the_clip_and_its_transcript(tts_root):
@@ -430,6 +432,8 @@ def test_handle_seeds_settings_and_cache():
     handle = EngineHandle(EngineConfig(), GenerationSettings(dynamic_tokens=True, max_new_tokens=100), seed=42)
     assert handle.request_seed(-1) == 42 and handle.request_seed(-1, row=2) == 44
     assert handle.request_seed(5, row=1) == 6 and handle.request_seed(SEED_MAX, row=1) == 0
+    assert handle.seed_line(-1) == "seed: 42, the Engine's (this node's seed is -1)"
+    assert handle.seed_line(7, rows=2) == "seed: 7, this node's own; clip i uses seed + i - 1"
     assert handle.generation_settings(False).dynamic_tokens is False
     assert handle.generation_settings(False).max_new_tokens == 100 and handle.generation_settings() is handle.settings
 
@@ -458,6 +462,9 @@ def test_progress_tracker_counts_tokens_across_calls_and_estimates_time():
     assert tracker.update(Progress("generate", 100, 100, call=1, calls=2)).value == 100  # stage end: not throttled
     assert tracker.update(Progress("decode", 0, 1, call=1, calls=2)).total == 0
     assert tracker.update(Progress("generate", 10, 100, call=2, calls=2)).value == 110
+    now[0] = 75.0
+    assert tracker.finished_text() == "done: 110 tokens generated in 2 model calls, 1 min 15 s"
+    assert TokenProgress(clock=lambda: 0.0).finished_text("cancelled") == "cancelled: 0 tokens generated, 0 s"
 
 
 def test_edit_info_reports_tokens_stops_and_truncation():
@@ -597,23 +604,29 @@ def test_editor_edits_a_padded_batch_in_one_batch_call(fake_engines, tts_root):
     assert [r.audio.shape[-1] for r in requests] == [16000, 8000]
     assert out["waveform"].shape == (2, 1, OUTPUT_SAMPLE_RATE)
     assert "clip 2: 0.50 s in -> 0.50 s out" in info and "trimmed 0.50 s of trailing batch padding" in info
+    assert info.endswith("seed: 40, the Engine's (this node's seed is -1); clip i uses seed + i - 1")
 
 
 def test_editor_reports_progress_and_lets_the_interrupt_through(fake_engines, monkeypatch):
-    class Interrupted(Exception):
+    class InterruptProcessingException(Exception):  # named like ComfyUI's
         pass
 
-    checks = []
+    checks, texts = [], []
 
     def check():
         checks.append(1)
         if len(checks) == 3:
-            raise Interrupted
+            raise InterruptProcessingException
 
+    monkeypatch.setattr(comfy_bridge, "_send_progress_text", lambda text, node_id: texts.append((node_id, text)))
+    NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs(), unique_id="7")
+    assert texts[-1][0] == "7" and texts[-1][1].startswith("done: ")  # the finished line replaces the token count
+    assert any(re.match(r"\d+/\d+ tokens", t) for _, t in texts[:-1])
     monkeypatch.setattr(comfy_bridge, "check_interrupted", check)
-    with pytest.raises(Interrupted):
-        NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs())
+    with pytest.raises(InterruptProcessingException):
+        NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs(seed=4), unique_id="7")
     assert len(checks) == 3  # checked at every token; nothing after the interrupt
+    assert texts[-1][1].startswith("cancelled: ")
 
 
 def test_editor_rejects_mismatched_batch_text_at_run_time(fake_engines):
@@ -644,6 +657,7 @@ def test_clone_node_calls_the_long_form_post_processor(fake_engines, monkeypatch
         (2, 32000), 16000, "Reference words.", "Hi <Laughter> there.", 11)
     assert seen["settings"].dynamic_tokens is True and seen["engine"].loaded
     assert "chunks: 2, model calls: 3, 60 generated tokens, stop: eos x3" in info
+    assert info.endswith("seed: 11, this node's own")
     with pytest.raises(ValueError, match="batch of 2 clips"):
         clone.clone(audio(speech(1.0), speech(1.0)), "a", "b", 0)
 
