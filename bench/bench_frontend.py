@@ -2,7 +2,7 @@
 
 Full official dimensions with random weights (nothing is downloaded):
 * vq02 Paraformer SAN-M encoder: D 512, 4 heads, FFN 2048, 50 blocks, 1024 centroids;
-* vq06 S3 tokenizer v1 25 Hz: s3tokenizer's default ModelConfig (1280 wide, 20 heads, 6 layers, 4096 codes);
+* vq06 S3 tokenizer v1 25 Hz: the default S3Config (1280 wide, 20 heads, 6 layers, 4096 codes);
 * CAM++: onnxruntime on ``--campplus`` if given (the real ``campplus.onnx``); otherwise only its fbank
   features are timed, and the report says so.
 
@@ -40,7 +40,7 @@ from bench_common import device_description, synthetic_speech, timed, write_repo
 logger = logging.getLogger("bench_frontend")
 
 TINY_PARAFORMER = dict(output_size=64, attention_heads=4, linear_units=128, num_blocks=3)
-FULL_S3: dict[str, int] = {}  # s3tokenizer's ModelConfig defaults are the v1 tokenizer's dims
+FULL_S3: dict[str, int] = {}  # S3Config's defaults are the v1 tokenizer's dims
 TINY_S3 = dict(n_audio_state=64, n_audio_head=2, n_audio_layer=2, n_codebook_size=256)
 VQ02_CENTROIDS = 1024
 INPUT_RATE = 24_000  # a typical decoder-output clip: exercises resampling to 16 and 24 kHz

@@ -62,9 +62,13 @@ class StepAudioEditXAudioEditor:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, transcript=None, edit_type=None, paralinguistic_text=None):
+    def VALIDATE_INPUTS(cls, edit_type=None):
+        """One declared input (ComfyUI repeats a message once per declared input). The checks that need
+        several widgets (transcript, paralinguistic text) run in ``edit`` before anything loads."""
+        if edit_type is None:
+            return True
         try:
-            check_edit_widgets(transcript, edit_type, paralinguistic_text)
+            check_edit_widgets(None, edit_type, None)
         except ValueError as exc:
             return str(exc)
         return True
@@ -81,6 +85,9 @@ class StepAudioEditXAudioEditor:
         results, load_s, run_s = bridge.run_on_engine(handle, unique_id, lambda eng, progress: (
             eng.batch_edit(requests, settings, progress) if len(requests) > 1
             else [eng.edit(requests[0], settings, progress)]))
+        for i, result in enumerate(results):  # an empty clip would reach SaveAudio and fail there, unexplained
+            result.check_not_empty(f"clip {i + 1} of {len(results)}" if len(results) > 1 else "the edit")
         label = f"{edit_type} -> {value}" if value else edit_type
         info = edit_info(label, clips, results, n_edit_iterations, settings.dynamic_tokens, load_s, run_s)
+        info += "\n" + handle.seed_line(seed, len(clips))
         return (to_comfy_audio([r.waveform for r in results], results[0].sample_rate), info)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..engines.step_audio_editx import (
-    TRANSCRIPT_FREE_EDITS,
     EditRequest,
     check_edit_type,
     check_edit_value,
     check_paralinguistic_text,
+    needs_transcript,
 )
 from .audio_io import Clip
 
@@ -58,7 +58,7 @@ def build_edit_requests(clips: Sequence[Clip], transcript: str, edit_type: str, 
     edit_type = check_edit_type(edit_type)
     value = check_edit_value(edit_type, value)
     n = len(clips)
-    typed = edit_type not in TRANSCRIPT_FREE_EDITS and bool((transcript or "").strip())
+    typed = needs_transcript(edit_type) and bool((transcript or "").strip())
     texts: list[Optional[str]] = per_clip_lines(transcript, n, "transcript") if typed else [None] * n
     new_texts: list[Optional[str]] = (
         per_clip_lines(paralinguistic_text, n, "paralinguistic_text") if edit_type == "paralinguistic" else [None] * n

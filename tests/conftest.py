@@ -7,14 +7,29 @@ the repository root); tests must pass for any set in that format.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _register_helper_module(name: str) -> None:
+    """Make ``tests/<name>.py`` importable as ``<name>`` (pytest's importlib mode puts no test folder on sys.path)."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_register_helper_module("comfyui_harness")  # the real ComfyUI server of the HTTP-API and browser tests
 DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "A"
 
 
@@ -46,7 +61,8 @@ class ParitySet:
 def parity() -> ParitySet:
     root = parity_dir()
     if not (root / "reference" / "reference.json").is_file():
-        pytest.skip(f"parity fixture set not found at {root} (set STEP_AUDIO_PARITY_DIR to a folder with reference/reference.json)")
+        pytest.skip(f"parity reference set (outputs of the official implementation; not in this repository) not found "
+                    f"at {root}: set STEP_AUDIO_PARITY_DIR to a folder with reference/reference.json")
     return ParitySet(root)
 
 

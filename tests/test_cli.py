@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -87,16 +88,67 @@ def test_bad_input_is_a_message_not_a_traceback(models, short_clip, tmp_path, ca
         assert main(["edit", str(lonely), "--edit-type", "emotion", "--value", "sad", "-o", str(out),
                      *common(models)]) == 0
     assert "recognised transcript (pass a corrected one with --text)" in caplog.text
-    with pytest.raises(SystemExit, match="Transcript file not found"):
-        main(["edit", str(lonely), "--edit-type", "emotion", "--text-file", str(tmp_path / "none.txt"), *common(models)])
+    assert main(["edit", str(lonely), "--edit-type", "emotion", "--text-file", str(tmp_path / "none.txt"),
+                 *common(models)]) == 2  # a named transcript file must exist
     assert main(["edit", str(lonely), "--edit-type", "denoise", "-o", str(out), *common(models)]) == 0  # needs none
     read_output(out)
 
 
 def test_offline_download_lists_every_missing_file(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE set after huggingface_hub was imported still stops the download before any request."""
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("hf_hub_download was called in offline mode")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
     with pytest.raises(ModelFilesError) as info:
         resolve_model_folders([tmp_path], download=True)
     message = str(info.value)
+    assert "offline mode" in message and time.perf_counter() - started < 2
     assert "config.json" in message and "linguistic_tokenizer.npy" in message
     assert "stepfun-ai/Step-Audio-EditX" in message and "stepfun-ai/Step-Audio-Tokenizer" in message
+
+
+def test_weights_release_flag_reaches_the_engine(monkeypatch):
+    from comfyui_step_audio_editx import cli
+
+    args = cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2025-11"])
+    assert args.weights_release == "2025-11"
+    assert cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad"]).weights_release == "2026-01"
+    seen = {}
+    monkeypatch.setattr("comfyui_step_audio_editx.engines.step_audio_editx.StepAudioEditX.load",
+                        lambda self: seen.setdefault("config", self.config) and self)
+    cli._engine(args)
+    assert seen["config"].weights_release == "2025-11"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2024"])
+
+
+def test_sampling_flags_default_to_the_current_official_path():
+    from comfyui_step_audio_editx import cli
+    from comfyui_step_audio_editx.engines.step_audio_editx import SamplingConfig
+
+    parse = cli.build_parser().parse_args
+    assert cli._settings(parse(["edit", "x.wav", "--edit-type", "vad"])).sampling == SamplingConfig()
+    original = parse(["edit", "x.wav", "--edit-type", "vad", "--top-k", "50", "--repetition-guard"])
+    assert cli._settings(original).sampling == SamplingConfig.original_path()
+    legacy = parse(["edit", "x.wav", "--edit-type", "vad", "--no-repetition-guard"])  # old scripts still parse
+    assert cli._settings(legacy).sampling.repetition_guard is False
+
+
+def test_unresolvable_hub_fails_at_once(tmp_path, monkeypatch):
+    """No DNS: one clear error in well under a second instead of ~23 s of retries."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("network was tried"))
+    monkeypatch.setattr(constants, "ENDPOINT", "https://no-such-host.invalid")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with pytest.raises(ModelFilesError, match="cannot resolve no-such-host.invalid"):
+        resolve_model_folders([tmp_path], download=True)

@@ -1,8 +1,8 @@
 """vq06: S3 tokenizer loading from the safetensors cache, the ONNX -> cache conversion, and code counts.
 
 No real ``speech_tokenizer_v1.onnx`` is available in CI. The conversion tests build a synthetic ONNX
-file that carries a tiny tokenizer's weights under the initializer / node names ``s3tokenizer``'s
-converter reads (it only walks names; the graph is never run). What stays untested here: that the
+file that carries a tiny tokenizer's weights under the initializer / node names of the official export
+(``frontend/s3_onnx.py``) that the converter reads (it only walks names; the graph is never run). What stays untested here: that the
 official ONNX really uses those names and that its torch port matches onnxruntime's outputs.
 """
 
@@ -71,7 +71,7 @@ def test_tokenizes_deterministically_at_25_hz(tiny_path, tiny_model):
         assert torch.equal(tok.encode([wav])[0], a)  # batched == one clip at a time
     assert [c.shape[0] for c in first] == [13, 50, 85]
     assert len({int(c) for c in first[2]}) > 3
-    # the same codes as the s3tokenizer model on the same mel
+    # the same codes as the model itself on the same mel
     mel = tok.log_mel(wavs[1])
     assert mel.shape == (128, wavs[1].shape[0] // 160)
     codes, _ = tiny_model.quantize(mel[None], torch.tensor([mel.shape[1]]))
@@ -92,7 +92,7 @@ def test_long_clip_is_cut_in_30_s_pieces(tiny_path):
 
 
 def write_synthetic_onnx(model, path) -> None:
-    """An ONNX file holding ``model``'s weights under the names s3tokenizer's ``onnx2torch`` maps."""
+    """An ONNX file holding ``model``'s weights under the names of the official export (see ``s3_onnx``)."""
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     inits, nodes = [], []
 
@@ -151,9 +151,7 @@ def test_onnx_is_converted_once_and_cached_beside_it(tiny_model, tmp_path, monke
     def no_conversion(*args, **kwargs):
         raise AssertionError("the ONNX was converted again")
 
-    import s3tokenizer
-
-    monkeypatch.setattr(s3tokenizer, "onnx2torch", no_conversion)
+    monkeypatch.setattr(semantic, "onnx_state_dict", no_conversion)
     again = Vq06Tokenizer.from_folder(tmp_path, heads=TINY["n_audio_head"], cache_dir=tmp_path / "user")
     assert _same_weights(again.model, tiny_model)
     wav = _noise(1.2, 3)

@@ -73,7 +73,7 @@ PARAFORMER_SAMPLES_PER_CHUNK_UNIT = 960  # FunASR: chunk stride = chunk_size[1] 
 PARAFORMER_MIN_TAIL_SAMPLES = 480  # a final chunk this short that yields no frame is skipped
 
 VQ06_ONNX_FILE = "speech_tokenizer_v1.onnx"
-VQ06_MODEL_NAME = "speech_tokenizer_v1_25hz"  # the s3tokenizer name of the 25 Hz v1 tokenizer
+VQ06_MODEL_NAME = "speech_tokenizer_v1_25hz"  # the name of the 25 Hz v1 tokenizer (cache metadata)
 VQ06_CHUNK_SECONDS = 30  # official get_vq06_code cuts audio into 30 s pieces ...
 VQ06_MIN_CHUNK_SAMPLES = 480  # ... and drops pieces shorter than 30 ms
 VQ06_MEL_HOP = 160  # whisper log-mel hop at 16 kHz (100 frames/s)
@@ -86,6 +86,9 @@ SPEAKER_FBANK_BINS = 80  # CAM++ input: kaldi fbank, 80 bins, dither 0, time mea
 
 # --- official model files (hub layout) ----------------------------------------------------------
 HUB_REPO_EDITX = "stepfun-ai/Step-Audio-EditX"  # LM + tokenizer.model + CosyVoice-300M-25Hz/
+HUB_REPO_EDITX_AWQ = "stepfun-ai/Step-Audio-EditX-AWQ-4bit"  # the LM in 4 bits (compressed-tensors)
+AWQ_DIRNAME = "Step-Audio-EditX-AWQ-4bit"  # its folder under models/TTS (the hub name)
+QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8", "int4")  # weights quantized on load from bf16
 HUB_REPO_TOKENIZER = "stepfun-ai/Step-Audio-Tokenizer"  # vq02 Paraformer + vq06 ONNX + centroids
 MODEL_CONFIG_FILE = "config.json"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
@@ -101,6 +104,10 @@ ALIBI_SLOPE_EXTRA_EXP = 4.0
 ATTN_BIAS_ALIGNMENT = 8
 # transformers renamed from_pretrained's torch_dtype= to dtype= in this version.
 TRANSFORMERS_DTYPE_KWARG_VERSION = "4.56"
+
+# --- how the model runs (the choices of the Engine node and the CLI; torch-free so --help is instant) ------
+ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash_attention_2", "xformers", "sdpa", "flex_attention", "eager")
+DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 
 # --- decoder (token2wav) run settings -----------------------------------------------------------
 DECODER_CFM_STEPS = 10  # Euler steps of the flow matching (official CosyVoice(n_timesteps=10))

@@ -29,12 +29,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import (
+    ATTENTION_CHOICES,
+    DTYPE_CHOICES,
     HUB_REPO_EDITX,
+    HUB_REPO_EDITX_AWQ,
     MODEL_CONFIG_FILE,
     SAFETENSORS_INDEX_FILE,
     SAFETENSORS_SINGLE_FILE,
     TRANSFORMERS_DTYPE_KWARG_VERSION,
 )
+from .file_readers import read_model_text
 from .model_files import ModelFilesError as _MissingFilesError
 
 if TYPE_CHECKING:
@@ -54,8 +58,6 @@ MODEL_BACKENDS: dict[str, tuple[str, ...]] = {
     "conformer": ("sdpa", "eager"),
 }
 
-ATTENTION_CHOICES: tuple[str, ...] = ("auto", "flash_attention_2", "xformers", "sdpa", "flex_attention", "eager")
-DTYPE_CHOICES: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -182,9 +184,20 @@ def resolve_device(requested: str | torch.device = "auto") -> torch.device:
     requested = (requested or "auto").strip().lower()
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"Unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {requested!r} was asked for but this PyTorch sees no CUDA GPU; use 'cpu' or 'auto'.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"Device {requested!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         "GPU(s), numbered from 0; use 'cuda:0' or 'auto'.")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"Device {requested!r} was asked for but this PyTorch has no Apple GPU (MPS) backend; "
+                         "use 'cpu' or 'auto'.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Device {requested!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
     return device
 
 
@@ -240,7 +253,7 @@ def _safetensors_shards(folder: Path) -> tuple[list[Path], dict[str, str] | None
     index_path = folder / SAFETENSORS_INDEX_FILE
     if index_path.is_file():
         try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = json.loads(read_model_text(index_path, HUB_REPO_EDITX))["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise Step1CheckpointError(folder, f"{SAFETENSORS_INDEX_FILE} is not a safetensors index ({exc}).") from exc
         names = sorted(set(weight_map.values()))
@@ -301,7 +314,7 @@ def _check_tensors(folder: Path, expected: dict[str, tuple[int, ...]],
         shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         raise Step1CheckpointError(
             folder, f"the checkpoint holds {len(unexpected)} tensors a bf16/fp16 Step1 does not have ({shown}); "
-                    "quantized checkpoints (e.g. AWQ) are not supported by this loader."
+                    "quantized tensors load only with a compressed-tensors quantization_config in config.json."
         )
     for key, shape in expected.items():
         found = inventory[key][1]
@@ -317,7 +330,7 @@ def _safetensors_device(device: torch.device) -> str:
 
 
 def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               attn_implementation: str = "auto") -> Step1ForCausalLM:
+               attn_implementation: str = "auto", quantize: str | None = None) -> Step1ForCausalLM:
     """Load the Step1 LM of an official Step-Audio-EditX folder, ready for inference (eval, no grad).
 
     ``model_dir``: folder with ``config.json`` (model_type "step1"; its ``auto_map`` is ignored, nothing from
@@ -325,7 +338,11 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
     ``device``: "auto" (first GPU, else CPU) or a device. ``dtype``: "auto" (bf16 on CUDA >= 8.0, fp16 on
     older GPUs, fp32 on CPU), "bf16", "fp16", "fp32" or a torch dtype. ``attn_implementation``: "auto" or
     one of eager / sdpa / flex_attention / xformers (flash_attention_2 cannot express sqrt-ALiBi: error).
+    ``quantize``: "none" (default), "int8" or "int4": quantize the layers' projections as they are read
+    (weight-only, group 128). A compressed-tensors checkpoint (StepFun's AWQ 4-bit) loads quantized as stored.
     """
+    from .lm.quant.format import QuantFormatError
+    from .lm.quant.loading import plan_quantization
     from .lm.step1 import Step1Config, Step1ForCausalLM
 
     start = time.perf_counter()
@@ -336,7 +353,7 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
     if not config_path.is_file():
         raise ModelFilesError(folder, MODEL_CONFIG_FILE)
     try:
-        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw_config = json.loads(read_model_text(config_path, HUB_REPO_EDITX))
     except json.JSONDecodeError as exc:
         raise Step1CheckpointError(folder, f"{MODEL_CONFIG_FILE} is not valid JSON ({exc}).") from exc
     if raw_config.get("model_type") != Step1Config.model_type:
@@ -352,6 +369,13 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
         model = Step1ForCausalLM._from_config(config, attn_implementation=attn, **dtype_kwargs(target_dtype))
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     inventory = _tensor_inventory(folder, shards, weight_map)
+    try:
+        plan = plan_quantization(folder, raw_config, set(inventory), config.num_hidden_layers, quantize)
+        if plan is not None:
+            expected = plan.expected(expected)
+            plan.apply(model, target_dtype)
+    except QuantFormatError as exc:
+        raise Step1CheckpointError(folder, str(exc), repo=HUB_REPO_EDITX_AWQ) from exc
     _check_tensors(folder, expected, inventory)
 
     from safetensors import safe_open
@@ -364,6 +388,9 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
             with safe_open(str(shard), framework="pt", device=_safetensors_device(target_device)) as handle:
                 for key in keys:
                     tensor = handle.get_tensor(key)
+                    if plan is not None and plan.store(model, key, tensor, target_dtype):
+                        progress.update()
+                        continue
                     if tensor.dtype != target_dtype:
                         tensor = tensor.to(target_dtype)
                     module_name, _, param_name = key.rpartition(".")
@@ -380,7 +407,9 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
     model.config._name_or_path = str(folder)
     model.eval()
-    logger.info("Loaded Step1 from %s: %d layers, %.2fB parameters, %s on %s, attention %s (%.1f s)", folder,
-                config.num_hidden_layers, sum(t.numel() for t in model.parameters()) / 1e9,
-                str(target_dtype).removeprefix("torch."), target_device, attn, time.perf_counter() - start)
+    quant = "" if plan is None else (f", {plan.scheme.name} weights (group {plan.scheme.group_size}, "
+                                     f"{'stored' if plan.stored else 'quantized on load'})")
+    logger.info("Loaded Step1 from %s: %d layers, %.2f GB of weights, %s on %s%s, attention %s (%.1f s)", folder,
+                config.num_hidden_layers, sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e9,
+                str(target_dtype).removeprefix("torch."), target_device, quant, attn, time.perf_counter() - start)
     return model

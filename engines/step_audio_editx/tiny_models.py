@@ -48,7 +48,7 @@ class RandomModelDims:
 
     lm: dict = field(default_factory=dict)  # Step1Config fields
     paraformer: dict = field(default_factory=lambda: dict(FULL_PARAFORMER))  # encoder_conf of config.yaml
-    s3: dict = field(default_factory=dict)  # s3tokenizer ModelConfig fields (defaults: the v1 25 Hz tokenizer)
+    s3: dict = field(default_factory=dict)  # S3Config fields (defaults: the v1 25 Hz tokenizer)
     cosyvoice: dict = field(default_factory=lambda: dict(COSYVOICE_FULL_DIMS))
     speaker_hidden: int = 512
     asr: dict = field(default_factory=lambda: dict(FULL_ASR))  # recogniser: decoder widths and vocabulary

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -23,18 +25,39 @@ class StopReason(str, enum.Enum):
         return self is StopReason.CAP
 
 
+OFFICIAL_TEMPERATURE = 0.7  # both official inference paths
+ORIGINAL_TOP_K = 50  # the first official path (transformers generate): its default top-k, dropped since
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the next token is chosen (official defaults); greedy when temperature is 0 or do_sample is off."""
+    """How the next token is chosen; greedy when temperature is 0 or do_sample is off.
 
-    temperature: float = 0.7
-    top_k: int = 50
+    Defaults follow the current official inference (vLLM ``SamplingParams(temperature=0.7)`` alone: no
+    top-k, no repetition guard). The first official path (transformers ``generate``: top-k 50 and a
+    repetition-aware processor) is :meth:`original_path`.
+
+    ``constrain_audio`` is not an official setting: it only allows vq02 ids in slots 0-1 and vq06 ids in
+    slots 2-4 of each 5-token group, and ``<|EOT|>`` at a group boundary. A free sampler can emit a token
+    of the wrong codebook or stop mid-group; the official token2wav then splits the stream out of phase and
+    the audio comes out garbled (official issue #66, "mis-phased output"). Every valid output satisfies
+    the constraint, so it changes nothing else.
+    """
+
+    temperature: float = OFFICIAL_TEMPERATURE
+    top_k: int = 0  # 0 = off (current official path); ORIGINAL_TOP_K for the first one
     top_p: float = 1.0
     do_sample: bool = True
-    repetition_guard: bool = True  # ban a token that occurs twice in the last 10 (official)
-    constrain_audio: bool = True  # vq02/vq06 slots by position; <|EOT|> only at a group boundary
+    repetition_guard: bool = False  # ban a token that occurs twice in the last 10 (first official path only)
+    constrain_audio: bool = True  # vq02/vq06 slots by position; <|EOT|> only at a group boundary (issue #66)
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral):
+            raise ValueError(f"top_k must be a whole number, got {self.top_k!r}.")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}.")
         if self.top_k < 0:
@@ -46,6 +69,11 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature <= 0
 
+    @classmethod
+    def original_path(cls, temperature: float = OFFICIAL_TEMPERATURE) -> "SamplingConfig":
+        """The first official inference (Nov 2025): top-k 50 plus the repetition guard."""
+        return cls(temperature=temperature, top_k=ORIGINAL_TOP_K, repetition_guard=True)
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -56,6 +84,8 @@ class GenerationSettings:
     max_new_tokens: int = MAX_CONTEXT_TOKENS  # the cap when dynamic_tokens is off (clamped to the context)
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, numbers.Integral):
+            raise ValueError(f"max_new_tokens must be a whole number, got {self.max_new_tokens!r}.")
         if self.max_new_tokens < 5:
             raise ValueError(f"max_new_tokens must be at least 5 (one 120 ms group), got {self.max_new_tokens}.")
 
@@ -80,6 +110,10 @@ class Timings:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+class EmptyGenerationError(RuntimeError):
+    """The model ended before producing any audio: there is nothing to save (try another seed)."""
+
+
 @dataclass
 class EditRequest:
     """One edit: the input clip, what it says, and the single-intent edit to apply."""
@@ -92,6 +126,9 @@ class EditRequest:
     new_text: Optional[str] = None  # paralinguistic: the transcript with [Tag]s inserted
     n_iterations: int = 1
     seed: int = 0
+    # True when ``audio`` is the pack's own output (a cloned chunk): the user-input duration limits do not
+    # apply, and audio the model cannot take returns unchanged with a warning instead of an error.
+    intermediate: bool = False
 
 
 @dataclass
@@ -140,6 +177,7 @@ class AudioResult:
     transcript: Optional[str] = None  # the transcript used (typed or recognised); None when none was needed
     transcribed: bool = False  # True: recognised from the audio (show it so the user can correct it)
     pieces: tuple[PieceInfo, ...] = ()  # long-form edits: the pieces the clip was cut into
+    warnings: list[str] = field(default_factory=list)  # e.g. an edit pass that could not run on fed-back audio
 
     @property
     def stop_reason(self) -> StopReason:
@@ -156,6 +194,19 @@ class AudioResult:
     @property
     def duration_s(self) -> float:
         return self.waveform.shape[-1] / self.sample_rate
+
+    @property
+    def empty(self) -> bool:
+        """No audio at all (the model ended at once): not a result to save."""
+        return self.waveform.numel() == 0
+
+    def check_not_empty(self, name: str = "the result") -> "AudioResult":
+        """Self, or EmptyGenerationError saying what to try (callers must never save an empty file)."""
+        if self.empty:
+            raise EmptyGenerationError(
+                f"{name}: the model ended without producing any audio ({self.n_generated_tokens} tokens, stop: "
+                f"{self.stop_reason.value}). Nothing was saved; try another seed or a different temperature.")
+        return self
 
 
 @dataclass(frozen=True)

@@ -105,9 +105,10 @@ def _step_key(plan: Sequence[EditStep]) -> list[tuple[int, int]]:
 
 
 def _unusable(waveform: torch.Tensor, sample_rate: int) -> Optional[str]:
-    """Why a segment's audio cannot be edited (e.g. a clone that came out shorter than 0.5 s), or None."""
+    """Why a segment's audio cannot be edited at all (empty, silent, not finite), or None. A segment is the
+    pack's own output, so the user-input duration limits (0.5-30 s) do not apply to it."""
     try:
-        validate_audio(waveform, sample_rate)
+        validate_audio(waveform, sample_rate, user_input=False)
     except AudioInputError as exc:
         return str(exc)
     return None
@@ -118,7 +119,7 @@ def _edit_request(segment: AudioSegment, waveform: torch.Tensor, step: EditStep,
     return EditRequest(
         audio=waveform, sample_rate=OUTPUT_SAMPLE_RATE if step_index else segment.sample_rate,
         audio_text=segment.text, edit_type=step.kind, edit_value=step.value, new_text=new_text,
-        n_iterations=step.iterations, seed=derive_seed(segment.seed, "step", step_index),
+        n_iterations=step.iterations, seed=derive_seed(segment.seed, "step", step_index), intermediate=True,
     )
 
 
@@ -180,6 +181,10 @@ def apply_edit_tags(
             outcomes = [engine.edit(r, settings, progress=counter.start(r.n_iterations)) for r in requests]
         result.model_calls += cost[key]
         for (i, step), outcome in zip(members, outcomes):
+            result.warnings.extend(f"segment {i + 1}: {step_label(step)}: {w.removeprefix('WARNING: ')}"
+                                   for w in outcome.warnings)
+            if not outcome.passes:  # the engine could not run it on this segment: the audio is unchanged
+                continue
             current[i] = outcome.waveform
             result.applied[i].append(step_label(step))
             result.passes.extend(outcome.passes)
@@ -219,6 +224,16 @@ def _chunk_key(engine, voice: str, prompt_text: str, chunk: TextChunk, settings:
     return hashlib.sha256(repr((repr(identity), voice, prompt_text, chunk.text, chunk.tags, settings, seed)).encode()).hexdigest()
 
 
+def plan_clone_text(text: str) -> list:
+    """The chunks and pauses of a text to clone; ValueError for bad tags, bad pauses or nothing to speak.
+
+    Needs no model, so callers check a text with it before anything loads."""
+    items = segment_text(text)
+    if not any(isinstance(it, TextChunk) for it in items):
+        raise ValueError("The text has nothing to speak: write some words (tags and pauses alone make no audio).")
+    return items
+
+
 def clone_long_form(
     engine,
     prompt_audio: torch.Tensor,
@@ -235,10 +250,8 @@ def clone_long_form(
     batch with the same voice prompt, their tags applied as batched edit steps, and the results joined
     with a short crossfade and the text's ``[pause:...]`` silences. Unchanged chunks come from a cache.
     """
-    items = segment_text(text)
+    items = plan_clone_text(text)
     chunks = [it for it in items if isinstance(it, TextChunk)]
-    if not chunks:
-        raise ValueError("The text has nothing to speak: write some words (tags and pauses alone make no audio).")
     typed = bool((prompt_text or "").strip())
     if not typed:  # recognised once here, not once per chunk
         prompt_text = fill_clone_texts([CloneRequest(prompt_audio, prompt_sample_rate, None, text)],
@@ -265,6 +278,8 @@ def clone_long_form(
                                  prompt_text=prompt_text, target_text=chunks[i].text, seed=seeds[i]) for i in todo]
         cloned: list[AudioResult] = engine.batch_clone(requests, settings, progress=counter.start())
         model_calls += 1
+        for i, r in zip(todo, cloned):
+            r.check_not_empty(f"chunk {i + 1} of {len(chunks)} ({chunks[i].text[:40]!r})")
         for r in cloned:
             passes.extend(r.passes)
             timings.add(r.timings)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..constants import COSYVOICE_SUBDIR, HUB_REPO_EDITX
+from ..file_readers import read_model_text
 from .errors import DecoderConfigError
 
 CONFIG_FILENAME = "cosyvoice.yaml"
@@ -565,4 +566,4 @@ def load_cosyvoice_config(path: str | Path) -> CosyVoiceConfig:
             f"{path} does not exist. It ships in the {COSYVOICE_SUBDIR} folder of the hub repo "
             f"{HUB_REPO_EDITX}; download the whole model folder."
         )
-    return parse_cosyvoice_config(path.read_text(encoding="utf-8"))
+    return parse_cosyvoice_config(read_model_text(path, HUB_REPO_EDITX))

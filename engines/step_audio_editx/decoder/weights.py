@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..constants import COSYVOICE_SUBDIR, HUB_REPO_EDITX
+from ..file_readers import DamagedModelFileError, load_weights_pickle
 from ..model_files import ModelFilesError
 from .errors import DecoderWeightsError
 
@@ -50,12 +51,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MissingDecoderFileError(missing_file_message(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DecoderWeightsError(
-            f"{path} is not a readable torch state_dict ({type(exc).__name__}: {exc}). "
-            f"Re-download it from {HUB_REPO_EDITX}."
-        ) from exc
+        state = load_weights_pickle(path, HUB_REPO_EDITX)
+    except DamagedModelFileError as exc:
+        raise DecoderWeightsError(str(exc)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DecoderWeightsError(f"{path} does not hold a state_dict of tensors; re-download it from {HUB_REPO_EDITX}.")
     return fold_weight_norm(state)

@@ -20,6 +20,7 @@ not 125 x 50 sequential calls for 30 s). Parity with the official outputs is tes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -30,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
 from ..constants import (
+    HUB_REPO_TOKENIZER,
     PARAFORMER_CHUNK_SIZE,
     PARAFORMER_ENCODER_LOOK_BACK,
     PARAFORMER_MIN_TAIL_SAMPLES,
@@ -41,6 +42,7 @@ from ..constants import (
     PARAFORMER_SUBDIR,
     VQ02_CENTROIDS_FILE,
 )
+from ..file_readers import load_model_array, load_weights_pickle, read_model_yaml_mapping
 from .fbank import FbankConfig, ParaformerFrontend, load_cmvn
 
 logger = logging.getLogger(__name__)
@@ -407,7 +409,7 @@ def random_sanm_encoder(cfg: SanmEncoderConfig, seed: int = 0) -> SanmEncoder:
 
 def load_encoder_state(model_pt: str | Path) -> dict[str, torch.Tensor]:
     """The ``encoder.*`` tensors of an official Paraformer ``model.pt`` (prefix removed; decoder etc. ignored)."""
-    state = torch.load(str(model_pt), map_location="cpu", weights_only=True)
+    state = load_weights_pickle(model_pt, HUB_REPO_TOKENIZER)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
             state = state[key]
@@ -439,7 +441,9 @@ class Vq02Result:
 class Vq02Tokenizer:
     """16 kHz mono clips -> vq02 codes (16.67 Hz), batched over clips, on CPU or CUDA.
 
-    Input: the trimmed 16 kHz ``PreparedAudio.tokenizer_wav`` of each clip. Dither is off.
+    Input: the trimmed 16 kHz ``PreparedAudio.tokenizer_wav`` of each clip. Features are dithered as the
+    official FunASR front end (1.0), with noise seeded per clip (``fbank.dither_seed``);
+    ``from_folder(dither=0.0)`` turns it off (the parity fixtures' reference ran without dither).
     """
 
     def __init__(
@@ -474,9 +478,13 @@ class Vq02Tokenizer:
 
     @classmethod
     def from_folder(
-        cls, tokenizer_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        cls, tokenizer_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        dither: float | None = None,
     ) -> Vq02Tokenizer:
-        """Load from the official ``Step-Audio-Tokenizer`` folder (centroids + the Paraformer subfolder)."""
+        """Load from the official ``Step-Audio-Tokenizer`` folder (centroids + the Paraformer subfolder).
+
+        ``dither``: None = as config.yaml says (FunASR's default 1.0 when it says nothing); 0 = off.
+        """
         tokenizer_dir = Path(tokenizer_dir)
         para_dir = tokenizer_dir / PARAFORMER_SUBDIR
         needed = [
@@ -490,9 +498,10 @@ class Vq02Tokenizer:
             raise FileNotFoundError(
                 f"Step-Audio-Tokenizer files missing: {', '.join(missing)}. Download stepfun-ai/Step-Audio-Tokenizer."
             )
-        with open(para_dir / "config.yaml", encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+        config = read_model_yaml_mapping(para_dir / "config.yaml", HUB_REPO_TOKENIZER)
         fbank = FbankConfig.from_config(config.get("frontend_conf", {}))
+        if dither is not None:
+            fbank = dataclasses.replace(fbank, dither=float(dither))
         enc_cfg = SanmEncoderConfig.from_config(config.get("encoder_conf", {}), fbank.feature_dim)
         encoder = SanmEncoder(enc_cfg)
         state = load_encoder_state(para_dir / "model.pt")
@@ -502,7 +511,8 @@ class Vq02Tokenizer:
                 f"{para_dir / 'model.pt'} does not match config.yaml: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}."
             )
-        centroids = torch.from_numpy(np.load(tokenizer_dir / VQ02_CENTROIDS_FILE).astype(np.float32))
+        centroids = torch.from_numpy(load_model_array(tokenizer_dir / VQ02_CENTROIDS_FILE, HUB_REPO_TOKENIZER)
+                                     .astype(np.float32))
         encoder = encoder.to(device=device, dtype=dtype)
         logger.info(
             "vq02 Paraformer loaded: %d blocks, width %d, on %s", enc_cfg.num_blocks, enc_cfg.output_size, device

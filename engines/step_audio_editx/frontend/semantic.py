@@ -1,12 +1,12 @@
-"""vq06 ("semantic") tokens: the CosyVoice S3 tokenizer v1 at 25 Hz through the ``s3tokenizer`` package.
+"""vq06 ("semantic") tokens: the CosyVoice S3 tokenizer v1 at 25 Hz (our torch port in ``s3_model``).
 
 The official code runs ``speech_tokenizer_v1.onnx`` on whisper log-mels (128 bins) of each 30 s piece of
-the 16 kHz clip (pieces shorter than 480 samples dropped). ``s3tokenizer`` implements the same network
-in torch and converts the ONNX weights (``S3Tokenizer("speech_tokenizer_v1_25hz").init_from_onnx``,
-i.e. ``onnx2torch`` + ``load_state_dict``). That conversion parses a large ONNX graph, so its result is
+the 16 kHz clip (pieces shorter than 480 samples dropped). ``s3_model`` implements the same network in
+torch and ``s3_onnx`` reads the ONNX weights into it. Reading parses a large ONNX graph, so its result is
 cached as safetensors next to the ONNX (or in the user cache folder when that folder is read-only) and
-later loads skip it. The cache stores the model config in its metadata, so any S3Tokenizer size loads
-from it (tests use a tiny random one).
+later loads skip it. The cache stores the model config in its metadata, so any tokenizer size loads from
+it (tests use a tiny random one); its format is the one earlier versions wrote through the ``s3tokenizer``
+package, so existing caches stay valid.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..constants import (
+    HUB_REPO_TOKENIZER,
     TOKENIZER_SAMPLE_RATE,
     VQ06_CHUNK_SECONDS,
     VQ06_FRAME_RATE,
@@ -35,13 +36,15 @@ from ..constants import (
     VQ06_ONNX_FILE,
     VQ06_V1_HEADS,
 )
+from ..file_readers import DamagedModelFileError
+from .s3_model import CONV_STRIDES, S3Config, S3Tokenizer, log_mel_spectrogram, pad_mels
+from .s3_onnx import onnx_state_dict
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "comfyui_step_audio_editx.s3tokenizer.v1"
 CACHE_SUFFIX = ".s3tokenizer.safetensors"
 _FINGERPRINT_BYTES = 1 << 20  # hash the first and last MiB (plus the size) of the ONNX
-_CONV_STRIDES = {"speech_tokenizer_v1_25hz": (2, 2), "speech_tokenizer_v1": (1, 2)}
 
 
 class S3CacheError(ValueError):
@@ -89,7 +92,7 @@ def _write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def save_s3tokenizer(model: torch.nn.Module, path: str | Path, *, source_fingerprint: str = "") -> Path:
-    """Save an ``s3tokenizer.S3Tokenizer`` (weights + config + name) in the cache format."""
+    """Save an ``S3Tokenizer`` (weights + config + name) in the cache format."""
     config = {k: v for k, v in dataclasses.asdict(model.config).items() if k != "use_sdpa"}
     metadata = {
         "format": CACHE_FORMAT,
@@ -124,25 +127,20 @@ def load_s3tokenizer(
     use_sdpa: bool | None = None,
 ) -> torch.nn.Module:
     """Build an ``S3Tokenizer`` from a cache file (config from its metadata), on ``device`` in eval mode."""
-    import s3tokenizer  # heavy import (onnx), only when a tokenizer is loaded
-
     metadata = read_cache_metadata(path)
     device = torch.device(device)
     fields = json.loads(metadata["config"])
     if use_sdpa is None:
         use_sdpa = device.type == "cuda"
-    config = s3tokenizer.model.ModelConfig(**fields, use_sdpa=use_sdpa)
-    model = s3tokenizer.S3Tokenizer(metadata["name"], config=config)
+    model = S3Tokenizer(metadata["name"], config=S3Config(**fields, use_sdpa=use_sdpa))
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.to(device=device, dtype=dtype).eval()
 
 
 def random_s3tokenizer(seed: int = 0, name: str = VQ06_MODEL_NAME, **config: int) -> torch.nn.Module:
-    """An ``S3Tokenizer`` with seeded random weights for tests and benchmarks (``config``: ``ModelConfig`` fields)."""
-    import s3tokenizer
-
+    """An ``S3Tokenizer`` with seeded random weights for tests and benchmarks (``config``: ``S3Config`` fields)."""
     gen = torch.Generator().manual_seed(seed)
-    model = s3tokenizer.S3Tokenizer(name, config=s3tokenizer.model.ModelConfig(**config))
+    model = S3Tokenizer(name, config=S3Config(**config))
     with torch.no_grad():
         for key, param in model.named_parameters():
             if "_ln" in key:
@@ -157,7 +155,7 @@ def random_s3tokenizer(seed: int = 0, name: str = VQ06_MODEL_NAME, **config: int
 
 
 def s3_config_from_state(state: dict[str, torch.Tensor], heads: int) -> dict[str, int]:
-    """``ModelConfig`` fields of converted weights (the head count is not visible in shapes; pass it)."""
+    """``S3Config`` fields of converted weights (the head count is not visible in shapes; pass it)."""
     conv1 = state["encoder.conv1.weight"]
     blocks = {int(k.split(".")[2]) for k in state if k.startswith("encoder.blocks.")}
     return {
@@ -183,12 +181,9 @@ def _valid_cache(path: Path, fingerprint: str) -> bool:
 def cached_weights(onnx_path: str | Path, *, cache_dir: str | Path | None = None, heads: int = VQ06_V1_HEADS) -> Path:
     """Path of converted weights for ``onnx_path``, converting the ONNX on first use.
 
-    Looks beside the ONNX, then in ``cache_dir`` (default ``user_cache_dir()``); converts with
-    ``s3tokenizer`` if neither holds weights of this exact file, writing beside the ONNX when that
+    Looks beside the ONNX, then in ``cache_dir`` (default ``user_cache_dir()``); converts it if neither holds weights of this exact file, writing beside the ONNX when that
     folder is writable and in ``cache_dir`` otherwise.
     """
-    import s3tokenizer
-
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(
@@ -202,11 +197,13 @@ def cached_weights(onnx_path: str | Path, *, cache_dir: str | Path | None = None
         if _valid_cache(candidate, fingerprint):
             return candidate
     logger.info("converting %s to safetensors (once; later loads use the cache)", onnx_path)
-    state = s3tokenizer.onnx2torch(str(onnx_path), None, False)
-    config = s3tokenizer.model.ModelConfig(**s3_config_from_state(state, heads))
-    model = s3tokenizer.S3Tokenizer(VQ06_MODEL_NAME, config=config)
-    # what S3Tokenizer.init_from_onnx does, with the config read from the weight shapes
-    model.load_state_dict(state, strict=True)
+    try:
+        state = onnx_state_dict(onnx_path)
+        model = S3Tokenizer(VQ06_MODEL_NAME, config=S3Config(**s3_config_from_state(state, heads)))
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # onnx's DecodeError, a foreign graph's missing keys ...: not the tokenizer
+        raise DamagedModelFileError(f"{onnx_path} is not the S3 tokenizer ONNX model ({type(exc).__name__}). "
+                                    f"Re-download it from {HUB_REPO_TOKENIZER}.") from None
     for target in (beside, fallback):
         try:
             return save_s3tokenizer(model, target, source_fingerprint=fingerprint)
@@ -230,7 +227,7 @@ def vq06_code_count(num_samples: int, model_name: str = VQ06_MODEL_NAME) -> int:
     total = 0
     for start, end in vq06_pieces(num_samples):
         frames = (end - start) // VQ06_MEL_HOP
-        for stride in _CONV_STRIDES[model_name]:
+        for stride in CONV_STRIDES[model_name]:
             frames = (frames - 1) // stride + 1
         total += frames
     return total
@@ -240,7 +237,7 @@ class Vq06Tokenizer:
     """16 kHz mono clips -> vq06 codes (25 Hz), all 30 s pieces of all clips in one batched pass."""
 
     def __init__(self, model: torch.nn.Module):
-        if model.name not in _CONV_STRIDES:
+        if model.name not in CONV_STRIDES:
             raise ValueError(f"unsupported S3 tokenizer {model.name!r}; Step-Audio-EditX uses {VQ06_MODEL_NAME!r}.")
         self.model = model.eval().requires_grad_(False)
 
@@ -296,15 +293,11 @@ class Vq06Tokenizer:
 
     def log_mel(self, wav16k: torch.Tensor) -> torch.Tensor:
         """Whisper log-mel of one piece, as the official code computes it: ``[n_mels, samples // 160]``."""
-        import s3tokenizer
-
-        return s3tokenizer.log_mel_spectrogram(wav16k.to(self.device, torch.float32), n_mels=self.model.config.n_mels)
+        return log_mel_spectrogram(wav16k.to(self.device, torch.float32), n_mels=self.model.config.n_mels)
 
     @torch.inference_mode()
     def encode(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """vq06 codes per clip: int64 ``[T]`` on CPU, T = ``vq06_code_count(len(wav))`` (about 25 per second)."""
-        import s3tokenizer
-
         owners, sizes, mels = [], [], []
         for i, wav in enumerate(wavs):
             if wav.dim() != 1:
@@ -315,7 +308,7 @@ class Vq06Tokenizer:
                 mels.append(self.log_mel(wav[start:end]))
         out: list[list[torch.Tensor]] = [[] for _ in wavs]
         if mels:
-            mel, mel_len = s3tokenizer.padding(mels)
+            mel, mel_len = pad_mels(mels)
             codes, code_len = self.model.quantize(mel.to(self.device, self.dtype), mel_len.to(self.device))
             codes, code_len = codes.cpu(), code_len.cpu().tolist()
             for j, (owner, size, n) in enumerate(zip(owners, sizes, code_len, strict=True)):

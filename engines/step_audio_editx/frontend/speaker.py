@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..constants import CAMPPLUS_FILE, SPEAKER_FBANK_BINS
+from ..constants import CAMPPLUS_FILE, HUB_REPO_EDITX, SPEAKER_FBANK_BINS
+from ..file_readers import open_onnx_session
 from .fbank import speaker_fbank
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class SpeakerEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_num_threads is not None:
             options.intra_op_num_threads = intra_op_num_threads
-        session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        session = open_onnx_session(path, HUB_REPO_EDITX, sess_options=options, providers=list(providers))
         return cls(session)
 
     @classmethod
