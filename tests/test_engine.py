@@ -213,7 +213,6 @@ def test_progress_exception_propagates(engine, clip):
     (dict(edit_type="emotion", edit_value="hapy"), VocabularyError, "happy"),
     (dict(edit_type="style", edit_value="whisper", n_iterations=6), ValueError, "from 1 to 5"),
     (dict(edit_type="paralinguistic"), ValueError, "new_text"),
-    (dict(edit_type="emotion", edit_value="happy", audio_text=" "), ValueError, "transcript"),
 ])
 def test_bad_requests_fail_before_any_work(engine, clip, request_kwargs, error, match):
     wav, sr = crop(clip, 1.0)
@@ -355,8 +354,9 @@ def test_iterations_continue_on_intermediate_audio_outside_the_input_limits(engi
     # pass 2's prompt holds the intermediate audio: 12.5 + 25 ids per second (vq02 + vq06), whole groups
     audio_ids = result.passes[1].n_prompt_tokens - result.passes[0].n_prompt_tokens
     assert audio_ids > 0 if seconds > 1.5 else audio_ids < 0
-    with pytest.raises(AudioInputError, match="at most 30 s" if seconds > 30 else "at least 0.5 s"):
-        engine.edit(EditRequest(long_or_short, C.OUTPUT_SAMPLE_RATE, TEXT, "speed", "faster"))
+    if seconds < 30:  # as user input a clip over 30 s is a long-form edit (tests/test_long_form.py), not an error
+        with pytest.raises(AudioInputError, match="at least 0.5 s"):
+            engine.edit(EditRequest(long_or_short, C.OUTPUT_SAMPLE_RATE, TEXT, "speed", "faster"))
     if seconds > 30:  # all of it is tokenised (vq06 in 30 s pieces, as official), not just the first 30 s
         ctx = engine._parts.frontend.encode([(long_or_short, C.OUTPUT_SAMPLE_RATE)], user_input=False)[0]
         assert seconds - 2.0 <= ctx.n_groups * C.GROUP_SECONDS <= seconds + 0.5  # each piece rounds up

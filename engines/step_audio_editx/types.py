@@ -174,10 +174,10 @@ class AudioResult:
     sample_rate: int = OUTPUT_SAMPLE_RATE
     passes: list[PassResult] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)  # e.g. an edit pass that could not run on fed-back audio
     transcript: Optional[str] = None  # the transcript used (typed or recognised); None when none was needed
     transcribed: bool = False  # True: recognised from the audio (show it so the user can correct it)
     pieces: tuple[PieceInfo, ...] = ()  # long-form edits: the pieces the clip was cut into
-    warnings: list[str] = field(default_factory=list)  # e.g. an edit pass that could not run on fed-back audio
 
     @property
     def stop_reason(self) -> StopReason:

@@ -11,6 +11,7 @@ before a word are not counted in it). Parity with FunASR's tokens and firing pos
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -127,8 +128,11 @@ class Transcriber:
 
     @classmethod
     def from_folder(cls, tokenizer_dir: str | Path, device: torch.device | str = "cpu",
-                    encoder: SanmEncoder | None = None) -> Transcriber:
-        """Load from ``Step-Audio-Tokenizer`` (its Paraformer subfolder); ``encoder``: reuse vq02's encoder."""
+                    encoder: SanmEncoder | None = None, dither: float | None = None) -> Transcriber:
+        """Load from ``Step-Audio-Tokenizer`` (its Paraformer subfolder); ``encoder``: reuse vq02's encoder.
+
+        ``dither``: None = as config.yaml says (FunASR's 1.0, seeded per clip: reproducible); 0 = off (the
+        parity fixtures were made that way)."""
         para = Path(tokenizer_dir) / PARAFORMER_SUBDIR
         needed = [para / n for n in ("config.yaml", "am.mvn", "model.pt", "tokens.json")]
         missing = [str(p) for p in needed if not p.is_file()]
@@ -138,6 +142,8 @@ class Transcriber:
             )
         config = yaml.safe_load((para / "config.yaml").read_text(encoding="utf-8"))
         fbank = FbankConfig.from_config(config.get("frontend_conf", {}))
+        if dither is not None:
+            fbank = dataclasses.replace(fbank, dither=float(dither))
         tokens = _load_tokens(para / "tokens.json")
         if encoder is None:
             encoder = SanmEncoder(SanmEncoderConfig.from_config(config.get("encoder_conf", {}), fbank.feature_dim))

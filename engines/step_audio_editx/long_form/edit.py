@@ -60,16 +60,20 @@ def _piece_texts(words_text: list[str], cuts: list[int], typed: Optional[str], t
 def run_edits(requests: Sequence[EditRequest], settings: GenerationSettings, progress: Optional[ProgressCallback],
               transcribe: Transcribe, run_pieces: RunPieces) -> list[AudioResult]:
     """Fill transcripts, cut long clips, edit every piece in one batch per iteration, join (module doc)."""
-    monos = []
+    monos: list[Optional[torch.Tensor]] = []
     for n, r in enumerate(requests):
+        if r.intermediate:  # the pack's own audio fed back: checked (leniently) by the batch itself, never cut
+            monos.append(None)
+            continue
         try:
             monos.append(validate_audio(r.audio, r.sample_rate, max_seconds=MAX_LONG_INPUT_SECONDS))
         except ValueError as exc:
             where = f"edit request {n + 1} of {len(requests)}: " if len(requests) > 1 else ""
             raise type(exc)(where + str(exc)) from exc
-    long = [m.shape[-1] / r.sample_rate > MAX_INPUT_SECONDS for m, r in zip(monos, requests)]
+    long = [m is not None and m.shape[-1] / r.sample_rate > MAX_INPUT_SECONDS for m, r in zip(monos, requests)]
     typed = [(r.audio_text or "").strip() for r in requests]
-    todo = [i for i, r in enumerate(requests) if long[i] or (not typed[i] and _needs_text(r))]
+    todo = [i for i, r in enumerate(requests)
+            if long[i] or (not typed[i] and _needs_text(r) and monos[i] is not None)]
     transcripts: dict[int, Transcript] = {}
     if todo:
         for i, t in zip(todo, transcribe([(monos[i], requests[i].sample_rate) for i in todo])):
@@ -81,11 +85,12 @@ def run_edits(requests: Sequence[EditRequest], settings: GenerationSettings, pro
     kept_audio: dict[tuple[int, int], torch.Tensor] = {}
     for i, r in enumerate(requests):
         text = typed[i] or (transcripts[i].text if i in transcripts else "")
-        if _needs_text(r) and not text:
+        if _needs_text(r) and not text and not r.intermediate:
             raise ValueError(f"clip {i + 1}: no speech was recognised, so there is no transcript to edit with. "
                              "Type what the clip says in the transcript input.")
         if not long[i]:
-            layout.append([(len(rows), PieceInfo(0.0, monos[i].shape[-1] / r.sample_rate, text))])
+            seconds = (monos[i] if monos[i] is not None else torch.as_tensor(r.audio)).shape[-1] / r.sample_rate
+            layout.append([(len(rows), PieceInfo(0.0, seconds, text))])
             rows.append(replace(r, audio_text=text))
             continue
         t = transcripts[i]
@@ -118,7 +123,7 @@ def run_edits(requests: Sequence[EditRequest], settings: GenerationSettings, pro
             res = results[entry[0][0]]
             out.append(replace(res, transcript=shown, transcribed=transcribed))
             continue
-        waves, passes, timings = [], [], Timings()
+        waves, passes, timings, notes = [], [], Timings(), []
         for k, (row, info) in enumerate(entry):
             if row < 0:
                 waves.append(kept_audio[(i, k)])
@@ -127,8 +132,9 @@ def run_edits(requests: Sequence[EditRequest], settings: GenerationSettings, pro
             waves.append(res.waveform)
             passes.extend(res.passes)
             timings.add(res.timings)
+            notes += [f"piece {k + 1}: {w}" for w in res.warnings]
         out.append(AudioResult(crossfade_join(waves, OUTPUT_SAMPLE_RATE), OUTPUT_SAMPLE_RATE, passes, timings,
-                               transcript=shown, transcribed=transcribed, pieces=tuple(info for _, info in entry)))
+                               warnings=notes, transcript=shown, transcribed=transcribed, pieces=tuple(info for _, info in entry)))
     return out
 
 
