@@ -40,6 +40,9 @@ class UsageError(ValueError):
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    from .engines.step_audio_editx.constants import AWQ_DIRNAME, QUANTIZE_CHOICES
+    from .engines.step_audio_editx.vocabulary import WEIGHTS_RELEASE_CURRENT, WEIGHTS_RELEASE_ORIGINAL, WEIGHTS_RELEASES
+
     p.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
                    help="also accepted before the command")
     g = p.add_argument_group("model")
@@ -53,23 +56,38 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps ...")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES)
     g.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES)
+    g.add_argument("--weights-release", default=WEIGHTS_RELEASE_CURRENT, choices=WEIGHTS_RELEASES,
+                   help=f"which official weights the folder holds: {WEIGHTS_RELEASE_CURRENT} (published 2026-01-29, "
+                        f"a download today) or {WEIGHTS_RELEASE_ORIGINAL} (the first release); decides how sound tags "
+                        "are spelt in prompts ([laugh] vs [Laughter])")
     g.add_argument("--no-fast-decode", dest="fast_decode", action="store_false",
                    help="plain decoding loop (no static cache / CUDA graph)")
+    g.add_argument("--awq", action="store_true",
+                   help=f"use StepFun's 4-bit {AWQ_DIRNAME}/ under --models-dir (with --download: ~2.5 GB)")
+    g.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
+                   help="quantize the LM's weights on load from a bf16 folder: int8 (6.4 GiB peak VRAM for a 30 s "
+                        "edit on an H200) or int4 (5.0 GiB); bf16 needs 9.1 GiB. Saves memory; decoding is slower "
+                        "than bf16 for now")
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
-    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-k", type=int, default=0,
+                   help="0 = off, as the current official inference (temperature alone); the first official "
+                        "path used 50 with --repetition-guard")
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--no-dynamic-tokens", dest="dynamic_tokens", action="store_false",
                    help="use --max-new-tokens instead of a cap sized from the audio / text")
     s.add_argument("--max-new-tokens", type=int, default=8192)
-    s.add_argument("--no-repetition-guard", dest="repetition_guard", action="store_false")
+    s.add_argument("--repetition-guard", dest="repetition_guard", action="store_true", default=False,
+                   help="ban an id that occurs twice in the last 10 (the first official path; off in the current one)")
+    s.add_argument("--no-repetition-guard", dest="repetition_guard", action="store_false",
+                   help="the default; kept for scripts written when the guard was on by default")
 
 
 def _edit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edit-type", required=True, help="emotion, style, speed, paralinguistic, denoise or vad")
     p.add_argument("--value", help="the emotion / style / speed value (e.g. happy, whisper, faster)")
-    p.add_argument("--new-text", help="paralinguistic: the transcript with [Laughter]-style tags inserted")
+    p.add_argument("--new-text", help="paralinguistic: the transcript with [laugh]-style tags inserted")
     p.add_argument("--iterations", type=int, default=1, help="edit passes, each on the previous output (1-5)")
 
 
@@ -90,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     clone = sub.add_parser("clone", help="speak a text in the voice of a reference clip (inline tags allowed)")
     clone.add_argument("--prompt-audio", required=True, help="reference clip (0.5-30 s)")
     clone.add_argument("--prompt-text", help="transcript of the reference clip (default: its .txt sidecar)")
-    clone.add_argument("--text", required=True, help="text to speak; may hold <Laughter>, <emotion:happy>, [pause:500ms]")
+    clone.add_argument("--text", required=True, help="text to speak; may hold <laugh>, <emotion:happy>, [pause:500ms]")
     clone.add_argument("--out", "-o", default="cloned.wav", help=".wav or .flac (default: %(default)s)")
     _add_engine_options(clone)
 
@@ -169,9 +187,15 @@ def _transcript(audio_path: str | Path, given: Optional[str], given_file: Option
 def _engine(args):
     from .engines.step_audio_editx import EngineConfig, StepAudioEditX
 
-    config = EngineConfig(editx_dir=args.editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
+    editx_dir = args.editx_dir
+    if args.awq and editx_dir is None:
+        from .engines.step_audio_editx import AWQ_DIRNAME
+
+        editx_dir = str(Path(args.models_dir) / AWQ_DIRNAME)
+    config = EngineConfig(editx_dir=editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
-                          fast_decode=args.fast_decode)
+                          fast_decode=args.fast_decode, weights_release=args.weights_release,
+                          quantize=args.quantize)
     return StepAudioEditX(config).load()
 
 
@@ -254,7 +278,8 @@ def cmd_edit(args) -> int:
     hint = f"pass --text or --text-file, or put it in {_sidecar(args.input)}"
     request = check_edit_request(EditRequest(audio=audio, sample_rate=rate, audio_text=text or "",
                                              edit_type=args.edit_type, edit_value=args.value, new_text=args.new_text,
-                                             n_iterations=args.iterations, seed=args.seed), transcript_hint=hint)
+                                             n_iterations=args.iterations, seed=args.seed), transcript_hint=hint,
+                                 weights_release=args.weights_release)
     engine = _engine(args)
     result = _with_progress(lambda bar: engine.edit(request, settings, progress=bar))
     _save(out, result, _cap_hint(args))
@@ -283,7 +308,7 @@ def cmd_clone(args) -> int:
     return 0
 
 
-def _batch_requests(rows, default_seed: int) -> list:
+def _batch_requests(rows, default_seed: int, weights_release: str) -> list:
     from .engines.step_audio_editx import EditRequest, check_edit_request
 
     requests = []
@@ -294,7 +319,7 @@ def _batch_requests(rows, default_seed: int) -> list:
         request = EditRequest(audio=audio, sample_rate=rate, audio_text=text or "", edit_type=row.edit_type,
                               edit_value=row.value, new_text=row.new_text, n_iterations=row.iterations,
                               seed=default_seed if row.seed is None else row.seed)
-        requests.append(check_edit_request(request, f"{row.label}: ", hint))
+        requests.append(check_edit_request(request, f"{row.label}: ", hint, weights_release))
     return requests
 
 
@@ -307,7 +332,7 @@ def cmd_batch(args) -> int:
     outputs = check_batch_outputs(args.out_dir, names, [row.label for row in rows], [row.input for row in rows])
     settings = _settings(args)
     _check_model_options(args)
-    requests = _batch_requests(rows, args.seed)
+    requests = _batch_requests(rows, args.seed, args.weights_release)
     engine = _engine(args)
     results = _with_progress(lambda bar: engine.batch_edit(requests, settings, progress=bar))
     failed = 0

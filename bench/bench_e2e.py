@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> dict:
     report["batch"] = {"clips": args.batch, "clip_s": short_s, "sequential_s": sequential_s, "batched_s": batched_s,
                        "speedup": sequential_s / batched_s,
                        "generated_per_clip": [r.passes[0].n_generated_tokens for r in results],
+                       # a batch must give what its requests give one by one (same seeds, same tokens)
+                       "same_tokens_as_sequential": [r.passes[0].tokens for r in results]
+                       == [r.passes[0].tokens for r in one_by_one],
                        "sequential_stages": stage_totals(one_by_one), "batched_stages": stage_totals(results)}
 
     summary = summarize(budget_table())

@@ -1,12 +1,13 @@
 """Step1 generation benchmark: plain cached loop vs the fast path, full-size random weights.
 
 For each batch size (default 1, 4, 8, 16): B prompts of ``--prompt-tokens`` ids (default 1,300), each
-generating ``--new-tokens`` ids with the official sampling settings (T 0.7, top-k 50, repetition guard,
-audio constraint). Reports prefill seconds, decode tokens/s per row and in total, ms per step, the
-weights' read rate, peak GPU memory, and the warm-up paid by the first call (graph capture and kernel
-selection). The eager baseline (``fast=False``: left-padded batch, DynamicCache, the model's forward per
-token) runs ``--eager-new-tokens`` steps. ``--prefill-study`` times one prompt's prefill under each SDPA
-kernel choice at fresh lengths (cuDNN builds an execution plan per new shape).
+generating ``--new-tokens`` ids with the current official sampling (T 0.7 alone, plus the audio constraint;
+``--original-sampling``: the first official path's top-k 50 and repetition guard too). Reports prefill
+seconds, decode tokens/s per row and in total, ms per step, the weights' read rate, peak GPU memory, and
+the warm-up paid by the first call (graph capture and kernel selection). The eager baseline
+(``fast=False``: left-padded batch, DynamicCache, the model's forward per token) runs
+``--eager-new-tokens`` steps. ``--prefill-study`` times one prompt's prefill under each SDPA kernel choice
+at fresh lengths (cuDNN builds an execution plan per new shape).
 
 The <|EOT|> row of the random lm_head is zeroed and the audio rows scaled up, so rows run to their cap
 (the timing is then per token, not per lucky early stop).
@@ -233,6 +234,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--eager-new-tokens", type=int, default=None, help="steps of the plain loop (0: skip it)")
     parser.add_argument("--greedy", action="store_true", help="greedy instead of the official sampling settings")
+    parser.add_argument("--original-sampling", action="store_true",
+                        help="the first official path's sampling (T 0.7, top-k 50, repetition guard) instead of the "
+                             "current one (T 0.7 alone); the tables in docs/performance.md of 2026-11-25 used it")
     parser.add_argument("--linear", default="auto", choices=("auto", "cublas", "triton"),
                         help="decode matmuls: time both per matrix (auto), or force one")
     parser.add_argument("--prefill-study", action="store_true")
@@ -246,6 +250,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _sampling_label(args) -> str:
+    if args.greedy:
+        return "greedy"
+    return "T 0.7 top-k 50 + guard (first official path)" if args.original_sampling else "T 0.7 (current official)"
+
+
 def main(argv: list[str] | None = None) -> list[RunResult]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -256,7 +266,10 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     new_tokens = args.new_tokens or run["new_tokens"]
     eager_tokens = run["eager_new_tokens"] if args.eager_new_tokens is None else args.eager_new_tokens
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b] or list(run["batch_sizes"])
-    config = SamplingConfig(do_sample=False) if args.greedy else SamplingConfig()
+    if args.greedy:
+        config = SamplingConfig(do_sample=False)
+    else:
+        config = SamplingConfig.original_path() if args.original_sampling else SamplingConfig()
     attn = resolve_attn_implementation(args.attn, "step1", device)
     info = device_description(device)
     model = random_step1(dims, device, dtype, attn, args.seed, never_stop=True, audio_head_scale=AUDIO_HEAD_SCALE)
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     table = markdown_table(results)
     header = (f"Step1 generation ({'tiny' if args.tiny else 'full size'}, random weights "
               f"{weights / BYTES_PER_GIB:.2f} GiB, {str(dtype).removeprefix('torch.')}) on {info['name']} ({device}), "
-              f"{info['date']}; prompt {prompt_tokens} tokens; sampling {'greedy' if args.greedy else 'T 0.7 top-k 50'}"
+              f"{info['date']}; prompt {prompt_tokens} tokens; sampling {_sampling_label(args)}"
               f", guard + audio constraint; torch {info['torch']}, transformers {info['transformers']}, "
               f"triton {info['triton']}")
     logger.info("%s\n\n%s\n", header, table)

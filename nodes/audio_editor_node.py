@@ -89,4 +89,5 @@ class StepAudioEditXAudioEditor:
             result.check_not_empty(f"clip {i + 1} of {len(results)}" if len(results) > 1 else "the edit")
         label = f"{edit_type} -> {value}" if value else edit_type
         info = edit_info(label, clips, results, n_edit_iterations, settings.dynamic_tokens, load_s, run_s)
+        info += "\n" + handle.seed_line(seed, len(clips))
         return (to_comfy_audio([r.waveform for r in results], results[0].sample_rate), info)

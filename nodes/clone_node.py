@@ -20,7 +20,7 @@ from .widgets import (
     text_widget,
 )
 
-EXAMPLE_TEXT = "Hello! <Laughter> I can't believe we made it. [pause:500ms] <emotion:happy> This is the best day."
+EXAMPLE_TEXT = "Hello! <laugh> I can't believe we made it. [pause:500ms] <emotion:happy> This is the best day."
 
 
 class CloneInputError(ValueError):
@@ -30,7 +30,7 @@ class CloneInputError(ValueError):
 class StepAudioEditXClone:
     DESCRIPTION = (
         "Zero-shot voice cloning: the text is spoken in the voice of the reference clip. Inline tags such as "
-        "<Laughter>, <emotion:happy> or [pause:500ms] add edits and pauses; long texts are split into chunks."
+        "<laugh>, <emotion:happy> or [pause:500ms] add edits and pauses; long texts are split into chunks."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("AUDIO", "STRING")
@@ -48,7 +48,7 @@ class StepAudioEditXClone:
                     "(3-10 s works best). One clip, not a batch.")}),
                 "reference_text": text_widget("What the reference clip says, word for word."),
                 "text": text_widget(
-                    "The text to speak. Inline tags: <Laughter> (any paralinguistic sound), <emotion:happy>, "
+                    "The text to speak. Inline tags: <laugh> (any paralinguistic sound), <emotion:happy>, "
                     "<style:whisper>, <speed:faster>, [pause:500ms]. Each edit tag costs one extra model pass over "
                     f"its chunk (~{TOKENS_PER_10_SECONDS} tokens per 10 s of audio); long texts become several "
                     "chunks of one model call each.", default=EXAMPLE_TEXT),
@@ -82,5 +82,5 @@ class StepAudioEditXClone:
         ref, settings = clips[0], handle.generation_settings()
         result, load_s, run_s = bridge.run_on_engine(handle, unique_id, lambda eng, progress: clone_long_form(
             eng, ref.waveform, ref.sample_rate, reference_text, text, settings, handle.request_seed(seed), progress))
-        return (to_comfy_audio([result.waveform], result.sample_rate),
-                clone_info(ref, result, settings.dynamic_tokens, load_s, run_s))
+        info = clone_info(ref, result, settings.dynamic_tokens, load_s, run_s) + "\n" + handle.seed_line(seed)
+        return (to_comfy_audio([result.waveform], result.sample_rate), info)

@@ -47,6 +47,8 @@ STATUS_ROUTE = "/step_audio_editx/status"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".onnx", ".npy")
 FP32_BYTES_PER_BF16_BYTE = 2  # the LM ships in bf16; an fp32 load doubles it
 LOAD_HEADROOM = 1.1  # ask ComfyUI to free 10 % more than the weights' size before loading
+INTERRUPT_EXCEPTION = "InterruptProcessingException"  # comfy.model_management's Cancel exception
+QUANTIZED_LM_BYTES = {"int8": 0.57, "int4": 0.35}  # quantized / bf16 bytes of the full Step1 (bench_quant)
 
 
 @functools.cache  # asked on every generated token: look each name up once
@@ -151,6 +153,10 @@ class NodeProgress:
             self.bar.update_absolute(update.value, update.total)
         _send_progress_text(update.text, self.node_id)
 
+    def finish(self, outcome: str = "done") -> None:
+        """Replace the running status line on the node with how the run ended."""
+        _send_progress_text(self.tracker.finished_text(outcome), self.node_id)
+
 
 def _send_progress_text(text: str, node_id: Optional[str]) -> None:
     server = sys.modules.get("server")  # ComfyUI's server module, only present inside a running ComfyUI
@@ -192,17 +198,24 @@ def engine_bytes(engine: StepAudioEditX) -> int:
 
 
 def _estimated_load_bytes(handle: EngineHandle, device: torch.device) -> int:
-    """Size of the weight files the engine will load (0 when they are not downloaded yet)."""
+    """Size of the weight files the engine will load (0 when they are not downloaded yet); the language model's
+    share scaled for quantizing on load (measured on the full model: int8 57 %, int4 35 % of the bf16 bytes)."""
     c = handle.config
     try:
         folders = find_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir)
     except FileNotFoundError:
         return 0
-    total = sum(f.stat().st_size for root in (folders.editx, folders.tokenizer) if root.is_dir()
-                for f in root.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+
+    def size(files) -> int:
+        return sum(f.stat().st_size for f in files if f.suffix in WEIGHT_SUFFIXES and f.is_file())
+
+    lm = size(folders.editx.glob("*")) if folders.editx.is_dir() else 0  # the LM's own files (not subfolders)
+    rest = sum(size(root.rglob("*")) for root in (folders.tokenizer, folders.cosyvoice) if root.is_dir())
+    if not folders.quantized:
+        lm = int(lm * QUANTIZED_LM_BYTES.get(c.quantize, 1.0))
     if choose_dtype(device, c.dtype) == torch.float32:
-        total *= FP32_BYTES_PER_BF16_BYTE
-    return int(total * LOAD_HEADROOM)
+        lm *= FP32_BYTES_PER_BF16_BYTE
+    return int((lm + rest) * LOAD_HEADROOM)
 
 
 _PATCHERS: dict[int, object] = {}  # id(engine) -> its ModelPatcher (while the engine is cached)
@@ -268,8 +281,15 @@ def run_on_engine(handle: EngineHandle, node_id: Optional[str],
     start = time.perf_counter()
     engine = prepare_engine(handle)
     ready = time.perf_counter()
-    with torch.inference_mode():
-        result = work(engine, NodeProgress(node_id))
+    progress = NodeProgress(node_id)
+    try:
+        with torch.inference_mode():
+            result = work(engine, progress)
+    except BaseException as exc:  # re-raised untouched: only the node's status line changes
+        interrupted = type(exc).__name__ == INTERRUPT_EXCEPTION
+        progress.finish("cancelled" if interrupted else "failed")
+        raise
+    progress.finish()
     return result, ready - start, time.perf_counter() - ready
 
 
@@ -282,6 +302,7 @@ def status() -> dict:
         engines.append({
             "editx_dir": config.editx_dir, "download": config.download, "device": config.device,
             "dtype": config.dtype, "attention": config.attention, "fast_decode": config.fast_decode,
+            "quantize": config.quantize,
             "loaded": loaded, "on_device": str(engine.device) if loaded else None,
             "managed": id(engine) in _PATCHERS,
         })

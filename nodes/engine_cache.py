@@ -47,6 +47,12 @@ class EngineHandle:
         base = self.seed if node_seed == SEED_FROM_ENGINE else node_seed
         return (int(base) + row) % (SEED_MAX + 1)
 
+    def seed_line(self, node_seed: int, rows: int = 1) -> str:
+        """Which seed decided the output, for the info text (the Engine's, or the node's own)."""
+        whose = "the Engine's (this node's seed is -1)" if node_seed == SEED_FROM_ENGINE else "this node's own"
+        per_clip = "; clip i uses seed + i - 1" if rows > 1 else ""
+        return f"seed: {self.request_seed(node_seed)}, {whose}{per_clip}"
+
 
 class EngineCache:
     """Engines by load config, least recently used first; evicted engines are unloaded."""

@@ -9,14 +9,17 @@ from __future__ import annotations
 from ..engines.step_audio_editx import (
     ATTENTION_CHOICES,
     DTYPE_CHOICES,
+    QUANTIZE_CHOICES,
     EngineConfig,
     GenerationSettings,
+    WEIGHTS_RELEASE_CURRENT,
+    WEIGHTS_RELEASES,
     SamplingConfig,
     backend_unavailable_reason,
 )
 from . import comfy_bridge as bridge
 from .engine_cache import EngineHandle
-from .model_folders import AUTO_DOWNLOAD, list_model_folders, model_choices, resolve_model_choice
+from .model_folders import AUTO_DOWNLOAD, AUTO_DOWNLOAD_AWQ, list_model_folders, model_choices, resolve_model_choice
 from .widgets import (
     CATEGORY,
     DEFAULT_MAX_NEW_TOKENS,
@@ -27,15 +30,25 @@ from .widgets import (
     MIN_MAX_NEW_TOKENS,
     TEMPERATURE_STEP,
     TIP_DYNAMIC_TOKEN,
+    TIP_ENGINE_SEED,
+    TIP_WEIGHTS_RELEASE,
     seed_widget,
 )
 
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu", "mps")
+QUANTIZE_TIP = (
+    "Quantize the language model's weights as they load from a bf16 folder (weight-only, one scale per 128 "
+    "weights). Peak GPU memory of a 30 s edit (H200): none (bf16) 9.1 GiB, int8 6.4 GiB, int4 5.0 GiB. Quality: "
+    "int8 is close to bf16; int4 costs more (StepFun's calibrated AWQ-4bit folder is the better 4-bit choice). "
+    "Speed today: decoding is ~20% slower than bf16 for one clip and ~40% slower in batches of 8-16 (the 4-bit "
+    "kernels are not yet bandwidth-bound); choose it to fit a smaller GPU, not for speed. CUDA with Triton runs "
+    "fused kernels; CPU / MPS dequantize per call (exact, slower). Ignored for an already-quantized folder.")
 
 
 def build_handle(model: str, device: str = "auto", dtype: str = "auto", attention: str = "auto",
                  fast_decode: bool = True, dynamic_token: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 temperature: float = DEFAULT_TEMPERATURE, seed: int = 0) -> EngineHandle:
+                 temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
+                 weights_release: str = WEIGHTS_RELEASE_CURRENT, quantize: str = "none") -> EngineHandle:
     """An engine handle from the Engine node's widget values (``model``: a combo value)."""
     roots = bridge.tts_model_roots()
     editx_dir, download = resolve_model_choice(model, roots) if model is not None else (None, False)
@@ -44,7 +57,8 @@ def build_handle(model: str, device: str = "auto", dtype: str = "auto", attentio
     if reason:
         raise ValueError(f"Attention backend {attention!r} is unavailable on {resolved}: {reason}. Choose 'auto'.")
     config = EngineConfig(editx_dir=editx_dir, search_roots=tuple(roots), download=download,
-                          device=str(resolved), dtype=dtype, attention=attention, fast_decode=bool(fast_decode))
+                          device=str(resolved), dtype=dtype, attention=attention, fast_decode=bool(fast_decode),
+                          weights_release=weights_release, quantize=quantize or "none")
     settings = GenerationSettings(sampling=SamplingConfig(temperature=float(temperature)),
                                   dynamic_tokens=bool(dynamic_token), max_new_tokens=int(max_new_tokens))
     return EngineHandle(config, settings, int(seed))
@@ -73,7 +87,9 @@ class StepAudioEditXEngine:
         return {"required": {
             "model": (model_choices(bridge.tts_model_roots()), {"tooltip": (
                 "A Step-Audio-EditX folder under models/TTS (with Step-Audio-Tokenizer beside it). "
-                f"'{AUTO_DOWNLOAD}' fetches the missing files (~10 GB) from Hugging Face into models/TTS.")}),
+                f"'{AUTO_DOWNLOAD}' fetches the missing files (~10 GB) from Hugging Face into models/TTS; "
+                f"'{AUTO_DOWNLOAD_AWQ}' fetches StepFun's 4-bit model (~2.5 GB, plus the decoder from the bf16 "
+                "repo when it lacks one).")}),
             "device": (list(DEVICE_CHOICES), {"default": "auto", "tooltip": (
                 "auto: ComfyUI's device (honours --cpu). Needs ~12 GB of GPU memory in bf16/fp16, ~20 GB in fp32.")}),
             "dtype": (list(DTYPE_CHOICES), {"default": "auto", "tooltip": (
@@ -90,12 +106,19 @@ class StepAudioEditXEngine:
                                           "tooltip": TIP_DYNAMIC_TOKEN + " The Audio Editor has its own toggle."}),
             "max_new_tokens": ("INT", {
                 "default": DEFAULT_MAX_NEW_TOKENS, "min": MIN_MAX_NEW_TOKENS, "max": MAX_MAX_NEW_TOKENS,
-                "tooltip": "Cap on generated tokens per model call when dynamic_token is off (41.7 tokens = 1 s "
-                           "of speech; 8192 = 196 s). A run that never ends costs time up to this cap."}),
+                "tooltip": "Cap on generated tokens per model call, used only where dynamic_token is off (this node's "
+                           "toggle for the Clone, the Audio Editor's own toggle for edits; greyed out when no "
+                           "connected node uses it). 41.7 tokens = 1 s of speech; 8192 = 196 s. A run that never "
+                           "ends costs time up to this cap."}),
             "temperature": ("FLOAT", {
                 "default": DEFAULT_TEMPERATURE, "min": 0.0, "max": MAX_TEMPERATURE, "step": TEMPERATURE_STEP,
                 "tooltip": "Sampling temperature (official 0.7). 0 = greedy (deterministic without a seed)."}),
-            "seed": seed_widget("Default seed for nodes whose seed is -1.", allow_engine_seed=False),
+            "seed": seed_widget(TIP_ENGINE_SEED, allow_engine_seed=False),
+        }, "optional": {
+            # Optional so API-format workflows saved before it existed still validate (they get today's weights).
+            "weights_release": (list(WEIGHTS_RELEASES), {"default": WEIGHTS_RELEASE_CURRENT,
+                                                         "tooltip": TIP_WEIGHTS_RELEASE}),
+            "quantize": (list(QUANTIZE_CHOICES), {"default": "none", "tooltip": QUANTIZE_TIP}),
         }}
 
     @classmethod
@@ -112,6 +135,7 @@ class StepAudioEditXEngine:
             return str(exc)
         return True
 
-    def make(self, model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens, temperature, seed):
+    def make(self, model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens, temperature, seed,
+             weights_release=WEIGHTS_RELEASE_CURRENT, quantize="none"):
         return (build_handle(model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens,
-                             temperature, seed),)
+                             temperature, seed, weights_release, quantize),)

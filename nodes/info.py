@@ -54,6 +54,7 @@ def edit_info(edit_label: str, clips: Sequence[Clip], results: Sequence[AudioRes
         if clip.trimmed_samples:
             line += f"; trimmed {clip.trimmed_s:.2f} s of trailing batch padding"
         lines.append(line)
+        warnings.extend(f"WARNING: clip {i}: {w.removeprefix('WARNING: ')}" for w in result.warnings)
         for k, p in enumerate(result.passes, start=1):
             if p.stop_reason.truncated:
                 warnings.append(
@@ -88,4 +89,5 @@ def clone_info(reference: Clip, result: LongFormLike, dynamic_tokens: bool, load
             f"WARNING: {capped} of {len(result.passes)} model calls reached their token cap before the model's end "
             f"token: parts of the audio may be cut short. {_cap_advice(dynamic_tokens)}"
         )
+    lines.extend(f"WARNING: {w}" for w in getattr(result, "warnings", ()))  # inline edits skipped or cut short
     return "\n".join(lines)

@@ -11,11 +11,12 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..engines.step_audio_editx import EDITX_DIRNAME
+from ..engines.step_audio_editx import AWQ_DIRNAME, EDITX_DIRNAME
 
 logger = logging.getLogger(__name__)
 
 AUTO_DOWNLOAD = "auto (download if missing)"
+AUTO_DOWNLOAD_AWQ = f"auto {AWQ_DIRNAME} (download if missing)"
 STEP1_MODEL_TYPE = "step1"
 CONFIG_FILE = "config.json"
 SEARCH_DEPTH = 2  # models/TTS/Step-Audio-EditX and models/TTS/<org>/Step-Audio-EditX
@@ -54,14 +55,20 @@ def list_model_folders(roots: Sequence[Path | str]) -> list[str]:
 
 
 def model_choices(roots: Sequence[Path | str]) -> list[str]:
-    """The Engine node's combo: every folder found, then the auto-download option."""
-    return [*list_model_folders(roots), AUTO_DOWNLOAD]
+    """The Engine node's combo: every folder found, then the auto-download options (bf16, StepFun's 4-bit)."""
+    return [*list_model_folders(roots), AUTO_DOWNLOAD, AUTO_DOWNLOAD_AWQ]
 
 
 def resolve_model_choice(choice: str, roots: Sequence[Path | str]) -> tuple[str | None, bool]:
     """(editx_dir, download) for a combo value: a folder path, or (None, True) for auto-download."""
     if choice == AUTO_DOWNLOAD:
         return None, True
+    if choice == AUTO_DOWNLOAD_AWQ:
+        roots = [Path(r) for r in roots]
+        existing = [r / AWQ_DIRNAME for r in roots if (r / AWQ_DIRNAME).is_dir()]
+        if existing or roots:
+            return str((existing or [roots[0] / AWQ_DIRNAME])[0].resolve()), True
+        raise ModelFolderError(f"No models/TTS folder is registered to download {AWQ_DIRNAME} into.")
     for root in map(Path, roots):
         folder = root / choice
         if folder.is_dir():

@@ -45,6 +45,8 @@ class TokenProgress:
         self._call_key: Optional[tuple[int, str]] = None
         self._call_start = 0.0
         self._call_start_done = 0
+        self._started = clock()
+        self._generated: dict[int, int] = {}  # model call -> tokens generated in it
 
     def update(self, p: Progress) -> Optional[ProgressUpdate]:
         """Record ``p``; return an update when the UI is due one (throttled, except at stage ends)."""
@@ -54,6 +56,8 @@ class TokenProgress:
         if changed:
             self._call_key, self._call_start, self._call_start_done = key, now, p.done
         self.last = p
+        if p.stage == GENERATE_STAGE:
+            self._generated[p.call] = max(self._generated.get(p.call, 0), p.done)
         finished = p.total > 0 and p.done >= p.total
         if not (changed or finished or now - self._last_emit >= self.min_interval):
             return None
@@ -74,3 +78,11 @@ class TokenProgress:
             remaining = (p.total - p.done) + (p.calls - p.call) * p.total
             text += f", {rate:.1f} tokens/s, at most {format_seconds(remaining / rate)} left"
         return text
+
+    def finished_text(self, outcome: str = "done") -> str:
+        """The node's last status line: ``outcome`` with the tokens generated and the time it took."""
+        calls = len(self._generated)
+        text = f"{outcome}: {sum(self._generated.values())} tokens generated"
+        if calls > 1:
+            text += f" in {calls} model calls"
+        return f"{text}, {format_seconds(self.clock() - self._started)}"

@@ -11,7 +11,10 @@ from ..engines.step_audio_editx import (
     MAX_EDIT_ITERATIONS,
     MAX_INPUT_SECONDS,
     MIN_INPUT_SECONDS,
+    PARALINGUISTIC_TAGS,
     TOKENS_PER_GROUP,
+    WEIGHTS_RELEASE_CURRENT,
+    WEIGHTS_RELEASE_ORIGINAL,
     GenerationSettings,
     SamplingConfig,
 )
@@ -33,9 +36,15 @@ TOKENS_PER_10_SECONDS = round(10 * AUDIO_TOKENS_PER_SECOND)  # 417 generated tok
 
 
 def seed_widget(tooltip: str, allow_engine_seed: bool = True) -> tuple:
-    """An INT seed with ComfyUI's control_after_generate (one extra value in a UI workflow's widgets_values)."""
-    low = SEED_FROM_ENGINE if allow_engine_seed else 0
-    return ("INT", {"default": 0, "min": low, "max": SEED_MAX, "control_after_generate": True, "tooltip": tooltip})
+    """An INT seed with ComfyUI's control_after_generate (one extra value in a UI workflow's widgets_values).
+
+    Engine: default 0, the seed that decides the output. Editor / Clone (``allow_engine_seed``): default -1,
+    "use the Engine's seed"; their control widget stays (saved workflows store its value by position) and
+    the frontend extension ``web/seed.js`` starts it on "fixed" so that -1 keeps following the Engine.
+    """
+    low = SEED_FROM_ENGINE if allow_engine_seed else 0  # also the default: -1 on Editor / Clone, 0 on the Engine
+    return ("INT", {"default": low, "min": low, "max": SEED_MAX, "control_after_generate": True,
+                    "tooltip": tooltip})
 
 
 def text_widget(tooltip: str, default: str = "") -> tuple:
@@ -63,13 +72,24 @@ TIP_TRANSCRIPT = (
 )
 TIP_PARALINGUISTIC = (
     "Only for edit_type paralinguistic: the transcript with sound tags inserted where they should happen, e.g. "
-    "'I can't believe it [Laughter] we actually won.' Tags: [Breathing] [Laughter] [Surprise-oh] "
-    "[Confirmation-en] [Uhm] [Surprise-ah] [Surprise-wa] [Sigh] [Question-ei] [Dissatisfaction-hnn]. "
-    "For a batch, one line per clip."
+    "'I can't believe it [laugh] we actually won.' Tags: " + " ".join(f"[{t}]" for t in PARALINGUISTIC_TAGS)
+    + ". The original spellings [Laughter] [Breathing] [Uhm] work too; the prompt gets the spelling of the "
+    "Engine's weights_release. For a batch, one line per clip."
+)
+TIP_WEIGHTS_RELEASE = (
+    f"Which official Step-Audio-EditX weights the model folder holds. {WEIGHTS_RELEASE_CURRENT}: the release of "
+    f"2026-01-29 (what a download gets today; 22 sound tags such as [laugh] [breath] [chuckle]). "
+    f"{WEIGHTS_RELEASE_ORIGINAL}: the first release, for folders downloaded before then (10 tags, written "
+    "[Laughter] [Breathing] [Uhm]). Sound tags are written into prompts as the chosen weights learnt them."
 )
 TIP_NODE_SEED = (
-    "Seed of the sampling noise: the same seed and inputs give the same audio. -1 uses the Engine node's seed. "
-    "In a batch, clip i uses seed + i."
+    "-1 (default): use the connected Engine node's seed, so one seed on the Engine decides every node's output. "
+    "Any other value pins this node to its own seed. The same seed and inputs give the same audio; in a batch, "
+    "clip i uses seed + i. Leave control_after_generate on 'fixed' while this is -1."
+)
+TIP_ENGINE_SEED = (
+    "The seed of every Audio Editor / Clone whose own seed is -1 (their default). control_after_generate: "
+    "'fixed' repeats the same take, 'randomize' gives a new take on each run."
 )
 TIP_ENGINE_IN = (
     "Optional Step Audio EditX Engine. Not connected: the first Step-Audio-EditX folder under models/TTS with "

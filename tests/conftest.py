@@ -7,6 +7,7 @@ the repository root); tests must pass for any set in that format.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -25,6 +26,19 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _register_helper_module(name: str) -> None:
+    """Make ``tests/<name>.py`` importable as ``<name>`` (pytest's importlib mode puts no test folder on sys.path)."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_register_helper_module("comfyui_harness")  # the real ComfyUI server of the HTTP-API and browser tests
 DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "A"
 
 

@@ -106,6 +106,33 @@ def test_offline_download_lists_every_missing_file(tmp_path, monkeypatch):
     assert "stepfun-ai/Step-Audio-EditX" in message and "stepfun-ai/Step-Audio-Tokenizer" in message
 
 
+def test_weights_release_flag_reaches_the_engine(monkeypatch):
+    from comfyui_step_audio_editx import cli
+
+    args = cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2025-11"])
+    assert args.weights_release == "2025-11"
+    assert cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad"]).weights_release == "2026-01"
+    seen = {}
+    monkeypatch.setattr("comfyui_step_audio_editx.engines.step_audio_editx.StepAudioEditX.load",
+                        lambda self: seen.setdefault("config", self.config) and self)
+    cli._engine(args)
+    assert seen["config"].weights_release == "2025-11"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["edit", "x.wav", "--edit-type", "vad", "--weights-release", "2024"])
+
+
+def test_sampling_flags_default_to_the_current_official_path():
+    from comfyui_step_audio_editx import cli
+    from comfyui_step_audio_editx.engines.step_audio_editx import SamplingConfig
+
+    parse = cli.build_parser().parse_args
+    assert cli._settings(parse(["edit", "x.wav", "--edit-type", "vad"])).sampling == SamplingConfig()
+    original = parse(["edit", "x.wav", "--edit-type", "vad", "--top-k", "50", "--repetition-guard"])
+    assert cli._settings(original).sampling == SamplingConfig.original_path()
+    legacy = parse(["edit", "x.wav", "--edit-type", "vad", "--no-repetition-guard"])  # old scripts still parse
+    assert cli._settings(legacy).sampling.repetition_guard is False
+
+
 def test_unresolvable_hub_fails_at_once(tmp_path, monkeypatch):
     """No DNS: one clear error in well under a second instead of ~23 s of retries."""
     import huggingface_hub

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import (
     CONFIG_FILENAME,
     TaggedNode,
@@ -41,8 +42,10 @@ def test_dims_agree_with_the_checkpoint(yaml_text, flow_state):
     assert flow_state["decoder.estimator.in_proj.weight"].shape == (cfg.flow.estimator.hidden_size,
                                                                      cfg.flow.estimator.in_channels)
     assert cfg.mel.hop_size == cfg.hift.samples_per_frame == math.prod(cfg.hift.upsample_rates) * cfg.hift.istft_hop_len
-    # 5 ids -> 3 token frames -> 3 * up_stride mel frames -> hop samples each
-    assert 3 * cfg.samples_per_token_frame == 3 * cfg.flow.encoder.up_stride * cfg.mel.hop_size
+    # Official timing: a vq06 token is 40 ms (25 Hz) of 24 kHz audio, so a 5-id group (3 vq06 frames) is
+    # 120 ms = 2,880 samples; the config's up_stride x hop must reproduce it.
+    assert cfg.samples_per_token_frame == 24000 // 25 == 960
+    assert 3 * cfg.samples_per_token_frame == C.SAMPLES_PER_GROUP == 2880
 
 
 def test_tags_stay_inert_and_refs_resolve():

@@ -20,7 +20,7 @@ def test_bench_e2e_tiny_smoke(tmp_path, load_bench):
     assert dynamic["generated"] == dynamic["cap"] > 50  # the estimator leaves room above the input length
     batch = report["batch"]
     assert batch["clips"] == 3 and len(batch["generated_per_clip"]) == 3
-    assert batch["speedup"] == batch["sequential_s"] / batch["batched_s"]
+    assert batch["same_tokens_as_sequential"] is True and min(batch["generated_per_clip"]) > 0
     for key in ("sequential_stages", "batched_stages"):  # the stage shares add up to real time
         stages = batch[key]
         assert set(stages) == set(bench.STAGES) and stages["decode_s"] > 0 and stages["flow_s"] > 0

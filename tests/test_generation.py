@@ -25,7 +25,15 @@ from comfyui_step_audio_editx.engines.step_audio_editx.types import Progress, Sa
 
 GREEDY_RAW = SamplingConfig(do_sample=False, repetition_guard=False, constrain_audio=False)
 GREEDY_CONSTRAINED = SamplingConfig(do_sample=False)
-SAMPLED = SamplingConfig()  # official defaults: T 0.7, top_k 50, guard and constraint on
+SAMPLED = SamplingConfig()  # current official path: T 0.7 alone (plus our audio constraint)
+SAMPLED_ORIGINAL = SamplingConfig.original_path()  # first official path: T 0.7, top_k 50, repetition guard
+SAMPLED_CONFIGS = pytest.mark.parametrize("sampled", [SAMPLED, SAMPLED_ORIGINAL], ids=["current", "original"])
+
+
+def test_default_sampling_is_the_current_official_path():
+    assert (SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p, SAMPLED.repetition_guard) == (0.7, 0, 1.0, False)
+    assert SAMPLED.do_sample and SAMPLED.constrain_audio
+    assert (SAMPLED_ORIGINAL.top_k, SAMPLED_ORIGINAL.repetition_guard, SAMPLED_ORIGINAL.temperature) == (50, True, 0.7)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,9 @@ def test_batched_rows_equal_alone_on_both_paths(model, prompts, config):
     assert [len(t) for t in alone] == caps
 
 
-def test_sampled_tokens_depend_only_on_seed_and_prompt(model, prompts):
+@SAMPLED_CONFIGS
+def test_sampled_tokens_depend_only_on_seed_and_prompt(model, prompts, sampled):
+    SAMPLED = sampled  # noqa: N806 - the fast path and the reference path agree for both official settings
     caps = [21, 21, 21, 21]
     seeds = [11, 12, 13, 14]
     plain, _ = _run(model, prompts, caps, SAMPLED, seeds, fast=False)
@@ -91,7 +101,9 @@ def test_sampled_tokens_depend_only_on_seed_and_prompt(model, prompts):
     assert len({tuple(t) for t in plain}) == 4
 
 
-def test_finished_rows_are_compacted_without_changing_results(model, prompts):
+@SAMPLED_CONFIGS
+def test_finished_rows_are_compacted_without_changing_results(model, prompts, sampled):
+    SAMPLED = sampled  # noqa: N806
     many = prompts + prompts[:1]  # 5 rows -> bucket 8
     caps = [3, 30, 4, 5, 26]
     seeds = [1, 2, 3, 4, 5]
@@ -229,3 +241,14 @@ def test_bad_requests_raise_value_errors(model):
 def test_batch_buckets_are_powers_of_two():
     assert [batch_bucket(n) for n in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, 32]
     assert DecodeSession.__init__  # the session class is importable without CUDA
+
+
+def test_current_and_original_sampling_really_differ(model, prompts):
+    """The settings reach both paths: same seeds, different official settings, different tokens."""
+    caps, seeds = [40] * 4, [3, 4, 5, 6]
+    hot, hot_original = SamplingConfig(temperature=3.0), SamplingConfig.original_path(temperature=3.0)
+    for fast in (True, False):
+        current, _ = _run(model, prompts, caps, hot, seeds, fast=fast)
+        original, _ = _run(model, prompts, caps, hot_original, seeds, fast=fast)
+        assert current != original, f"fast={fast}"
+        assert current == _run(model, prompts, caps, hot, seeds, fast=not fast)[0]

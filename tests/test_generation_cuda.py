@@ -105,8 +105,11 @@ def test_matmul_kernels_match_reference(choice, rows):
 @pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig(do_sample=False),
                                     SamplingConfig(top_k=0, top_p=0.7), SamplingConfig(constrain_audio=False),
                                     SamplingConfig(constrain_audio=False, do_sample=False),
-                                    SamplingConfig(top_k=3, temperature=1.3)],
-                         ids=["default", "greedy", "top_p", "unconstrained", "unconstrained_greedy", "top3"])
+                                    SamplingConfig(top_k=3, temperature=1.3, repetition_guard=True),
+                                    SamplingConfig.original_path(),
+                                    SamplingConfig(top_k=50, repetition_guard=True, constrain_audio=False)],
+                         ids=["default", "greedy", "top_p", "unconstrained", "unconstrained_greedy", "top3_guard",
+                              "original", "original_unconstrained"])
 def test_sampler_kernels_match_reference(config):
     rows = 16
     ids = audio_vocab_ids(C.TEXT_VOCAB_SIZE, CUDA) if config.constrain_audio else None
@@ -151,13 +154,14 @@ def test_graph_path_matches_official_greedy_and_plain_sampling(model, ref, linea
     assert out[0].path.startswith("cuda-graph") and out[0].tokens == expected
     prompts = [ref[f"{n}_input_ids"].tolist() for n in ("seq300", "row0", "seq40", "row1", "row0")]
     caps = [40, 7, 33, 12, 25]
-    fast = generate(model, prompts, caps, SamplingConfig(), list(range(5)))
-    plain = generate(model, prompts, caps, SamplingConfig(), list(range(5)), fast=False)
-    assert [o.tokens for o in fast] == [o.tokens for o in plain]
-    assert [o.stop_reason for o in fast] == [StopReason.CAP] * 5
+    for config in (SamplingConfig(), SamplingConfig.original_path()):  # current and first official sampling
+        fast = generate(model, prompts, caps, config, list(range(5)))
+        plain = generate(model, prompts, caps, config, list(range(5)), fast=False)
+        assert [o.tokens for o in fast] == [o.tokens for o in plain]
+        assert [o.stop_reason for o in fast] == [StopReason.CAP] * 5
     model.to("cpu")
     model.to("cuda")
-    again = generate(model, prompts, caps, SamplingConfig(), list(range(5)))
+    again = generate(model, prompts, caps, SamplingConfig.original_path(), list(range(5)))
     assert [o.tokens for o in again] == [o.tokens for o in fast]
 
 

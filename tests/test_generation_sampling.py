@@ -22,10 +22,11 @@ CONFIGS = [
     SamplingConfig(do_sample=False),
     SamplingConfig(temperature=1.3, top_k=0, top_p=0.8),
     SamplingConfig(temperature=0.5, top_k=7, top_p=0.9, repetition_guard=False),
+    SamplingConfig.original_path(),
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["default", "greedy", "top_p", "top_k_top_p"])
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "greedy", "top_p", "top_k_top_p", "original"])
 def test_audio_columns_choose_like_the_full_vocabulary(config):
     gen = torch.Generator().manual_seed(0)
     rows = 32

@@ -55,7 +55,8 @@ SAMPLE_WAV = "sample_speech.wav"
 # Saved workflows store widget values by position: this order is frozen. New inputs are only appended.
 EXPECTED_INPUTS: dict[str, list[str]] = {
     "StepAudioEditXEngine": ["model", "device", "dtype", "attention", "fast_decode", "dynamic_token",
-                             "max_new_tokens", "temperature", "seed"],
+                             "max_new_tokens", "temperature", "seed", "weights_release",
+                             "quantize"],
     "StepAudioEditXAudioEditor": ["audio", "transcript", "edit_type", "emotion", "style", "speed",
                                   "paralinguistic_text", "n_edit_iterations", "dynamic_token", "seed", "engine"],
     "StepAudioEditXClone": ["reference_audio", "reference_text", "text", "seed", "engine"],
@@ -229,9 +230,9 @@ def test_editor_validation_messages(fake_engines):
     assert "Did you mean 'emotion'" in v(edit_type="emotions")
     editor = NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]()  # the checks needing several widgets: at run time
     for inputs, message in ((dict(transcript=" ", edit_type="emotion"), "transcript"),
-                            (dict(edit_type="paralinguistic", paralinguistic_text="hi [Laughte] x"), "[Laughter]"),
+                            (dict(edit_type="paralinguistic", paralinguistic_text="hi [Laughte] x"), "[laugh]"),
                             (dict(edit_type="paralinguistic", paralinguistic_text="hi there"),
-                             "no paralinguistic [Tag]")):
+                             "no paralinguistic [tag]")):
         with pytest.raises(ValueError, match=re.escape(message)):
             editor.edit(**editor_inputs(**inputs))
     assert fake_engines.engines() == []  # nothing loaded
@@ -251,8 +252,8 @@ def test_engine_validation_messages(fake_engines, tts_root):
 def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     v = NODE_CLASS_MAPPINGS["StepAudioEditXClone"].VALIDATE_INPUTS
     assert "text is empty" in v(text="")
-    assert v(text="Hello <Laughter> [pause:1s] <emotion:happy> you") is True
-    assert "Did you mean <Laughter>?" in v(text="Hello <Laughtr> you")
+    assert v(text="Hello <laugh> [pause:1s] <emotion:happy> you") is True
+    assert "Did you mean <laugh>?" in v(text="Hello <Laughtr> you")
     with pytest.raises(ValueError, match="needs the transcript"):  # at run time, before anything loads
         NODE_CLASS_MAPPINGS["StepAudioEditXClone"]().clone(audio(speech(1.0)), "  ", "Hello there.", 0)
     loader = NODE_CLASS_MAPPINGS["StepAudioEditXLoadAudioWithTranscript"]
@@ -260,7 +261,9 @@ def test_clone_and_loader_validation_messages(tts_root, tmp_path, monkeypatch):
     assert "Invalid audio file" in loader.VALIDATE_INPUTS(audio="missing.wav")
     (tmp_path / "lonely.wav").write_bytes((EXAMPLES_DIR / SAMPLE_WAV).read_bytes())
     monkeypatch.setattr(comfy_bridge, "input_file_path", lambda name: tmp_path / name)
-    assert "No transcript file lonely.txt" in loader.VALIDATE_INPUTS(audio="lonely.wav")
+    assert loader.VALIDATE_INPUTS(audio="lonely.wav") is True  # the .txt is optional (denoise, vad)
+    clip, transcript = loader().load("lonely.wav")
+    assert transcript == "" and clip["waveform"].shape[-1] > 0
 
 
 def test_loader_reads_the_clip_and_its_transcript(tts_root):
@@ -269,7 +272,25 @@ def test_loader_reads_the_clip_and_its_transcript(tts_root):
     assert clip["waveform"].dtype == torch.float32 and clip["waveform"].dim() == 3
     assert clip["sample_rate"] == 24000 and 6.0 < clip["waveform"].shape[-1] / 24000 < 7.0
     assert transcript == (EXAMPLES_DIR / "sample_speech.txt").read_text().strip()
-    assert loader.IS_CHANGED(SAMPLE_WAV) == loader.IS_CHANGED(SAMPLE_WAV)
+
+
+def test_loader_is_changed_follows_the_audio_and_the_transcript(tmp_path, monkeypatch):
+    """ComfyUI re-runs the loader only when IS_CHANGED changes: editing either file must change it."""
+    import shutil
+
+    loader = NODE_CLASS_MAPPINGS["StepAudioEditXLoadAudioWithTranscript"]
+    shutil.copy(EXAMPLES_DIR / SAMPLE_WAV, tmp_path / "clip.wav")
+    (tmp_path / "clip.txt").write_text("First words.", encoding="utf-8")
+    monkeypatch.setattr(comfy_bridge, "input_file_path", lambda name: tmp_path / name)
+    first = loader.IS_CHANGED("clip.wav")
+    assert loader.IS_CHANGED("clip.wav") == first  # nothing changed: ComfyUI may reuse the output
+    (tmp_path / "clip.txt").write_text("Other words.", encoding="utf-8")
+    second = loader.IS_CHANGED("clip.wav")
+    assert second != first
+    data = bytearray((tmp_path / "clip.wav").read_bytes())
+    data[-2:] = bytes([data[-2] ^ 0xFF, data[-1] ^ 0xFF])  # one sample of the audio
+    (tmp_path / "clip.wav").write_bytes(bytes(data))
+    assert loader.IS_CHANGED("clip.wav") not in (first, second)
 
 
 # --- example workflows --------------------------------------------------------------------------------------
@@ -411,6 +432,8 @@ def test_handle_seeds_settings_and_cache():
     handle = EngineHandle(EngineConfig(), GenerationSettings(dynamic_tokens=True, max_new_tokens=100), seed=42)
     assert handle.request_seed(-1) == 42 and handle.request_seed(-1, row=2) == 44
     assert handle.request_seed(5, row=1) == 6 and handle.request_seed(SEED_MAX, row=1) == 0
+    assert handle.seed_line(-1) == "seed: 42, the Engine's (this node's seed is -1)"
+    assert handle.seed_line(7, rows=2) == "seed: 7, this node's own; clip i uses seed + i - 1"
     assert handle.generation_settings(False).dynamic_tokens is False
     assert handle.generation_settings(False).max_new_tokens == 100 and handle.generation_settings() is handle.settings
 
@@ -439,6 +462,9 @@ def test_progress_tracker_counts_tokens_across_calls_and_estimates_time():
     assert tracker.update(Progress("generate", 100, 100, call=1, calls=2)).value == 100  # stage end: not throttled
     assert tracker.update(Progress("decode", 0, 1, call=1, calls=2)).total == 0
     assert tracker.update(Progress("generate", 10, 100, call=2, calls=2)).value == 110
+    now[0] = 75.0
+    assert tracker.finished_text() == "done: 110 tokens generated in 2 model calls, 1 min 15 s"
+    assert TokenProgress(clock=lambda: 0.0).finished_text("cancelled") == "cancelled: 0 tokens generated, 0 s"
 
 
 def test_edit_info_reports_tokens_stops_and_truncation():
@@ -452,6 +478,22 @@ def test_edit_info_reports_tokens_stops_and_truncation():
     assert "clip 2: 0.50 s in -> 0.50 s out, 40+60 tokens (cap 60, 60), stop: eos, truncated" in info
     assert "trimmed 0.50 s of trailing batch padding" in info and "model calls: 2 (each batched over 2 clips)" in info
     assert "WARNING: clip 2, iteration 2 reached its 60-token cap" in info and "dynamic_token off" in info
+    results[0].warnings.append("WARNING: pass 2 of 2 could not run (audio is empty); the result is the 1 pass(es) "
+                               "before it.")
+    info = edit_info("emotion -> sad", clips, results, 2, True, 0.5, 2.0)
+    assert "WARNING: clip 1: pass 2 of 2 could not run (audio is empty)" in info
+
+
+def test_clone_info_lists_the_post_processor_warnings():
+    from comfyui_step_audio_editx.nodes.info import clone_info
+    from comfyui_step_audio_editx.utils.audio.edit_post_processor import LongFormResult
+
+    reference = split_batch(audio(speech(1.0)))[0]
+    result = LongFormResult(torch.zeros(48000), OUTPUT_SAMPLE_RATE, 2, 2, False,
+                            passes=[PassResult(torch.zeros(24000), 30, 40, 60, StopReason.EOS)],
+                            warnings=["segment 2: emotion:happy skipped (audio is empty)"])
+    info = clone_info(reference, result, True, 0.1, 1.0)
+    assert info.splitlines()[-1] == "WARNING: segment 2: emotion:happy skipped (audio is empty)"
 
 
 # --- node functions on a fake engine that follows the StepAudioEditX contract -----------------------------------
@@ -530,6 +572,9 @@ def test_engine_node_builds_a_handle_without_loading(fake_engines, tts_root):
     assert (handle.settings.dynamic_tokens, handle.settings.max_new_tokens, handle.seed) == (False, 500, 9)
     assert handle.settings.sampling.greedy and fake_engines.engines() == []
     assert build_handle(AUTO_DOWNLOAD).config.download is True
+    assert handle.config.weights_release == "2026-01"  # a workflow saved before the widget existed: today's weights
+    (old,) = node.make("Step-Audio-EditX", "auto", "fp32", "sdpa", False, False, 500, 0.0, 9, "2025-11")
+    assert old.config.weights_release == "2025-11" and old.config != handle.config  # a separate engine
 
 
 def test_editor_runs_one_edit_and_reports(fake_engines):
@@ -559,23 +604,29 @@ def test_editor_edits_a_padded_batch_in_one_batch_call(fake_engines, tts_root):
     assert [r.audio.shape[-1] for r in requests] == [16000, 8000]
     assert out["waveform"].shape == (2, 1, OUTPUT_SAMPLE_RATE)
     assert "clip 2: 0.50 s in -> 0.50 s out" in info and "trimmed 0.50 s of trailing batch padding" in info
+    assert info.endswith("seed: 40, the Engine's (this node's seed is -1); clip i uses seed + i - 1")
 
 
 def test_editor_reports_progress_and_lets_the_interrupt_through(fake_engines, monkeypatch):
-    class Interrupted(Exception):
+    class InterruptProcessingException(Exception):  # named like ComfyUI's
         pass
 
-    checks = []
+    checks, texts = [], []
 
     def check():
         checks.append(1)
         if len(checks) == 3:
-            raise Interrupted
+            raise InterruptProcessingException
 
+    monkeypatch.setattr(comfy_bridge, "_send_progress_text", lambda text, node_id: texts.append((node_id, text)))
+    NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs(), unique_id="7")
+    assert texts[-1][0] == "7" and texts[-1][1].startswith("done: ")  # the finished line replaces the token count
+    assert any(re.match(r"\d+/\d+ tokens", t) for _, t in texts[:-1])
     monkeypatch.setattr(comfy_bridge, "check_interrupted", check)
-    with pytest.raises(Interrupted):
-        NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs())
+    with pytest.raises(InterruptProcessingException):
+        NODE_CLASS_MAPPINGS["StepAudioEditXAudioEditor"]().edit(**editor_inputs(seed=4), unique_id="7")
     assert len(checks) == 3  # checked at every token; nothing after the interrupt
+    assert texts[-1][1].startswith("cancelled: ")
 
 
 def test_editor_rejects_mismatched_batch_text_at_run_time(fake_engines):
@@ -606,6 +657,7 @@ def test_clone_node_calls_the_long_form_post_processor(fake_engines, monkeypatch
         (2, 32000), 16000, "Reference words.", "Hi <Laughter> there.", 11)
     assert seen["settings"].dynamic_tokens is True and seen["engine"].loaded
     assert "chunks: 2, model calls: 3, 60 generated tokens, stop: eos x3" in info
+    assert info.endswith("seed: 11, this node's own")
     with pytest.raises(ValueError, match="batch of 2 clips"):
         clone.clone(audio(speech(1.0), speech(1.0)), "a", "b", 0)
 

@@ -107,6 +107,23 @@ def test_row_tokens_do_not_depend_on_batch_company():
 def test_guard_and_constraint_need_their_inputs():
     logits = torch.zeros(1, V)
     with pytest.raises(ValueError, match="history"):
-        select_next(logits, SamplingConfig(constrain_audio=False), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+        select_next(logits, SamplingConfig(constrain_audio=False, repetition_guard=True), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="slot masks"):
         select_next(logits, SamplingConfig(repetition_guard=False), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+
+
+def test_default_sampling_keeps_the_tail_and_repeats_while_the_original_path_cuts_both():
+    """Current official sampling is temperature alone: ids outside the best 50 and a thrice-repeated id stay
+    possible. The original path (top-k 50 + guard) never draws either."""
+    vocab = 200
+    logits = torch.linspace(4.0, 0.0, vocab)[None].repeat(4096, 1)  # id 0 best, a long flat tail
+    seeds = torch.arange(4096)
+    zero = torch.zeros(4096, dtype=torch.long)
+    history = torch.full((4096, 10), 0, dtype=torch.long)
+    history[:, :8] = torch.arange(100, 108)  # the last id (0) occurs twice in the window: the guard bans it
+    current = SamplingConfig(constrain_audio=False)
+    original = SamplingConfig(top_k=50, repetition_guard=True, constrain_audio=False)  # original_path, unconstrained
+    got = select_next(logits, current, seeds, zero, history)
+    cut = select_next(logits, original, seeds, zero, history)
+    assert (got >= 50).any() and (got == 0).any()
+    assert not (cut >= 51).any() and not (cut == 0).any()  # id 0 guarded: the best 50 of the rest are 1..50

@@ -73,7 +73,7 @@ def test_paralinguistic_tags_follow_their_words():
     owners = [c for c in chunks if c.tags]
     assert len(owners) == 1
     (tag,) = owners[0].tags
-    assert (tag.kind, tag.value, tag.iterations) == ("paralinguistic", "Laughter", 2)
+    assert (tag.kind, tag.value, tag.iterations) == ("paralinguistic", "laugh", 2)
     assert owners[0].text[tag.position:].startswith(target)
 
 
@@ -83,11 +83,11 @@ def test_tag_at_a_chunk_boundary_opens_the_later_chunk():
     text = first + " <Sigh> " + TWO_MINUTES[len(first) + 1:]
     moved = text_chunks(segment_text(text))
     assert [c.text for c in moved] == [c.text for c in chunks]
-    assert moved[0].tags == () and [(t.value, t.position) for t in moved[1].tags] == [("Sigh", 0)]
+    assert moved[0].tags == () and [(t.value, t.position) for t in moved[1].tags] == [("sigh", 0)]
     # Right before a pause marker it closes the earlier chunk instead.
     text = first + " <Sigh> [pause:1s] " + TWO_MINUTES[len(first) + 1:]
     (chunk, pause, *_rest) = segment_text(text)
-    assert [(t.value, t.position) for t in chunk.tags] == [("Sigh", len(first))] and pause == Pause(1.0)
+    assert [(t.value, t.position) for t in chunk.tags] == [("sigh", len(first))] and pause == Pause(1.0)
 
 
 def test_whole_text_tags_reach_every_chunk_or_only_their_own():
@@ -111,7 +111,7 @@ def test_pauses_between_chunks():
         ("pause", 0.25), ("text", "First part."), ("pause", 0.5), ("text", "Second part."), ("pause", 2.5),
         ("text", "Third."), ("pause", 2.0),
     ]
-    assert [(t.value, t.position) for t in segments[5].tags] == [("Sigh", len("Third."))]
+    assert [(t.value, t.position) for t in segments[5].tags] == [("sigh", len("Third."))]
 
 
 def test_bad_pause_and_tag_errors():

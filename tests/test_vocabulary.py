@@ -6,11 +6,22 @@ import pytest
 from comfyui_step_audio_editx.engines.step_audio_editx import vocabulary as V
 
 
+# The model cards, as published (the current one since 2026-01-29, the original of Nov 2025).
+CARD_TAGS_2026 = (
+    "sigh", "inhale", "laugh", "chuckle", "exhale", "clears throat", "snort", "giggle", "cough", "breath", "uhm",
+    "Confirmation-en", "Surprise-oh", "Surprise-ah", "Surprise-wa", "Surprise-yo", "Dissatisfaction-hnn",
+    "Question-ei", "Question-ah", "Question-en", "Question-yi", "Question-oh",
+)
+CARD_TAGS_2025 = ("Breathing", "Laughter", "Surprise-oh", "Confirmation-en", "Uhm", "Surprise-ah", "Surprise-wa",
+                  "Sigh", "Question-ei", "Dissatisfaction-hnn")
+
+
 def test_vocabulary_sizes_match_the_model_card():
     assert len(V.EMOTIONS) == 15 and len(set(V.EMOTIONS)) == 15
     assert len(V.STYLES) == 33 and len(set(V.STYLES)) == 33
     assert V.SPEEDS == ("faster", "slower", "more faster", "more slower")
-    assert len(V.PARALINGUISTIC_TAGS) == 10
+    assert V.PARALINGUISTIC_TAGS == CARD_TAGS_2026
+    assert V.PARALINGUISTIC_TAGS_ORIGINAL == CARD_TAGS_2025
     assert V.DIALECTS == ("Sichuanese", "Cantonese", "Japanese", "Korean")
     assert "remove" in V.EMOTIONS and "remove" in V.STYLES and "remove" not in V.SPEEDS
 
@@ -34,9 +45,9 @@ def test_values_are_canonicalised_or_rejected_with_closest():
         V.check_edit_value("emotion", "suprised")
     with pytest.raises(V.VocabularyError, match="Did you mean 'paralinguistic'"):
         V.check_edit_type("paralingustic")
-    assert V.check_paralinguistic_tag("[laughter]") == "Laughter"
+    assert V.check_paralinguistic_tag("[laughter]") == "laugh"
     assert V.closest("zzzz", V.EMOTIONS) is None
-    assert V.closest("sic", V.PARALINGUISTIC_TAGS) == "Sigh"
+    assert V.closest("sic", V.PARALINGUISTIC_TAGS) == "sigh"
     assert V.closest("sic", V.PARALINGUISTIC_TAGS, cutoff=0.8) is None
 
 
@@ -61,3 +72,38 @@ def test_markup_patterns():
     assert V.PARALINGUISTIC_BRACKET_PATTERN.findall(text) == ["laughter"]
     assert V.DIALECT_PATTERN.match(text).group(1) == "Sichuanese"
     assert V.PAUSE_PATTERN.search(text).group(0) == "[pause:1s]"
+    marks = "[chuckle] [Clears Throat] [clears_throat] [Question-yi] [question yo] [breath] [Breathing] [laughs]"
+    assert V.PARALINGUISTIC_BRACKET_PATTERN.findall(marks) == [
+        "chuckle", "Clears Throat", "clears_throat", "Question-yi", "breath", "Breathing"]
+
+
+@pytest.mark.parametrize("tag", CARD_TAGS_2026)
+def test_every_current_tag_is_accepted_in_any_case(tag):
+    assert V.check_paralinguistic_tag(tag) == tag
+    assert V.check_paralinguistic_tag(f"[{tag.upper()}]") == tag
+    assert V.paralinguistic_tag_for_release(tag, V.WEIGHTS_RELEASE_CURRENT) == tag
+    assert V.PARALINGUISTIC_BRACKET_PATTERN.fullmatch(f"[{tag}]")
+
+
+@pytest.mark.parametrize("old, new", [("Laughter", "laugh"), ("Breathing", "breath"), ("Uhm", "uhm"), ("Sigh", "sigh"),
+                                      ("Surprise-oh", "Surprise-oh"), ("Dissatisfaction-hnn", "Dissatisfaction-hnn")])
+def test_original_spellings_are_aliases_and_round_trip(old, new):
+    assert V.check_paralinguistic_tag(old) == new
+    assert V.paralinguistic_tag_for_release(new, V.WEIGHTS_RELEASE_ORIGINAL) == old
+    assert V.paralinguistic_tag_for_release(old, V.WEIGHTS_RELEASE_ORIGINAL) == old
+
+
+def test_tags_the_original_weights_never_learnt_are_refused_for_them():
+    new_only = set(CARD_TAGS_2026) - {V.check_paralinguistic_tag(t) for t in CARD_TAGS_2025}
+    assert new_only == {"inhale", "chuckle", "exhale", "clears throat", "snort", "giggle", "cough", "Surprise-yo",
+                        "Question-ah", "Question-en", "Question-yi", "Question-oh"}
+    with pytest.raises(V.VocabularyError, match=r"2025-11 .* not trained on \[chuckle\].*'2026-01'"):
+        V.paralinguistic_tag_for_release("chuckle", V.WEIGHTS_RELEASE_ORIGINAL)
+    with pytest.raises(V.VocabularyError, match="Unknown weights release"):
+        V.check_weights_release("2024")
+
+
+def test_respelling_writes_what_each_release_learnt():
+    text = "So [Laughter] funny [breathing] and [Clears_Throat] ok [sic]"
+    assert V.respell_paralinguistic_marks(text) == "So [laugh] funny [breath] and [clears throat] ok [sic]"
+    assert V.respell_paralinguistic_marks("a [laugh] b [uhm]", V.WEIGHTS_RELEASE_ORIGINAL) == "a [Laughter] b [Uhm]"

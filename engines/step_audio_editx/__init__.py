@@ -19,7 +19,8 @@ def _names(module: str, *names: str) -> dict[str, str]:
 
 _EXPORTS: dict[str, str] = {
     **_names(".constants", "AUDIO_TOKENS_PER_SECOND", "MAX_CONTEXT_TOKENS", "MAX_INPUT_SECONDS", "MIN_INPUT_SECONDS",
-             "OUTPUT_SAMPLE_RATE", "TOKENIZER_SAMPLE_RATE", "TOKENS_PER_GROUP", "ATTENTION_CHOICES", "DTYPE_CHOICES"),
+             "OUTPUT_SAMPLE_RATE", "TOKENIZER_SAMPLE_RATE", "TOKENS_PER_GROUP", "ATTENTION_CHOICES", "DTYPE_CHOICES",
+             "AWQ_DIRNAME", "QUANTIZE_CHOICES"),
     **_names(".engine", "EngineConfig", "StepAudioEditX", "derive_seed"),
     **_names(".frontend.audio", "AudioInputError", "load_audio", "validate_audio"),
     **_names(".frontend.context", "clip_digest"),
@@ -35,7 +36,8 @@ _EXPORTS: dict[str, str] = {
     **_names(".types", "AudioResult", "CloneRequest", "EditRequest", "EmptyGenerationError", "GenerationSettings",
              "PassResult", "Progress", "ProgressCallback", "SamplingConfig", "StopReason", "Timings"),
     **_names(".vocabulary", "DIALECTS", "EDIT_TYPES", "EMOTIONS", "MAX_EDIT_ITERATIONS", "PARALINGUISTIC_TAGS", "SPEEDS",
-             "STYLES", "TRANSCRIPT_FREE_EDITS", "VocabularyError", "check_edit_type", "check_edit_value"),
+             "STYLES", "TRANSCRIPT_FREE_EDITS", "VocabularyError", "check_edit_type", "check_edit_value",
+             "PARALINGUISTIC_TAGS_ORIGINAL", "WEIGHTS_RELEASE_CURRENT", "WEIGHTS_RELEASE_ORIGINAL", "WEIGHTS_RELEASES"),
 }
 
 __all__ = sorted(_EXPORTS)

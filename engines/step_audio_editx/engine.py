@@ -24,15 +24,16 @@ import torch
 
 from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
 from .decoder.token2wav import Token2Wav, Token2WavInput
-from .frontend.audio import AudioInputError, validate_audio
+from .frontend.audio import resample, to_mono
 from .frontend.context import FrontEnd, PromptContext, clip_digest
 from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
 from .frontend.speaker import SpeakerEncoder
 from .lm.generation import GenerationOutput, generate
+from .lm.quant.loading import scheme_for_choice
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
-from .prompts import build_clone_prompt, build_edit_prompt
+from .prompts import build_clone_prompt, build_edit_prompt, clone_speaker_name
 from .text_tokenizer import TextTokenizer
 from .token_budget import estimate_clone_tokens, estimate_edit_tokens
 from .types import (
@@ -47,9 +48,12 @@ from .types import (
     Timings,
 )
 from .request_checks import check_clone_request, check_edit_request
+from .vocabulary import WEIGHTS_RELEASE_CURRENT, check_weights_release
 
 logger = logging.getLogger(__name__)
 
+# What a front end or prompt step raises for audio it cannot take (kaldi asserts on too-short frames).
+_PASS_ERRORS = (ValueError, RuntimeError, AssertionError)
 PASS_CACHE_SIZE = 128  # finished edit passes kept per engine (lowering n_iterations is free)
 LENGTH_GROUP_RATIO = 1.5  # prompts up to this much longer than the shortest of a group share its batch
 MAX_GENERATE_BATCH = 16
@@ -67,6 +71,14 @@ class EngineConfig:
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32
     attention: str = "auto"  # auto | sdpa | xformers | flex_attention | eager
     fast_decode: bool = True  # static KV cache + compiled / CUDA-graph decode step where available
+    # Which official weights the folder holds (same hub name): "2026-01" (a download today) or "2025-11"
+    # (the first release). Decides the spelling of non-verbal tags written into prompts ([laugh] vs [Laughter]).
+    weights_release: str = WEIGHTS_RELEASE_CURRENT
+    quantize: str = "none"  # none | int8 | int4: the LM's projections quantized on load (weight-only, group 128)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights_release", check_weights_release(self.weights_release))
+        scheme_for_choice(self.quantize)  # an unknown choice fails here, naming the valid ones
 
 
 @dataclass
@@ -131,8 +143,9 @@ class StepAudioEditX:
         folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
         device = resolve_device(c.device)
         dtype = choose_dtype(device, c.dtype)
-        tokenizer = TextTokenizer.from_folder(folders.editx)
-        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention)
+        tokenizer = TextTokenizer.from_folder(folders.text_tokenizer)
+        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
+                        quantize=c.quantize)
         token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
         frontend = FrontEnd(
             Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
@@ -204,7 +217,9 @@ class StepAudioEditX:
             frontend_s = time.perf_counter() - started
             jobs = []
             for r, ctx in zip(requests, contexts):
-                prompt = build_clone_prompt(parts.tokenizer, r.prompt_text, ctx.audio_ids, r.target_text)
+                prompt = build_clone_prompt(parts.tokenizer, r.prompt_text, ctx.audio_ids, r.target_text,
+                                            speaker=clone_speaker_name(r.prompt_text, r.prompt_audio),
+                                            weights_release=self.config.weights_release)
                 budget = self._room(prompt, settings)
                 cap = estimate_clone_tokens(r.target_text, max_tokens=budget) if settings.dynamic_tokens else budget
                 jobs.append(_Job(prompt, cap, derive_seed(r.seed, "clone"), ctx))
@@ -222,13 +237,14 @@ class StepAudioEditX:
         the requests still active. Finished passes are cached, so lowering ``n_iterations`` is free."""
         if not requests:
             return []
-        checked = [self._check_edit(n, r, len(requests)) for n, r in enumerate(requests)]
+        checked = [self._check_edit(n, r, len(requests), self.config.weights_release) for n, r in enumerate(requests)]
         with self._lock, torch.inference_mode():
             parts = self.load()._parts
             rounds = max(r.n_iterations for r in checked)
             current = [(r.audio, r.sample_rate) for r in checked]
             passes: list[list[PassResult]] = [[] for _ in checked]
             chain = [self._request_key(r, settings) for r in checked]
+            warnings: list[list[str]] = [[] for _ in checked]
             for it in range(rounds):
                 active = [i for i, r in enumerate(checked) if r.n_iterations > it]
                 keys = {i: hashlib.sha256(f"{chain[i]}|{it}".encode()).hexdigest() for i in active}
@@ -236,10 +252,18 @@ class StepAudioEditX:
                 fresh: dict[int, PassResult] = {}
                 if todo:
                     started = time.perf_counter()
-                    contexts = parts.frontend.encode([current[i] for i in todo])
+                    jobs, failed = self._prepare_pass(parts, checked, todo, current, settings, it)
                     frontend_s = (time.perf_counter() - started) / len(todo)
-                    jobs = [self._edit_job(parts, checked[i], ctx, settings, it) for i, ctx in zip(todo, contexts)]
-                    fresh = dict(zip(todo, self._run_pass(parts, jobs, settings, progress, call=it + 1, calls=rounds)))
+                    for i, reason in failed.items():  # fed-back audio this pass cannot take: keep what is done
+                        warnings[i].append(f"WARNING: pass {it + 1} of {checked[i].n_iterations} could not run "
+                                           f"({reason.rstrip('.')}); the result is the {it} pass(es) before it.")
+                        logger.warning("edit request %d: %s", i + 1, warnings[i][-1])
+                        checked[i] = replace(checked[i], n_iterations=it)
+                    active = [i for i in active if i not in failed]
+                    rows = list(jobs)
+                    if rows:
+                        fresh = dict(zip(rows, self._run_pass(parts, [jobs[i] for i in rows], settings, progress,
+                                                              call=it + 1, calls=rounds)))
                     for i, p in fresh.items():
                         p.timings.frontend_s = frontend_s
                         p.timings.total_s += frontend_s
@@ -252,14 +276,16 @@ class StepAudioEditX:
                         self._passes.move_to_end(keys[i])
                     passes[i].append(p)
                     current[i] = (p.waveform, OUTPUT_SAMPLE_RATE)
-                    if checked[i].n_iterations > it + 1 and not self._can_continue(i, it, p):
-                        checked[i] = replace(checked[i], n_iterations=it + 1)  # the other rows go on
+                    if p.stop_reason is StopReason.INTERRUPTED:
+                        checked[i] = replace(checked[i], n_iterations=it + 1)  # no further passes on a cut output
             results = []
-            for ps in passes:
+            for r, ps, notes in zip(checked, passes, warnings):
                 total = Timings()
                 for p in ps:
                     total.add(p.timings)
-                results.append(AudioResult(ps[-1].waveform, OUTPUT_SAMPLE_RATE, ps, total))
+                waveform = ps[-1].waveform if ps else resample(to_mono(r.audio).float(), r.sample_rate,
+                                                                OUTPUT_SAMPLE_RATE)
+                results.append(AudioResult(waveform, OUTPUT_SAMPLE_RATE, ps, total, notes))
             return results
 
     def clear_cache(self) -> None:
@@ -271,23 +297,10 @@ class StepAudioEditX:
 
     # -- internals -------------------------------------------------------------------------------
     @staticmethod
-    def _check_edit(n: int, r: EditRequest, count: int) -> EditRequest:
+    def _check_edit(n: int, r: EditRequest, count: int, weights_release: str = WEIGHTS_RELEASE_CURRENT) -> EditRequest:
         """Validate everything before any work, so a bad row fails the batch before it costs anything."""
-        return check_edit_request(r, f"edit request {n + 1} of {count}: " if count > 1 else "")
-
-    @staticmethod
-    def _can_continue(row: int, it: int, p: PassResult) -> bool:
-        """Whether pass ``it``'s output can be the next pass's input; a row that cannot stops with its passes
-        so far (a warning says why) instead of failing the whole batch."""
-        if p.stop_reason is StopReason.INTERRUPTED:
-            return False
-        try:
-            validate_audio(p.waveform, OUTPUT_SAMPLE_RATE)
-        except AudioInputError as exc:
-            logger.warning("Request %d: iteration %d's output cannot be edited again (%s); keeping %d iteration(s).",
-                           row + 1, it + 1, exc, it + 1)
-            return False
-        return True
+        return check_edit_request(r, f"edit request {n + 1} of {count}: " if count > 1 else "",
+                                  weights_release=weights_release)
 
     @staticmethod
     def _request_key(r: EditRequest, settings: GenerationSettings) -> str:
@@ -312,8 +325,52 @@ class StepAudioEditX:
                            settings.max_new_tokens, room, room)
         return room if settings.dynamic_tokens else min(settings.max_new_tokens, room)
 
+    def _prepare_pass(self, parts: _Parts, checked: Sequence[EditRequest], todo: Sequence[int], current: Sequence,
+                      settings: GenerationSettings, it: int) -> tuple[dict[int, _Job], dict[int, str]]:
+        """Jobs of pass ``it`` for rows ``todo``, and why the rows whose audio the pack fed back (pass 2+, or
+        ``EditRequest.intermediate``) cannot run. Such audio is never held to the user-input limits; a
+        problem with it ends that row, while a problem with user input is an error for the whole call."""
+        fed_back = {i: it > 0 or checked[i].intermediate for i in todo}
+        clips = [current[i] for i in todo]
+        try:
+            contexts: list = parts.frontend.encode(clips, [not fed_back[i] for i in todo])
+        except _PASS_ERRORS:
+            if not any(fed_back.values()):
+                raise
+            contexts = [self._encode_or_reason(parts, clip, fed_back[i]) for i, clip in zip(todo, clips)]
+        jobs: dict[int, _Job] = {}
+        failed: dict[int, str] = {}
+        for i, ctx in zip(todo, contexts):
+            try:
+                if isinstance(ctx, Exception):
+                    raise ctx
+                jobs[i] = self._edit_job(parts, checked[i], ctx, settings, it)
+            except _PASS_ERRORS as exc:
+                if not fed_back[i]:
+                    raise
+                failed[i] = str(exc)
+        return jobs, failed
+
+    @staticmethod
+    def _encode_or_reason(parts: _Parts, clip, fed_back: bool):
+        try:
+            return parts.frontend.encode([clip], user_input=not fed_back)[0]
+        except _PASS_ERRORS as exc:
+            if not fed_back:
+                raise
+            return exc
+
+    @staticmethod
+    def _pass_transcript(r: EditRequest, it: int) -> str:
+        """What the audio of pass ``it`` says. A paralinguistic pass adds the tagged sounds, so from the
+        second pass on the official loop gives the tagged text as the transcript; other edits keep the words."""
+        if r.edit_type == "paralinguistic" and it > 0:
+            return r.new_text
+        return r.audio_text
+
     def _edit_job(self, parts: _Parts, r: EditRequest, ctx: PromptContext, settings: GenerationSettings, it: int) -> _Job:
-        prompt = build_edit_prompt(parts.tokenizer, r.edit_type, r.edit_value, r.audio_text, ctx.audio_ids, r.new_text)
+        prompt = build_edit_prompt(parts.tokenizer, r.edit_type, r.edit_value, self._pass_transcript(r, it),
+                                   ctx.audio_ids, r.new_text, self.config.weights_release)
         budget = self._room(prompt, settings)
         if settings.dynamic_tokens:
             cap = estimate_edit_tokens(len(ctx.audio_ids), r.edit_type, r.edit_value, r.new_text, max_tokens=budget)

@@ -4,10 +4,16 @@ Users keep the hub layout (facts doc §1): ``Step-Audio-EditX/`` (language model
 CosyVoice decoder) and ``Step-Audio-Tokenizer/`` (vq02 Paraformer + centroids, vq06 ONNX). We look
 for them under the search roots ComfyUI gives us (``models/TTS`` and ``extra_model_paths.yaml``
 entries) or under a folder the user names, and download only the files the pipeline reads.
+
+StepFun's 4-bit ``Step-Audio-EditX-AWQ-4bit/`` can take the bf16 folder's place for the language model.
+The decoder (``CosyVoice-300M-25Hz/``) and ``tokenizer.model`` are read from the quantized folder when it
+has them, else from a ``Step-Audio-EditX/`` beside it; missing decoder files are downloaded from the bf16
+repo into that sibling folder (only those files, not its 7 GB language model).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -15,29 +21,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .constants import CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
+from .constants import AWQ_DIRNAME, HUB_REPO_EDITX_AWQ, CAMPPLUS_FILE, COSYVOICE_SUBDIR, PARAFORMER_SUBDIR, VQ02_CENTROIDS_FILE, VQ06_ONNX_FILE
 from .file_readers import DamagedModelFileError, read_model_json
 from .frontend.semantic import cache_path_next_to
 
 logger = logging.getLogger(__name__)
 
 EDITX_REPO = "stepfun-ai/Step-Audio-EditX"
+AWQ_REPO = HUB_REPO_EDITX_AWQ
 TOKENIZER_REPO = "stepfun-ai/Step-Audio-Tokenizer"
 EDITX_DIRNAME = "Step-Audio-EditX"
 TOKENIZER_DIRNAME = "Step-Audio-Tokenizer"
+QUANT_CONFIG_KEY = "quantization_config"
 
 WEIGHTS_INDEX = "model.safetensors.index.json"
 SINGLE_WEIGHTS = "model.safetensors"
 
 # Files the pipeline reads, relative to each folder (the LM weights are resolved from the index).
-EDITX_FILES: tuple[str, ...] = (
-    "config.json",
-    "tokenizer.model",
+LM_FILES: tuple[str, ...] = ("config.json",)
+TEXT_TOKENIZER_FILE = "tokenizer.model"
+DECODER_FILES: tuple[str, ...] = (
     f"{COSYVOICE_SUBDIR}/cosyvoice.yaml",
     f"{COSYVOICE_SUBDIR}/flow.pt",
     f"{COSYVOICE_SUBDIR}/hift.pt",
     f"{COSYVOICE_SUBDIR}/{CAMPPLUS_FILE}",
 )
+EDITX_FILES: tuple[str, ...] = (*LM_FILES, TEXT_TOKENIZER_FILE, *DECODER_FILES)
 TOKENIZER_FILES: tuple[str, ...] = (
     VQ02_CENTROIDS_FILE,
     f"{PARAFORMER_SUBDIR}/model.pt",
@@ -60,6 +69,26 @@ class MissingFile:
         return f"{self.folder / self.relpath}  (from https://huggingface.co/{self.repo}, file {self.relpath})"
 
 
+def is_quantized_folder(folder: Path) -> bool:
+    """A quantized LM folder: named like StepFun's AWQ repo, or its config.json has a quantization_config."""
+    folder = Path(folder)
+    if folder.name == AWQ_DIRNAME:
+        return True
+    try:
+        return QUANT_CONFIG_KEY in json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def _shared_root(editx: Path, relpath: str) -> Path:
+    """Where a decoder / text-tokenizer file is read from: the LM folder, else (quantized folders) the bf16
+    ``Step-Audio-EditX`` beside it when that has the file, else the LM folder again when it is the bf16 one."""
+    if (editx / relpath).is_file() or not is_quantized_folder(editx):
+        return editx
+    sibling = editx.parent / EDITX_DIRNAME
+    return sibling if (sibling / relpath).is_file() else editx
+
+
 @dataclass(frozen=True)
 class ModelFolders:
     """The two official folders, resolved to absolute paths."""
@@ -68,15 +97,39 @@ class ModelFolders:
     tokenizer: Path
 
     @property
+    def quantized(self) -> bool:
+        return is_quantized_folder(self.editx)
+
+    @property
+    def decoder_root(self) -> Path:
+        """The folder holding ``CosyVoice-300M-25Hz/`` (see the module docstring)."""
+        root = _shared_root(self.editx, DECODER_FILES[0])
+        if root == self.editx and self.quantized and not (self.editx / DECODER_FILES[0]).is_file():
+            return self.editx.parent / EDITX_DIRNAME  # where a download of the decoder goes
+        return root
+
+    @property
+    def text_tokenizer(self) -> Path:
+        """The folder holding ``tokenizer.model``."""
+        return _shared_root(self.editx, TEXT_TOKENIZER_FILE)
+
+    @property
     def cosyvoice(self) -> Path:
-        return self.editx / COSYVOICE_SUBDIR
+        return self.decoder_root / COSYVOICE_SUBDIR
 
     @property
     def paraformer(self) -> Path:
         return self.tokenizer / PARAFORMER_SUBDIR
 
     def missing(self) -> list[MissingFile]:
-        return missing_editx_files(self.editx) + missing_tokenizer_files(self.tokenizer)
+        if not self.quantized:
+            return missing_editx_files(self.editx) + missing_tokenizer_files(self.tokenizer)
+        lm = missing_lm_files(self.editx, AWQ_REPO, (*LM_FILES, TEXT_TOKENIZER_FILE))
+        lm = [m for m in lm if m.relpath != TEXT_TOKENIZER_FILE or self.text_tokenizer == self.editx]
+        decoder_repo = AWQ_REPO if self.decoder_root == self.editx else EDITX_REPO
+        decoder = [MissingFile(decoder_repo, self.decoder_root, f) for f in DECODER_FILES
+                   if not (self.decoder_root / f).is_file()]
+        return lm + decoder + missing_tokenizer_files(self.tokenizer)
 
     def verify(self) -> "ModelFolders":
         """Raise ModelFilesError naming every missing file; return self when complete."""
@@ -98,15 +151,20 @@ def weight_files(editx_dir: Path) -> list[str]:
     return [SINGLE_WEIGHTS]
 
 
-def missing_editx_files(editx_dir: Path) -> list[MissingFile]:
+def missing_lm_files(editx_dir: Path, repo: str, files: Sequence[str]) -> list[MissingFile]:
+    """``files`` plus the weights (the index and its shards, or model.safetensors) missing from the folder."""
     editx_dir = Path(editx_dir)
-    wanted = list(EDITX_FILES)
+    wanted = list(files)
     if (editx_dir / WEIGHTS_INDEX).is_file() or not (editx_dir / SINGLE_WEIGHTS).is_file():
         if not (editx_dir / WEIGHTS_INDEX).is_file():
             wanted.append(WEIGHTS_INDEX)
         else:
             wanted.extend(weight_files(editx_dir))
-    return [MissingFile(EDITX_REPO, editx_dir, f) for f in wanted if not (editx_dir / f).is_file()]
+    return [MissingFile(repo, editx_dir, f) for f in wanted if not (editx_dir / f).is_file()]
+
+
+def missing_editx_files(editx_dir: Path) -> list[MissingFile]:
+    return missing_lm_files(editx_dir, EDITX_REPO, EDITX_FILES)
 
 
 def missing_tokenizer_files(tokenizer_dir: Path) -> list[MissingFile]:
@@ -218,7 +276,7 @@ def download_missing(folders: ModelFolders, token: str | bool | None = None) -> 
             item.folder.mkdir(parents=True, exist_ok=True)
             logger.info("Downloading %s from %s", item.relpath, item.repo)
             try:
-                hf_hub_download(item.repo, item.relpath, local_dir=str(item.folder), token=token)
+                _download(hf_hub_download, item, token)
             except Exception as exc:  # network, auth, disk: report everything still missing
                 still = folders.missing()
                 raise ModelFilesError(
@@ -226,6 +284,17 @@ def download_missing(folders: ModelFolders, token: str | bool | None = None) -> 
                     + _missing_message(still, after_download=True)
                 ) from exc
     return folders.verify()
+
+
+def _download(hf_hub_download, item: MissingFile, token) -> None:
+    """One file; a repo without a weights index (one ``model.safetensors``) gets that file instead."""
+    try:
+        hf_hub_download(item.repo, item.relpath, local_dir=str(item.folder), token=token)
+    except Exception as exc:
+        if item.relpath != WEIGHTS_INDEX or "EntryNotFound" not in type(exc).__name__:
+            raise
+        logger.info("%s has no %s; downloading %s", item.repo, WEIGHTS_INDEX, SINGLE_WEIGHTS)
+        hf_hub_download(item.repo, SINGLE_WEIGHTS, local_dir=str(item.folder), token=token)
 
 
 def resolve_model_folders(

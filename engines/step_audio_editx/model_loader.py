@@ -32,6 +32,7 @@ from .constants import (
     ATTENTION_CHOICES,
     DTYPE_CHOICES,
     HUB_REPO_EDITX,
+    HUB_REPO_EDITX_AWQ,
     MODEL_CONFIG_FILE,
     SAFETENSORS_INDEX_FILE,
     SAFETENSORS_SINGLE_FILE,
@@ -313,7 +314,7 @@ def _check_tensors(folder: Path, expected: dict[str, tuple[int, ...]],
         shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
         raise Step1CheckpointError(
             folder, f"the checkpoint holds {len(unexpected)} tensors a bf16/fp16 Step1 does not have ({shown}); "
-                    "quantized checkpoints (e.g. AWQ) are not supported by this loader."
+                    "quantized tensors load only with a compressed-tensors quantization_config in config.json."
         )
     for key, shape in expected.items():
         found = inventory[key][1]
@@ -329,7 +330,7 @@ def _safetensors_device(device: torch.device) -> str:
 
 
 def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               attn_implementation: str = "auto") -> Step1ForCausalLM:
+               attn_implementation: str = "auto", quantize: str | None = None) -> Step1ForCausalLM:
     """Load the Step1 LM of an official Step-Audio-EditX folder, ready for inference (eval, no grad).
 
     ``model_dir``: folder with ``config.json`` (model_type "step1"; its ``auto_map`` is ignored, nothing from
@@ -337,7 +338,11 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
     ``device``: "auto" (first GPU, else CPU) or a device. ``dtype``: "auto" (bf16 on CUDA >= 8.0, fp16 on
     older GPUs, fp32 on CPU), "bf16", "fp16", "fp32" or a torch dtype. ``attn_implementation``: "auto" or
     one of eager / sdpa / flex_attention / xformers (flash_attention_2 cannot express sqrt-ALiBi: error).
+    ``quantize``: "none" (default), "int8" or "int4": quantize the layers' projections as they are read
+    (weight-only, group 128). A compressed-tensors checkpoint (StepFun's AWQ 4-bit) loads quantized as stored.
     """
+    from .lm.quant.format import QuantFormatError
+    from .lm.quant.loading import plan_quantization
     from .lm.step1 import Step1Config, Step1ForCausalLM
 
     start = time.perf_counter()
@@ -364,6 +369,13 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
         model = Step1ForCausalLM._from_config(config, attn_implementation=attn, **dtype_kwargs(target_dtype))
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     inventory = _tensor_inventory(folder, shards, weight_map)
+    try:
+        plan = plan_quantization(folder, raw_config, set(inventory), config.num_hidden_layers, quantize)
+        if plan is not None:
+            expected = plan.expected(expected)
+            plan.apply(model, target_dtype)
+    except QuantFormatError as exc:
+        raise Step1CheckpointError(folder, str(exc), repo=HUB_REPO_EDITX_AWQ) from exc
     _check_tensors(folder, expected, inventory)
 
     from safetensors import safe_open
@@ -376,6 +388,9 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
             with safe_open(str(shard), framework="pt", device=_safetensors_device(target_device)) as handle:
                 for key in keys:
                     tensor = handle.get_tensor(key)
+                    if plan is not None and plan.store(model, key, tensor, target_dtype):
+                        progress.update()
+                        continue
                     if tensor.dtype != target_dtype:
                         tensor = tensor.to(target_dtype)
                     module_name, _, param_name = key.rpartition(".")
@@ -392,7 +407,9 @@ def load_step1(model_dir: str | Path, device: str | torch.device = "auto", dtype
         model.generation_config = GenerationConfig.from_pretrained(str(folder))
     model.config._name_or_path = str(folder)
     model.eval()
-    logger.info("Loaded Step1 from %s: %d layers, %.2fB parameters, %s on %s, attention %s (%.1f s)", folder,
-                config.num_hidden_layers, sum(t.numel() for t in model.parameters()) / 1e9,
-                str(target_dtype).removeprefix("torch."), target_device, attn, time.perf_counter() - start)
+    quant = "" if plan is None else (f", {plan.scheme.name} weights (group {plan.scheme.group_size}, "
+                                     f"{'stored' if plan.stored else 'quantized on load'})")
+    logger.info("Loaded Step1 from %s: %d layers, %.2f GB of weights, %s on %s%s, attention %s (%.1f s)", folder,
+                config.num_hidden_layers, sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e9,
+                str(target_dtype).removeprefix("torch."), target_device, quant, attn, time.perf_counter() - start)
     return model

@@ -19,6 +19,7 @@ one instruction per prompt (the model was trained on single-intent edits).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -27,7 +28,20 @@ from typing import TYPE_CHECKING
 
 from .constants import AUDIO_TOKEN_OFFSET, VQ02_FIRST_ID, VQ06_LAST_ID
 from .frontend.codes import audio_token_string
-from .vocabulary import PARALINGUISTIC_TAGS, check_edit_type, check_edit_value, closest
+from .vocabulary import (
+    ALL_PARALINGUISTIC_SPELLINGS,
+    PARALINGUISTIC_NAME_REGEX,
+    PARALINGUISTIC_TAGS_BY_RELEASE,
+    WEIGHTS_RELEASE_CURRENT,
+    VocabularyError,
+    canonical_paralinguistic_tag,
+    check_edit_type,
+    check_edit_value,
+    check_weights_release,
+    closest,
+    paralinguistic_tag_for_release,
+    respell_paralinguistic_marks,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .text_tokenizer import TextTokenizer
@@ -60,8 +74,14 @@ CLONE_SYSTEM_PROMPT_TEMPLATE = (
 # Split around the audio tokens so they can be inserted as ids.
 _CLONE_HEAD, _CLONE_TAIL = CLONE_SYSTEM_PROMPT_TEMPLATE.split("{prompt_wav_tokens}")
 
-# The current official tree names every clone speaker "debug" (the old tree hashed the prompt).
-DEFAULT_CLONE_SPEAKER = "debug"
+# Clone speaker name: "clone_" + the first 16 hex digits of a SHA-256 over the prompt transcript (UTF-8)
+# and the prompt samples. This is the form of the released training code and the original inference
+# (tts.py ``generate_clone_voice_id``), i.e. what the model saw in training. One later official commit
+# writes the literal "debug" instead; nothing shows the current weights were trained on that, so the
+# training-time form is used (pass ``speaker="debug"`` to reproduce that commit).
+CLONE_SPEAKER_PREFIX = "clone_"
+CLONE_SPEAKER_HEX_DIGITS = 16
+CLONE_SPEAKER_EDGE_SAMPLES = 1000  # hashed: the first and last 1000 samples (all when there are <= 2000)
 
 # Instructions. Note the official quirks kept on purpose: speed values are written after "more"
 # ("more more faster"), and the paralinguistic sentence has "is :" and two spaces before "The text".
@@ -103,10 +123,8 @@ ROLE_HEADER = " {role}\n"  # what follows <|BOT|>
 # Pieces that would break the chat layout if a user text contained them (checked without a tokenizer).
 _LAYOUT_PIECES = re.compile(r"<\|[^<>]*\|>|</?s>|<unk>|<audio_\d+>")
 _BRACKET_TAG = re.compile(r"\[([^\[\]\n]{1,40})\]")
-_ANGLE_PARALINGUISTIC = re.compile(
-    r"<\s*(" + "|".join(re.escape(t) for t in PARALINGUISTIC_TAGS) + r")\s*(?::\s*\d+\s*)?>", re.IGNORECASE
-)
-_TAG_LIKE_NAME = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)?")
+_ANGLE_PARALINGUISTIC = re.compile(r"<\s*(" + PARALINGUISTIC_NAME_REGEX + r")\s*(?::\s*\d+\s*)?>", re.IGNORECASE)
+_TAG_LIKE_NAME = re.compile(r"[A-Za-z]+(?:[ _-][A-Za-z]+)?")
 # Bracketed words this similar to an official tag are taken as a misspelt tag; others ("[sic]") are text.
 MISSPELT_TAG_CUTOFF = 0.8
 
@@ -134,6 +152,7 @@ def build_edit_instruction(
     edit_value: str | None = None,
     audio_text: str | None = "",
     new_text: str | None = None,
+    weights_release: str = WEIGHTS_RELEASE_CURRENT,
 ) -> str:
     """The official instruction sentence for one edit (ends in ``"\\n"``).
 
@@ -141,11 +160,12 @@ def build_edit_instruction(
     ``vocabulary``; ignored for denoise, vad and paralinguistic). ``audio_text``: transcript of the
     input audio (stripped, as the official code does). ``new_text``: paralinguistic only, the
     transcript with official ``[Tag]`` marks where sounds go (e.g. from
-    ``utils.text.edit_tags.render_paralinguistic_text``).
+    ``utils.text.edit_tags.render_paralinguistic_text``). ``weights_release``: which official weights
+    read the prompt; tag marks in both texts are written in the spelling those weights learnt.
     """
     edit_type = check_edit_type(edit_type)
     value = check_edit_value(edit_type, edit_value)
-    audio_text = audio_text.strip() if audio_text else ""
+    audio_text = _respelled(audio_text.strip(), weights_release) if audio_text else ""
     if not audio_text and edit_type in ("emotion", "style", "speed", "paralinguistic"):
         logger.warning("Empty audio_text for a %s edit: the model expects the transcript of the input audio.", edit_type)
 
@@ -162,61 +182,96 @@ def build_edit_instruction(
     if edit_type == "vad":
         return INSTRUCTION_VAD
     # paralinguistic
-    new_text = check_paralinguistic_text(new_text)
+    new_text = check_paralinguistic_text(new_text, weights_release)
     _check_no_layout_pieces("new_text", new_text)
     return INSTRUCTION_PARALINGUISTIC.format(new_text=new_text, audio_text=audio_text)
 
 
-def check_paralinguistic_text(new_text: str | None) -> str:
-    """Validate the paralinguistic ``new_text``: at least one official ``[Tag]``, no misspelt tags.
+def _tag_list(release: str) -> str:
+    return " ".join(f"[{t}]" for t in PARALINGUISTIC_TAGS_BY_RELEASE[release])
 
-    Tag names are matched case-insensitively and rewritten in the official spelling
-    (``[laughter]`` -> ``[Laughter]``); bracketed text that is not tag-like (``[sic]``, ``[1]``) is kept.
+
+def _respelled(text: str, release: str) -> str:
+    try:
+        return respell_paralinguistic_marks(text, release)
+    except VocabularyError as exc:
+        raise PromptError(str(exc)) from exc
+
+
+def check_paralinguistic_text(new_text: str | None, weights_release: str = WEIGHTS_RELEASE_CURRENT) -> str:
+    """Validate the paralinguistic ``new_text``: at least one official ``[tag]``, no misspelt tags.
+
+    Tag names are matched in any accepted spelling (case, ``_``/``-``, the original ``[Laughter]``
+    ``[Breathing]`` ``[Uhm]``) and rewritten as the ``weights_release`` weights learnt them
+    (``[Laughter]`` -> ``[laugh]`` for the current weights); bracketed text that is not tag-like
+    (``[sic]``, ``[1]``) is kept.
     """
+    release = check_weights_release(weights_release)
     if new_text is None or not new_text.strip():
         raise PromptError(
-            "A paralinguistic edit needs new_text: the transcript with official [Tag] marks where the "
-            f"sounds go, e.g. 'That is so funny [Laughter] really.'. Tags: {', '.join(PARALINGUISTIC_TAGS)}."
+            "A paralinguistic edit needs new_text: the transcript with official [tag] marks where the "
+            f"sounds go, e.g. 'That is so funny [laugh] really.'. Tags: {_tag_list(release)}."
         )
     angle = _ANGLE_PARALINGUISTIC.search(new_text)
     if angle:
         raise PromptError(
             f"new_text contains the inline tag {angle.group(0)!r}; the model reads the official transcript form "
-            f"[{_canonical_tag(angle.group(1))}]. Convert inline tags with utils.text.edit_tags.render_paralinguistic_text."
+            f"[{paralinguistic_tag_for_release(angle.group(1), release)}]. Convert inline tags with "
+            "utils.text.edit_tags.render_paralinguistic_text."
         )
     found = 0
 
     def fix(match: re.Match[str]) -> str:
         nonlocal found
         name = match.group(1).strip()
-        canonical = _canonical_tag(name)
-        if canonical is not None:
+        if canonical_paralinguistic_tag(name) is not None:
             found += 1
-            return f"[{canonical}]"
+            try:
+                return f"[{paralinguistic_tag_for_release(name, release)}]"
+            except VocabularyError as exc:
+                raise PromptError(f"new_text at character {match.start()}: {exc}") from exc
         if _TAG_LIKE_NAME.fullmatch(name):
-            guess = closest(name, PARALINGUISTIC_TAGS, cutoff=MISSPELT_TAG_CUTOFF)
+            guess = closest(name, ALL_PARALINGUISTIC_SPELLINGS, cutoff=MISSPELT_TAG_CUTOFF)
             if guess is not None:
+                try:
+                    guess = paralinguistic_tag_for_release(guess, release)
+                except VocabularyError:
+                    pass
                 raise PromptError(
                     f"Unknown paralinguistic tag [{name}] in new_text at character {match.start()}. "
-                    f"Did you mean [{guess}]? Valid tags: {', '.join(PARALINGUISTIC_TAGS)}."
+                    f"Did you mean [{guess}]? Valid tags: {_tag_list(release)}."
                 )
         return match.group(0)
 
     fixed = _BRACKET_TAG.sub(fix, new_text)
     if not found:
         raise PromptError(
-            f"new_text {new_text!r} has no paralinguistic [Tag]; add one where the sound goes. "
-            f"Valid tags: {', '.join(PARALINGUISTIC_TAGS)}."
+            f"new_text {new_text!r} has no paralinguistic [tag]; add one where the sound goes. "
+            f"Valid tags: {_tag_list(release)}."
         )
     return fixed
 
 
-def _canonical_tag(name: str) -> str | None:
-    lowered = name.strip().lower()
-    for tag in PARALINGUISTIC_TAGS:
-        if tag.lower() == lowered:
-            return tag
-    return None
+def clone_speaker_name(prompt_text: str, prompt_waveform=None) -> str:
+    """The official clone speaker name ``clone_<sha256[:16]>`` of a voice prompt.
+
+    Hashed, as the original ``generate_clone_voice_id``: the transcript's UTF-8 bytes, then the float32
+    bytes of the waveform as loaded (``[channels, samples]`` flattened channel by channel, not mixed or
+    resampled): its first and last 1000 values, or all of them when there are at most 2000.
+    Without a waveform only the transcript is hashed (builders that hold audio ids, not samples).
+    """
+    hasher = hashlib.sha256((prompt_text or "").encode("utf-8"))
+    if prompt_waveform is not None:
+        if hasattr(prompt_waveform, "detach"):  # torch tensor
+            prompt_waveform = prompt_waveform.detach().to("cpu").float().numpy()
+        import numpy as np
+
+        flat = np.asarray(prompt_waveform, dtype=np.float32).reshape(-1)
+        edge = CLONE_SPEAKER_EDGE_SAMPLES
+        if flat.size > 2 * edge:
+            flat = np.concatenate([flat[:edge], flat[-edge:]])
+        hasher.update(flat.tobytes())
+    return CLONE_SPEAKER_PREFIX + hasher.hexdigest()[:CLONE_SPEAKER_HEX_DIGITS]
 
 
 # --- layout --------------------------------------------------------------------------------------
@@ -229,28 +284,31 @@ def _chat(system: list[_Part], user: list[_Part]) -> list[_Part]:
 
 
 def _edit_parts(
-    edit_type: str, edit_value: str | None, audio_text: str | None, audio_ids: Sequence[int], new_text: str | None
+    edit_type: str, edit_value: str | None, audio_text: str | None, audio_ids: Sequence[int], new_text: str | None,
+    weights_release: str,
 ) -> list[_Part]:
     _check_no_layout_pieces("audio_text", audio_text or "")
-    instruction = build_edit_instruction(edit_type, edit_value, audio_text, new_text)
+    instruction = build_edit_instruction(edit_type, edit_value, audio_text, new_text, weights_release)
     audio = _Audio(_audio_ids("audio_ids", audio_ids))
     return _chat([SYSTEM_PROMPT_EDIT], [instruction + EDIT_USER_SEPARATOR, audio, EDIT_USER_END])
 
 
 def _clone_parts(
-    prompt_text: str, prompt_audio_ids: Sequence[int], target_text: str, speaker: str | None
+    prompt_text: str, prompt_audio_ids: Sequence[int], target_text: str, speaker: str | None, weights_release: str
 ) -> list[_Part]:
     if target_text is None or not target_text.strip():
         raise PromptError("The clone target_text is empty: give the text to speak in the cloned voice.")
     if prompt_text is None or not prompt_text.strip():
         logger.warning("Empty prompt_text for a clone: the model expects the transcript of the voice prompt.")
         prompt_text = prompt_text or ""
-    speaker = DEFAULT_CLONE_SPEAKER if speaker is None else speaker
+    speaker = clone_speaker_name(prompt_text) if speaker is None else speaker
     if not speaker.strip() or "\n" in speaker:
-        raise PromptError(f"The clone speaker name {speaker!r} must be one non-empty line (official: 'debug').")
+        raise PromptError(f"The clone speaker name {speaker!r} must be one non-empty line (official: clone_<hash>).")
     for name, text in (("prompt_text", prompt_text), ("target_text", target_text), ("speaker", speaker)):
         _check_no_layout_pieces(name, text)
     audio = _Audio(_audio_ids("prompt_audio_ids", prompt_audio_ids))
+    prompt_text = _respelled(prompt_text, weights_release)
+    target_text = _respelled(target_text, weights_release)
     head = _CLONE_HEAD.format(speaker=speaker, prompt_text=prompt_text)
     return _chat([head, audio, _CLONE_TAIL], [target_text])
 
@@ -318,9 +376,10 @@ def build_edit_prompt(
     audio_text: str | None,
     audio_ids: Sequence[int],
     new_text: str | None = None,
+    weights_release: str = WEIGHTS_RELEASE_CURRENT,
 ) -> list[int]:
     """Prompt ids for one edit of the audio whose LM ids (``65536 + code``) are ``audio_ids``."""
-    return _encode(tokenizer, _edit_parts(edit_type, edit_value, audio_text, audio_ids, new_text))
+    return _encode(tokenizer, _edit_parts(edit_type, edit_value, audio_text, audio_ids, new_text, weights_release))
 
 
 def build_clone_prompt(
@@ -328,10 +387,15 @@ def build_clone_prompt(
     prompt_text: str,
     prompt_audio_ids: Sequence[int],
     target_text: str,
-    speaker: str = DEFAULT_CLONE_SPEAKER,
+    speaker: str | None = None,
+    weights_release: str = WEIGHTS_RELEASE_CURRENT,
 ) -> list[int]:
-    """Prompt ids for speaking ``target_text`` in the voice of the prompt audio (LM ids)."""
-    return _encode(tokenizer, _clone_parts(prompt_text, prompt_audio_ids, target_text, speaker))
+    """Prompt ids for speaking ``target_text`` in the voice of the prompt audio (LM ids).
+
+    ``speaker``: the name written into the prompt; give ``clone_speaker_name(prompt_text, samples)``
+    (the engine does). None hashes the transcript alone.
+    """
+    return _encode(tokenizer, _clone_parts(prompt_text, prompt_audio_ids, target_text, speaker, weights_release))
 
 
 def render_edit_prompt(
@@ -340,16 +404,18 @@ def render_edit_prompt(
     audio_text: str | None,
     audio_ids: Sequence[int],
     new_text: str | None = None,
+    weights_release: str = WEIGHTS_RELEASE_CURRENT,
 ) -> str:
     """The chat string :func:`build_edit_prompt` encodes (``<audio_N>`` text for the audio)."""
-    return _render(_edit_parts(edit_type, edit_value, audio_text, audio_ids, new_text))
+    return _render(_edit_parts(edit_type, edit_value, audio_text, audio_ids, new_text, weights_release))
 
 
 def render_clone_prompt(
     prompt_text: str,
     prompt_audio_ids: Sequence[int],
     target_text: str,
-    speaker: str = DEFAULT_CLONE_SPEAKER,
+    speaker: str | None = None,
+    weights_release: str = WEIGHTS_RELEASE_CURRENT,
 ) -> str:
     """The chat string :func:`build_clone_prompt` encodes."""
-    return _render(_clone_parts(prompt_text, prompt_audio_ids, target_text, speaker))
+    return _render(_clone_parts(prompt_text, prompt_audio_ids, target_text, speaker, weights_release))

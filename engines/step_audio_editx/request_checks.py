@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional
 
-from .vocabulary import MAX_EDIT_ITERATIONS, TRANSCRIPT_FREE_EDITS, check_edit_type, check_edit_value
+from .vocabulary import (
+    MAX_EDIT_ITERATIONS,
+    TRANSCRIPT_FREE_EDITS,
+    WEIGHTS_RELEASE_CURRENT,
+    check_edit_type,
+    check_edit_value,
+)
 
 
 class MissingTranscriptError(ValueError):
@@ -43,23 +49,30 @@ def check_iterations(value: object) -> int:
     return count
 
 
-def check_edit_request(request, where: str = "", transcript_hint: str = ""):
-    """The request with canonical edit type / value and an int iteration count; ValueError prefixed ``where``.
+def check_edit_request(request, where: str = "", transcript_hint: str = "",
+                       weights_release: str = WEIGHTS_RELEASE_CURRENT):
+    """The request with canonical edit type / value, an int iteration count and, for paralinguistic edits,
+    the tagged text in the spelling of ``weights_release``; ValueError prefixed ``where``.
 
     The message of a missing transcript ends with ``transcript_hint`` (how this caller's user gives one)."""
+    from .prompts import check_paralinguistic_text  # prompts imports the tokenizer stack; keep this module light
+
     try:
         edit_type = check_edit_type(request.edit_type)
         value = check_edit_value(edit_type, request.edit_value)
         iterations = check_iterations(request.n_iterations)
-        if edit_type == "paralinguistic" and not (request.new_text or "").strip():
-            raise ValueError("the paralinguistic edit needs new_text: the transcript with [Laughter]-style tags "
-                             "where the sounds go.")
+        new_text = request.new_text
+        if edit_type == "paralinguistic":
+            if not (new_text or "").strip():
+                raise ValueError("the paralinguistic edit needs new_text: the transcript with [laugh]-style tags "
+                                 "where the sounds go.")
+            new_text = check_paralinguistic_text(new_text, weights_release)  # the weights' own spelling
         if needs_transcript(edit_type):
             require_transcript(request.audio_text, f"the {edit_type} edit", transcript_hint)
     except ValueError as exc:
         raise type(exc)(where + str(exc)) from exc
     return replace(request, edit_type=edit_type, edit_value=value, n_iterations=iterations,
-                   audio_text=request.audio_text or "")
+                   new_text=new_text, audio_text=request.audio_text or "")
 
 
 def check_clone_request(request, where: str = "", transcript_hint: str = ""):

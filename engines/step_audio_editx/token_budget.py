@@ -5,7 +5,7 @@ of 5 (120 ms). The seed capped generation at 0.6 tokens per character of text, w
 (an English character lasts ~70 ms, i.e. ~3 tokens) and truncates nearly every sentence. Here:
 
 * **clone**: seconds of speech for the text read by a SLOW speaker (per-script rates below), plus
-  explicit ``[pause:..]`` markers, ``[Laughter]``-style sounds and punctuation pauses, times
+  explicit ``[pause:..]`` markers, ``[laugh]``-style sounds and punctuation pauses, times
   ``CLONE_MARGIN`` plus ``CLONE_EXTRA_SECONDS`` of leading/trailing silence, rounded up to whole
   5-token groups. Never below what a NORMAL-pace reading needs.
 * **edit**: the input's own token count scaled per edit type (speed changes, added sounds, slower
@@ -74,7 +74,7 @@ CLAUSE_PAUSE_SECONDS_SLOW = 0.4
 SENTENCE_PAUSE_SECONDS_NORMAL = 0.4  # . ! ? 。 ！ ？ … and line breaks
 SENTENCE_PAUSE_SECONDS_SLOW = 0.7
 
-# A non-verbal sound written as "[Laughter]" etc. in clone text (a laugh or sigh lasts about 1 s).
+# A non-verbal sound written as "[laugh]" etc. in clone text (a laugh or sigh lasts about 1 s).
 PARALINGUISTIC_SOUND_SECONDS_NORMAL = 1.0
 PARALINGUISTIC_SOUND_SECONDS_SLOW = 1.5
 
@@ -186,7 +186,7 @@ class SpeechCounts:
     symbols: int = 0
     clause_pauses: int = 0
     sentence_pauses: int = 0
-    sounds: int = 0  # [Laughter]-style marks
+    sounds: int = 0  # [laugh]-style marks (any release spelling)
     explicit_pause_seconds: float = 0.0  # [pause:..] markers
     japanese: bool = False  # Han characters read as Japanese kanji (kana present or [Japanese])
 
@@ -316,7 +316,7 @@ def normal_clone_tokens(text: str) -> int:
 def estimate_clone_tokens(text: str, *, max_tokens: int | None = None) -> int:
     """Cap on new tokens for cloning ``text``: a slow reading plus margin, in whole 5-token groups.
 
-    ``text`` may hold ``[pause:..]`` markers, ``[Laughter]``-style sounds, a dialect prefix and inline
+    ``text`` may hold ``[pause:..]`` markers, ``[laugh]``-style sounds, a dialect prefix and inline
     ``<...>`` edit tags (not spoken). ``max_tokens``: room left in the context; the cap never exceeds it.
     """
     slow = speech_seconds(text, SLOW_PACE) * CLONE_MARGIN + CLONE_EXTRA_SECONDS
@@ -341,7 +341,7 @@ def edit_length_factor(edit_type: str, edit_info: str | None = None) -> float:
 
 
 def count_paralinguistic_sounds(text: str) -> int:
-    """Sounds a paralinguistic new text asks for: ``[Laughter]`` marks and inline ``<Laughter>`` tags."""
+    """Sounds a paralinguistic new text asks for: ``[laugh]`` marks and inline ``<laugh>`` tags (any spelling)."""
     inline = 0
     for m in INLINE_TAG_PATTERN.finditer(text):
         for part in m.group(0).strip("<> ").split("|"):

@@ -25,16 +25,31 @@ class StopReason(str, enum.Enum):
         return self is StopReason.CAP
 
 
+OFFICIAL_TEMPERATURE = 0.7  # both official inference paths
+ORIGINAL_TOP_K = 50  # the first official path (transformers generate): its default top-k, dropped since
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How the next token is chosen (official defaults); greedy when temperature is 0 or do_sample is off."""
+    """How the next token is chosen; greedy when temperature is 0 or do_sample is off.
 
-    temperature: float = 0.7
-    top_k: int = 50
+    Defaults follow the current official inference (vLLM ``SamplingParams(temperature=0.7)`` alone: no
+    top-k, no repetition guard). The first official path (transformers ``generate``: top-k 50 and a
+    repetition-aware processor) is :meth:`original_path`.
+
+    ``constrain_audio`` is not an official setting: it only allows vq02 ids in slots 0-1 and vq06 ids in
+    slots 2-4 of each 5-token group, and ``<|EOT|>`` at a group boundary. A free sampler can emit a token
+    of the wrong codebook or stop mid-group; the official token2wav then splits the stream out of phase and
+    the audio comes out garbled (official issue #66, "mis-phased output"). Every valid output satisfies
+    the constraint, so it changes nothing else.
+    """
+
+    temperature: float = OFFICIAL_TEMPERATURE
+    top_k: int = 0  # 0 = off (current official path); ORIGINAL_TOP_K for the first one
     top_p: float = 1.0
     do_sample: bool = True
-    repetition_guard: bool = True  # ban a token that occurs twice in the last 10 (official)
-    constrain_audio: bool = True  # vq02/vq06 slots by position; <|EOT|> only at a group boundary
+    repetition_guard: bool = False  # ban a token that occurs twice in the last 10 (first official path only)
+    constrain_audio: bool = True  # vq02/vq06 slots by position; <|EOT|> only at a group boundary (issue #66)
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p"):
@@ -53,6 +68,11 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature <= 0
+
+    @classmethod
+    def original_path(cls, temperature: float = OFFICIAL_TEMPERATURE) -> "SamplingConfig":
+        """The first official inference (Nov 2025): top-k 50 plus the repetition guard."""
+        return cls(temperature=temperature, top_k=ORIGINAL_TOP_K, repetition_guard=True)
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,9 @@ class EditRequest:
     new_text: Optional[str] = None  # paralinguistic: the transcript with [Tag]s inserted
     n_iterations: int = 1
     seed: int = 0
+    # True when ``audio`` is the pack's own output (a cloned chunk): the user-input duration limits do not
+    # apply, and audio the model cannot take returns unchanged with a warning instead of an error.
+    intermediate: bool = False
 
 
 @dataclass
@@ -140,6 +163,7 @@ class AudioResult:
     sample_rate: int = OUTPUT_SAMPLE_RATE
     passes: list[PassResult] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
+    warnings: list[str] = field(default_factory=list)  # e.g. an edit pass that could not run on fed-back audio
 
     @property
     def stop_reason(self) -> StopReason:

@@ -28,11 +28,46 @@ STYLES: tuple[str, ...] = (
 
 SPEEDS: tuple[str, ...] = ("faster", "slower", "more faster", "more slower")
 
-# The official non-verbal sound tags, written into a transcript as "[Name]".
+# --- non-verbal sounds ("paralinguistic" tags) -------------------------------------------------
+# Two official weight releases share the hub name stepfun-ai/Step-Audio-EditX. Each was trained on its
+# own tag spellings, written into a transcript as "[name]"; the pack writes the spelling of the release
+# the engine is told it runs (EngineConfig.weights_release) and accepts every spelling as input.
+WEIGHTS_RELEASE_CURRENT = "2026-01"  # the weights of 2026-01-29: what a download gets today
+WEIGHTS_RELEASE_ORIGINAL = "2025-11"  # the first release (Nov 2025)
+WEIGHTS_RELEASES: tuple[str, ...] = (WEIGHTS_RELEASE_CURRENT, WEIGHTS_RELEASE_ORIGINAL)
+
+# The 22 tags of the current model card, in its order.
 PARALINGUISTIC_TAGS: tuple[str, ...] = (
+    "sigh", "inhale", "laugh", "chuckle", "exhale", "clears throat", "snort", "giggle", "cough", "breath", "uhm",
+    "Confirmation-en", "Surprise-oh", "Surprise-ah", "Surprise-wa", "Surprise-yo", "Dissatisfaction-hnn",
+    "Question-ei", "Question-ah", "Question-en", "Question-yi", "Question-oh",
+)
+# The 10 tags of the Nov-2025 model card, in its order.
+PARALINGUISTIC_TAGS_ORIGINAL: tuple[str, ...] = (
     "Breathing", "Laughter", "Surprise-oh", "Confirmation-en", "Uhm", "Surprise-ah", "Surprise-wa",
     "Sigh", "Question-ei", "Dissatisfaction-hnn",
 )
+# Original spellings that the current release renamed (the others only differ in case).
+PARALINGUISTIC_RENAMED: dict[str, str] = {"Laughter": "laugh", "Breathing": "breath", "Uhm": "uhm", "Sigh": "sigh"}
+
+PARALINGUISTIC_TAGS_BY_RELEASE: dict[str, tuple[str, ...]] = {
+    WEIGHTS_RELEASE_CURRENT: PARALINGUISTIC_TAGS,
+    WEIGHTS_RELEASE_ORIGINAL: PARALINGUISTIC_TAGS_ORIGINAL,
+}
+
+
+def _tag_key(name: str) -> str:
+    """Lookup key of a tag name: case, "_", "-" and runs of spaces do not matter ("Clears_Throat")."""
+    return " ".join(name.strip().strip("[]<>").lower().replace("_", " ").replace("-", " ").split())
+
+
+# Every accepted spelling (key) -> the current tag.
+_CURRENT_BY_KEY: dict[str, str] = {_tag_key(t): t for t in PARALINGUISTIC_TAGS}
+for _old in PARALINGUISTIC_TAGS_ORIGINAL:
+    _CURRENT_BY_KEY[_tag_key(_old)] = PARALINGUISTIC_RENAMED.get(_old, _old)
+# The current tag -> its original spelling (tags the original release did not have are absent).
+_ORIGINAL_BY_CURRENT: dict[str, str] = {PARALINGUISTIC_RENAMED.get(t, t): t for t in PARALINGUISTIC_TAGS_ORIGINAL}
+ALL_PARALINGUISTIC_SPELLINGS: tuple[str, ...] = tuple(dict.fromkeys(PARALINGUISTIC_TAGS + PARALINGUISTIC_TAGS_ORIGINAL))
 
 # Clone text may start with one of these to ask for a dialect or language.
 DIALECTS: tuple[str, ...] = ("Sichuanese", "Cantonese", "Japanese", "Korean")
@@ -107,13 +142,49 @@ def check_edit_value(edit_type: str, value: str | None) -> str | None:
     raise _reject(edit_type, value, EDIT_VALUES[edit_type])
 
 
+def check_weights_release(release: str) -> str:
+    """The weights release name (``"2026-01"`` or ``"2025-11"``); anything else is rejected."""
+    value = str(release).strip()
+    if value in WEIGHTS_RELEASES:
+        return value
+    raise VocabularyError(
+        f"Unknown weights release {release!r}: use {WEIGHTS_RELEASE_CURRENT!r} for the Step-Audio-EditX weights "
+        f"published on 2026-01-29 (what a download gets today) or {WEIGHTS_RELEASE_ORIGINAL!r} for the first "
+        "release (Nov 2025)."
+    )
+
+
+def canonical_paralinguistic_tag(name: str) -> str | None:
+    """The current spelling of any accepted tag spelling (``"Laughter"`` -> ``"laugh"``), or None."""
+    return _CURRENT_BY_KEY.get(_tag_key(name))
+
+
 def check_paralinguistic_tag(name: str) -> str:
-    """Canonical spelling of a non-verbal tag name (case-insensitive; brackets allowed)."""
-    bare = name.strip().strip("[]<>").strip()
-    for tag in PARALINGUISTIC_TAGS:
-        if tag.lower() == bare.lower():
-            return tag
-    raise _reject("paralinguistic tag", name, PARALINGUISTIC_TAGS)
+    """Current spelling of a non-verbal tag name (case, "_"/"-" and brackets do not matter; original
+    spellings such as ``Laughter`` are aliases); unknown names are rejected with the closest tag."""
+    tag = canonical_paralinguistic_tag(name)
+    if tag is None:
+        raise _reject("paralinguistic tag", name, PARALINGUISTIC_TAGS)
+    return tag
+
+
+def paralinguistic_tag_for_release(name: str, release: str = WEIGHTS_RELEASE_CURRENT) -> str:
+    """The spelling the ``release`` weights were trained on for tag ``name`` (any accepted spelling).
+
+    Raises ``VocabularyError`` for an unknown tag, or a tag the original release never learnt.
+    """
+    release = check_weights_release(release)
+    tag = check_paralinguistic_tag(name)
+    if release == WEIGHTS_RELEASE_CURRENT:
+        return tag
+    original = _ORIGINAL_BY_CURRENT.get(tag)
+    if original is None:
+        raise VocabularyError(
+            f"The {WEIGHTS_RELEASE_ORIGINAL} Step-Audio-EditX weights were not trained on [{tag}]; it needs the "
+            f"{WEIGHTS_RELEASE_CURRENT} weights (set weights_release to {WEIGHTS_RELEASE_CURRENT!r}). "
+            f"Tags of the {WEIGHTS_RELEASE_ORIGINAL} weights: {', '.join(PARALINGUISTIC_TAGS_ORIGINAL)}."
+        )
+    return original
 
 
 # --- markup written inside texts -----------------------------------------------------------------
@@ -124,10 +195,23 @@ def check_paralinguistic_tag(name: str) -> str:
 # anything of this shape that is not a valid tag is an error there, never spoken.
 INLINE_TAG_PATTERN = re.compile(r"<\s*[A-Za-z][A-Za-z0-9_\-:|. ]*>")
 
-# An official transcript mark of a non-verbal sound, e.g. "[Laughter]" (case-insensitive).
-PARALINGUISTIC_BRACKET_PATTERN = re.compile(
-    r"\[\s*(" + "|".join(re.escape(t) for t in PARALINGUISTIC_TAGS) + r")\s*\]", re.IGNORECASE
+# Any accepted spelling of a tag name inside a pattern: case-insensitive, "_", "-" or spaces between words.
+PARALINGUISTIC_NAME_REGEX = "|".join(
+    r"[\s_-]*".join(re.escape(w) for w in _tag_key(t).split())
+    for t in sorted(ALL_PARALINGUISTIC_SPELLINGS, key=len, reverse=True)
 )
+
+# An official transcript mark of a non-verbal sound in any accepted spelling: "[laugh]", "[Laughter]",
+# "[clears throat]" (case-insensitive). Group 1 is the name as written.
+PARALINGUISTIC_BRACKET_PATTERN = re.compile(r"\[\s*(" + PARALINGUISTIC_NAME_REGEX + r")\s*\]", re.IGNORECASE)
+
+
+def respell_paralinguistic_marks(text: str, release: str = WEIGHTS_RELEASE_CURRENT) -> str:
+    """``text`` with every ``[tag]`` mark written as the ``release`` weights learnt it (``[Laughter]`` ->
+    ``[laugh]`` for the current weights, ``[laugh]`` -> ``[Laughter]`` for the original ones)."""
+    return PARALINGUISTIC_BRACKET_PATTERN.sub(
+        lambda m: f"[{paralinguistic_tag_for_release(m.group(1), release)}]", text
+    )
 
 # A dialect / language prefix of clone text, e.g. "[Sichuanese]".
 DIALECT_PATTERN = re.compile(r"\[\s*(" + "|".join(DIALECTS) + r")\s*\]", re.IGNORECASE)

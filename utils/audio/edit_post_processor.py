@@ -104,9 +104,10 @@ def _step_key(plan: Sequence[EditStep]) -> list[tuple[int, int]]:
 
 
 def _unusable(waveform: torch.Tensor, sample_rate: int) -> Optional[str]:
-    """Why a segment's audio cannot be edited (e.g. a clone that came out shorter than 0.5 s), or None."""
+    """Why a segment's audio cannot be edited at all (empty, silent, not finite), or None. A segment is the
+    pack's own output, so the user-input duration limits (0.5-30 s) do not apply to it."""
     try:
-        validate_audio(waveform, sample_rate)
+        validate_audio(waveform, sample_rate, user_input=False)
     except AudioInputError as exc:
         return str(exc)
     return None
@@ -117,7 +118,7 @@ def _edit_request(segment: AudioSegment, waveform: torch.Tensor, step: EditStep,
     return EditRequest(
         audio=waveform, sample_rate=OUTPUT_SAMPLE_RATE if step_index else segment.sample_rate,
         audio_text=segment.text, edit_type=step.kind, edit_value=step.value, new_text=new_text,
-        n_iterations=step.iterations, seed=derive_seed(segment.seed, "step", step_index),
+        n_iterations=step.iterations, seed=derive_seed(segment.seed, "step", step_index), intermediate=True,
     )
 
 
@@ -179,6 +180,10 @@ def apply_edit_tags(
             outcomes = [engine.edit(r, settings, progress=counter.start(r.n_iterations)) for r in requests]
         result.model_calls += cost[key]
         for (i, step), outcome in zip(members, outcomes):
+            result.warnings.extend(f"segment {i + 1}: {step_label(step)}: {w.removeprefix('WARNING: ')}"
+                                   for w in outcome.warnings)
+            if not outcome.passes:  # the engine could not run it on this segment: the audio is unchanged
+                continue
             current[i] = outcome.waveform
             result.applied[i].append(step_label(step))
             result.passes.extend(outcome.passes)

@@ -8,8 +8,9 @@ Syntax (the one TTS-Audio-Suite users already write; names and values are case-i
 ``<speed:VALUE[:N]>``               ``faster``, ``slower``, ``more faster``, ``more slower``; ``more_faster``,
                                     ``More-Faster`` ... are normalised to the trained phrase
 ``<denoise[:N]>``, ``<vad[:N]>``    no value
-``<Laughter[:N]>``                  any of the 10 official sounds (``vocabulary.PARALINGUISTIC_TAGS``);
-                                    also ``<paralinguistic:Laughter[:N]>``
+``<laugh[:N]>``                     any of the 22 official sounds (``vocabulary.PARALINGUISTIC_TAGS``), the
+                                    original spellings (``<Laughter>``, ``<Breathing>``, ``<Uhm>``) too;
+                                    also ``<paralinguistic:laugh[:N]>``, ``<clears_throat>``
 ``<A|B|...>``                       several tags at one place, e.g. ``<Laughter:2|style:whisper>``
 ==================================  ======================================================================
 
@@ -48,9 +49,11 @@ from ...engines.step_audio_editx.vocabulary import (
     EMOTIONS,
     INLINE_TAG_PATTERN,
     MAX_EDIT_ITERATIONS,
+    ALL_PARALINGUISTIC_SPELLINGS,
     PARALINGUISTIC_TAGS,
     STYLES,
     VocabularyError,
+    canonical_paralinguistic_tag,
     check_edit_value,
     closest,
     normalize_speed,
@@ -214,11 +217,11 @@ def _parse_part(part: str, raw: str, offset: int) -> tuple[str, str | None, int]
     if head == PARALINGUISTIC:
         if len(fields) < 2 or not fields[1]:
             raise EditTagError(
-                f"The paralinguistic tag needs a sound {where}: e.g. <Laughter> or <paralinguistic:Laughter>.",
+                f"The paralinguistic tag needs a sound {where}: e.g. <laugh> or <paralinguistic:laugh>.",
                 tag=raw, offset=offset,
             )
         return PARALINGUISTIC, _sound(fields[1], raw, offset), _iterations(fields[2:], raw, offset)
-    sound = _canonical_sound(fields[0])
+    sound = canonical_paralinguistic_tag(fields[0])
     if sound is not None:
         return PARALINGUISTIC, sound, _iterations(fields[1:], raw, offset)
     raise _unknown_tag(fields[0], raw, offset)
@@ -238,18 +241,16 @@ def _checked_value(kind: str, value: str, raw: str, offset: int) -> str:
     return checked
 
 
-def _canonical_sound(name: str) -> str | None:
-    lowered = name.strip().lower()
-    for tag in PARALINGUISTIC_TAGS:
-        if tag.lower() == lowered:
-            return tag
-    return None
+def _closest_sound(name: str) -> str | None:
+    """The current spelling of the accepted sound spelling nearest to ``name`` (aliases included)."""
+    guess = closest(name.replace("_", " "), ALL_PARALINGUISTIC_SPELLINGS)
+    return canonical_paralinguistic_tag(guess) if guess else None
 
 
 def _sound(name: str, raw: str, offset: int) -> str:
-    sound = _canonical_sound(name)
+    sound = canonical_paralinguistic_tag(name)
     if sound is None:
-        guess = closest(name, PARALINGUISTIC_TAGS)
+        guess = _closest_sound(name)
         hint = f" Did you mean <{guess}>?" if guess else ""
         raise EditTagError(
             f"Unknown sound {name!r} in tag {raw!r} at character {offset}.{hint} "
@@ -285,9 +286,9 @@ def _unknown_tag(name: str, raw: str, offset: int) -> EditTagError:
         )
     suggestion = _bare_value_suggestion(lowered)
     if suggestion is None:
-        sounds = {t.lower(): t for t in PARALINGUISTIC_TAGS}
+        sounds = {t.lower(): canonical_paralinguistic_tag(t) for t in ALL_PARALINGUISTIC_SPELLINGS}
         kinds = {k: k for k in EDIT_TYPES if k != PARALINGUISTIC}
-        guess = closest(lowered, list(sounds) + list(kinds))
+        guess = closest(lowered.replace("_", " "), list(sounds) + list(kinds))
         if guess is not None:
             suggestion = f"<{sounds[guess]}>" if guess in sounds else (
                 f"<{guess}>" if guess in VALUELESS_KINDS else f"<{guess}:VALUE>"
@@ -345,11 +346,12 @@ def plan_edit_steps(tags: Iterable[EditTag]) -> list[EditStep]:
 
 
 def render_paralinguistic_text(clean_text: str, tags: Iterable[EditTag]) -> str:
-    """``clean_text`` with each sound tag written as the official ``[Tag]`` at its position.
+    """``clean_text`` with each sound tag written as the official ``[tag]`` at its position.
 
-    This is the ``new_text`` of a paralinguistic edit. In spaced scripts the mark is set off by
-    single spaces (``Hello [Laughter] world``, none before closing punctuation:
-    ``funny [Laughter], right``); in Chinese / Japanese it is written inline (``很好，[Laughter]我们``). Several sounds at one position keep their written order.
+    This is the ``new_text`` of a paralinguistic edit, in the current spelling (the prompt builder
+    rewrites it for the weights in use). In spaced scripts the mark is set off by single spaces
+    (``Hello [laugh] world``, none before closing punctuation: ``funny [laugh], right``); in Chinese /
+    Japanese it is written inline (``很好，[laugh]我们``). Several sounds at one position keep their written order.
     Non-paralinguistic tags are ignored.
     """
     sounds = [t for t in tags if t.kind == PARALINGUISTIC]

@@ -29,6 +29,7 @@ import torchaudio
 
 from ..constants import (
     EDIT_INPUT_PEAK,
+    GROUP_SECONDS,
     MAX_INPUT_SAMPLE_RATE,
     MAX_INPUT_SECONDS,
     MIN_INPUT_SAMPLE_RATE,
@@ -109,11 +110,15 @@ def _sample_rate(sample_rate: object) -> int:
     return int(sample_rate)
 
 
-def validate_audio(wav: ArrayLike, sample_rate: int) -> torch.Tensor:
+def validate_audio(wav: ArrayLike, sample_rate: int, *, user_input: bool = True) -> torch.Tensor:
     """Check an input clip and return it as mono float32 ``[samples]``; raise ``AudioInputError`` if unusable.
 
     Rejects: sample rates outside [8 kHz, 192 kHz], empty clips, NaN/inf samples, clips shorter than
     0.5 s or longer than 30 s, and clips whose peak is below one 16-bit step (all silent).
+    ``user_input=False`` (the pack's own output fed back: an edit pass, a cloned chunk) skips the two
+    duration limits, which only describe what users should give: the official loop edits such audio
+    whatever its length (vq06 splits it into 30 s pieces); only audio shorter than one 120 ms token
+    group (less than the model ever writes) is refused.
     """
     sample_rate = _sample_rate(sample_rate)
     if sample_rate < MIN_INPUT_SAMPLE_RATE or sample_rate > MAX_INPUT_SAMPLE_RATE:
@@ -131,11 +136,16 @@ def validate_audio(wav: ArrayLike, sample_rate: int) -> torch.Tensor:
     if not bool(torch.isfinite(raw).all()):
         raise AudioInputError("audio contains NaN or infinite samples. Fix or re-export the clip.")
     seconds = mono.shape[-1] / sample_rate
-    if seconds < MIN_INPUT_SECONDS:
+    if user_input and seconds < MIN_INPUT_SECONDS:
         raise AudioInputError(
             f"audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS} s of speech is needed. Use a longer clip."
         )
-    if seconds > MAX_INPUT_SECONDS:
+    if not user_input and seconds < GROUP_SECONDS:
+        raise AudioInputError(
+            f"audio is {seconds:.3f} s long, shorter than one {GROUP_SECONDS * 1000:.0f} ms token group: too short "
+            "to tokenise."
+        )
+    if user_input and seconds > MAX_INPUT_SECONDS:
         raise AudioInputError(
             f"audio is {seconds:.2f} s long; at most {MAX_INPUT_SECONDS:.0f} s is supported. "
             "Cut it into pieces of 30 s or less (edit each piece separately)."
@@ -276,13 +286,15 @@ class PreparedAudio:
 
 
 def prepare_audio(
-    wav: ArrayLike, sample_rate: int, *, peak_cap: bool = True, device: torch.device | str | None = None
+    wav: ArrayLike, sample_rate: int, *, peak_cap: bool = True, device: torch.device | str | None = None,
+    user_input: bool = True,
 ) -> PreparedAudio:
     """Validate one clip (``[samples]`` or ``[channels, samples]``, any supported rate) and prepare every view.
 
     ``peak_cap=False`` skips the official 0.6 cap (it only exists to avoid clipping over edit passes).
+    ``user_input=False``: the clip is the pack's own output (no duration limits, see ``validate_audio``).
     """
-    mono = validate_audio(wav, sample_rate)
+    mono = validate_audio(wav, sample_rate, user_input=user_input)
     sample_rate = _sample_rate(sample_rate)
     if device is not None:
         mono = mono.to(device)

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..constants import OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
-from .audio import prepare_audio
+from .audio import prepare_audio, validate_audio
 from .codes import interleave
 from .paraformer import Vq02Tokenizer
 from .semantic import Vq06Tokenizer
@@ -78,18 +78,24 @@ class FrontEnd:
         self.device = torch.device(device)
         return self
 
-    def encode(self, clips: Sequence[tuple[torch.Tensor, int]]) -> list[PromptContext]:
+    def encode(self, clips: Sequence[tuple[torch.Tensor, int]], user_input: bool | Sequence[bool] = True
+               ) -> list[PromptContext]:
         """Contexts for ``(waveform [T] or [C, T], sample_rate)`` clips; new clips share one batched pass.
 
+        ``user_input``: per clip (or for all), whether the user-input duration limits apply; False for the
+        pack's own output fed back (edit passes, cloned chunks), which may be any length.
         Raises ``AudioInputError`` (a ValueError) naming the clip for bad input.
         """
+        flags = [user_input] * len(clips) if isinstance(user_input, bool) else [bool(f) for f in user_input]
         keys = [clip_digest(w, sr) for w, sr in clips]
         todo: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in self._cache and key not in todo:
                 todo[key] = i
+            elif flags[i] and key in self._cache:  # cached as fed-back audio: user input still meets the limits
+                self._validate(i, len(clips), *clips[i])
         if todo:
-            fresh = self._encode([clips[i] for i in todo.values()])
+            fresh = self._encode([clips[i] for i in todo.values()], [flags[i] for i in todo.values()])
             for key, context in zip(todo, fresh):
                 self._cache[key] = context
         out = []
@@ -100,12 +106,19 @@ class FrontEnd:
             self._cache.popitem(last=False)
         return out
 
+    @staticmethod
+    def _validate(n: int, count: int, wav: torch.Tensor, sample_rate: int) -> None:
+        try:
+            validate_audio(wav, sample_rate)
+        except ValueError as exc:
+            raise type(exc)(f"clip {n + 1} of {count}: {exc}" if count > 1 else str(exc)) from exc
+
     @torch.inference_mode()
-    def _encode(self, clips: Sequence[tuple[torch.Tensor, int]]) -> list[PromptContext]:
+    def _encode(self, clips: Sequence[tuple[torch.Tensor, int]], user_input: Sequence[bool]) -> list[PromptContext]:
         prepared = []
-        for n, (wav, sr) in enumerate(clips):
+        for n, ((wav, sr), checked) in enumerate(zip(clips, user_input)):
             try:
-                prepared.append(prepare_audio(wav, sr, device=self.device))
+                prepared.append(prepare_audio(wav, sr, device=self.device, user_input=checked))
             except ValueError as exc:
                 if len(clips) > 1:
                     raise type(exc)(f"clip {n + 1} of {len(clips)}: {exc}") from exc

@@ -1,11 +1,17 @@
 """Kaldi filterbank features: the Paraformer WavFrontend (fbank -> LFR -> CMVN) and the CAM++ input.
 
-Both use ``torchaudio.compliance.kaldi.fbank`` (the code the official path runs), with dither 0 so the
-features are reproducible (the official Paraformer front end dithers by default).
+Both use ``torchaudio.compliance.kaldi.fbank`` (the code the official path runs). The Paraformer front
+end dithers as FunASR's WavFrontend(Online) does by default (dither 1.0, in int16 units): kaldi adds
+``dither * N(0, 1)`` to every sample of every frame after framing, before DC removal and pre-emphasis,
+fresh noise per frame. Without it, digital silence (our trim pads with it; DAW exports hold it) gives
+log-mel values ~20 nats below anything the encoder saw in training. The noise here is drawn on the CPU
+from a generator seeded by the clip's length (``dither_seed``), so a clip gives the same codes on every
+run and device. CAM++ is dither 0 (the official ``extract_spk_embedding``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +22,11 @@ import torchaudio.compliance.kaldi as kaldi
 
 from ..constants import HUB_REPO_TOKENIZER, KALDI_WAVE_SCALE, SPEAKER_FBANK_BINS, TOKENIZER_SAMPLE_RATE
 from ..file_readers import read_model_text
+
+
+FUNASR_DITHER = 1.0  # FunASR WavFrontend / WavFrontendOnline default (the official config.yaml sets none)
+_SEED_BITS = 63
+_DITHER_SEED_TAG = "vq02-dither"
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class FbankConfig:
     frame_shift_ms: float = 10.0
     lfr_m: int = 7
     lfr_n: int = 6
+    dither: float = FUNASR_DITHER  # 0 turns it off (the parity fixtures were made that way)
 
     @classmethod
     def from_config(cls, frontend_conf: Mapping[str, Any]) -> FbankConfig:
@@ -41,6 +53,7 @@ class FbankConfig:
             frame_shift_ms=float(frontend_conf.get("frame_shift", d.frame_shift_ms)),
             lfr_m=int(frontend_conf.get("lfr_m", d.lfr_m)),
             lfr_n=int(frontend_conf.get("lfr_n", d.lfr_n)),
+            dither=float(frontend_conf.get("dither", d.dither)),
         )
 
     @property
@@ -83,13 +96,43 @@ def load_cmvn(path: str | Path) -> torch.Tensor:
     return torch.tensor([found["<AddShift>"], found["<Rescale>"]], dtype=torch.float32)
 
 
-def paraformer_fbank(wav16k: torch.Tensor, config: FbankConfig) -> torch.Tensor:
-    """Mono ``[samples]`` in [-1, 1] -> ``[frames, n_mels]`` log-mel fbank of the int16-scaled wave."""
+def dither_seed(wav16k: torch.Tensor) -> int:
+    """The clip's dither seed, from its length in samples (same clip, same noise, on any device).
+
+    Not from the sample values: an edit pass feeds back decoder output whose last bits differ between a
+    batch and a single call, or between CPU and GPU; noise keyed to exact values would turn that rounding
+    into different codes. Sharing the noise pattern between clips of one length changes nothing else.
+    """
+    digest = hashlib.sha256(f"{_DITHER_SEED_TAG}|{int(wav16k.shape[-1])}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> (64 - _SEED_BITS)
+
+
+def dither_noise(num_frames: int, frame_length: int, seed: int) -> torch.Tensor:
+    """Standard normal noise ``[num_frames, frame_length]`` (float32, CPU), one row per kaldi frame."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn((num_frames, frame_length), generator=generator, dtype=torch.float32)
+
+
+def paraformer_fbank(wav16k: torch.Tensor, config: FbankConfig, seed: int | None = None) -> torch.Tensor:
+    """Mono ``[samples]`` in [-1, 1] -> ``[frames, n_mels]`` log-mel fbank of the int16-scaled wave.
+
+    With ``config.dither`` the frames get kaldi's dither from ``dither_noise(..., seed)`` (seed default:
+    ``dither_seed(wav16k)``): the dithered frames are laid end to end and fbank runs with the frame shift
+    equal to the frame length, which frames them back exactly, so every later kaldi step is its own.
+    """
+    scaled = wav16k * KALDI_WAVE_SCALE
+    frame_ms, shift_ms = config.frame_length_ms, config.frame_shift_ms
+    length, shift = config.frame_length_samples, config.frame_shift_samples
+    if config.dither and scaled.shape[0] >= length:
+        frames = scaled.unfold(0, length, shift)
+        noise = dither_noise(frames.shape[0], length, dither_seed(wav16k) if seed is None else seed)
+        scaled = (frames + noise.to(frames.device) * config.dither).reshape(-1)
+        shift_ms = frame_ms
     return kaldi.fbank(
-        (wav16k * KALDI_WAVE_SCALE).unsqueeze(0),
+        scaled.unsqueeze(0),
         num_mel_bins=config.n_mels,
-        frame_length=config.frame_length_ms,
-        frame_shift=config.frame_shift_ms,
+        frame_length=frame_ms,
+        frame_shift=shift_ms,
         dither=0.0,
         energy_floor=0.0,
         window_type=config.window,

@@ -20,6 +20,7 @@ not 125 x 50 sequential calls for 30 s). Parity with the official outputs is tes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -421,7 +422,9 @@ class Vq02Result:
 class Vq02Tokenizer:
     """16 kHz mono clips -> vq02 codes (16.67 Hz), batched over clips, on CPU or CUDA.
 
-    Input: the trimmed 16 kHz ``PreparedAudio.tokenizer_wav`` of each clip. Dither is off.
+    Input: the trimmed 16 kHz ``PreparedAudio.tokenizer_wav`` of each clip. Features are dithered as the
+    official FunASR front end (1.0), with noise seeded per clip (``fbank.dither_seed``);
+    ``from_folder(dither=0.0)`` turns it off (the parity fixtures' reference ran without dither).
     """
 
     def __init__(
@@ -456,9 +459,13 @@ class Vq02Tokenizer:
 
     @classmethod
     def from_folder(
-        cls, tokenizer_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+        cls, tokenizer_dir: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        dither: float | None = None,
     ) -> Vq02Tokenizer:
-        """Load from the official ``Step-Audio-Tokenizer`` folder (centroids + the Paraformer subfolder)."""
+        """Load from the official ``Step-Audio-Tokenizer`` folder (centroids + the Paraformer subfolder).
+
+        ``dither``: None = as config.yaml says (FunASR's default 1.0 when it says nothing); 0 = off.
+        """
         tokenizer_dir = Path(tokenizer_dir)
         para_dir = tokenizer_dir / PARAFORMER_SUBDIR
         needed = [
@@ -474,6 +481,8 @@ class Vq02Tokenizer:
             )
         config = read_model_yaml_mapping(para_dir / "config.yaml", HUB_REPO_TOKENIZER)
         fbank = FbankConfig.from_config(config.get("frontend_conf", {}))
+        if dither is not None:
+            fbank = dataclasses.replace(fbank, dither=float(dither))
         enc_cfg = SanmEncoderConfig.from_config(config.get("encoder_conf", {}), fbank.feature_dim)
         encoder = SanmEncoder(enc_cfg)
         state = load_encoder_state(para_dir / "model.pt")

@@ -7,6 +7,10 @@ CUDA-core ``gemv`` (either with the norm / SwiGLU inside the kernel or before it
 place). Which is fastest depends on the GPU, the matrix and the batch bucket, so ``select_linears`` times
 every candidate the way it will run (captured in a CUDA graph, cycling through all layers so nothing is
 served from L2) and keeps the fastest per role; results are cached per process.
+
+Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
+kernels of ``quant.kernels`` (``dot`` / ``gemv`` choices, their own configuration lists); the ``cublas``
+choice then means dequantize-then-``F.linear``, the exact reference used off CUDA and beyond 16 rows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch.nn.functional as F
 
 from . import decode_ops as ref_ops
 from . import triton_decode
+from .quant import kernels as quant_kernels
+from .quant.linear import QuantMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +36,11 @@ DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 256, 4, 4), (64, 128,
                                                       (16, 512, 4, 3))
 GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((8, 512, 4, 1), (4, 512, 2, 1), (16, 512, 8, 1),
                                                        (8, 1024, 8, 1), (4, 1024, 4, 2))
+# Quantized weights (BLOCK_K is halved where it does not divide K: small test models).
+QUANT_DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 256, 4, 4), (64, 128, 4, 4), (64, 256, 8, 3),
+                                                            (16, 512, 4, 3))
+QUANT_GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((8, 512, 4, 1), (16, 256, 4, 2), (4, 1024, 4, 1),
+                                                             (16, 512, 8, 1), (32, 256, 8, 1))
 TIMING_REPLAYS = 4
 _CACHE: dict[tuple, dict[str, "LinearChoice"]] = {}
 
@@ -51,9 +62,17 @@ class LinearChoice:
 CUBLAS = LinearChoice()
 
 
-def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor, **kwargs) -> torch.Tensor:
+def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantMatrix, **kwargs) -> torch.Tensor:
+    if isinstance(weight, QuantMatrix):
+        fn = quant_kernels.qgemv if choice.kernel == "gemv" else quant_kernels.qdot
+        return fn(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
     fn = triton_decode.gemv if choice.kernel == "gemv" else triton_decode.skinny_linear
     return fn(x, weight, choice.config, **kwargs)
+
+
+def _dense(x: torch.Tensor, weight: torch.Tensor | QuantMatrix) -> torch.Tensor:
+    """The ``cublas`` choice: ``F.linear`` (after dequantizing a quantized weight)."""
+    return weight.linear(x) if isinstance(weight, QuantMatrix) else F.linear(x, weight)
 
 
 class ResidualStream:
@@ -86,7 +105,7 @@ class ResidualStream:
             self._flush()
             return _kernel(choice, self.resid, weight, norm_weight=norm, eps=self.eps)
         h = self.norm(norm)
-        return F.linear(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight)
+        return _dense(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight)
 
     def residual_linear(self, x: torch.Tensor, weight: torch.Tensor, choice: LinearChoice, swiglu: bool) -> None:
         """``resid += weight · f(x)``, f = SwiGLU product (down) or identity (o)."""
@@ -95,17 +114,23 @@ class ResidualStream:
             x = triton_decode.silu_mul(x) if self.triton else ref_ops.silu_mul(x)
         if choice.kernel == "cublas":
             self._flush()
-            self.pending = F.linear(x, weight)
+            self.pending = _dense(x, weight)
             return
         self._flush()
         _kernel(choice, x, weight, swiglu=fused_swiglu, residual=self.resid)
 
 
-def candidates(role: str, rows: int, mode: str) -> list[LinearChoice]:
-    """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton)."""
+def candidates(role: str, rows: int, mode: str, quantized: bool = False) -> list[LinearChoice]:
+    """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton). Quantized
+    weights never time ``cublas`` (a dequantization per step) unless it is all there is."""
     if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
         return [CUBLAS]
     fusions = (True, False) if PROLOGUE[role] else (False,)
+    if quantized:
+        found = [LinearChoice("dot", c, f) for c in QUANT_DOT_CONFIGS for f in fusions]
+        if rows == 1:
+            found += [LinearChoice("gemv", c, f) for c in QUANT_GEMV_CONFIGS for f in fusions]
+        return found
     found = [CUBLAS] if mode == "auto" else []
     found += [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in fusions]
     if rows == 1:
@@ -136,7 +161,8 @@ def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
     device = weights.embed.device
     dtype = weights.embed.dtype
     key = (torch.cuda.get_device_name(device), dtype, rows, mode, weights.embed.shape[1],
-           tuple(tuple(w[0].shape) for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
+           tuple((tuple(w[0].shape), getattr(w[0], "scheme", None))
+                 for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
     if key in _CACHE:
         return _CACHE[key]
     hidden = weights.embed.shape[1]
@@ -155,7 +181,7 @@ def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
         inner = mats[0].shape[1]
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
-        for choice in candidates(role, rows, mode):
+        for choice in candidates(role, rows, mode, quantized=isinstance(mats[0], QuantMatrix)):
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True)
                 if PROLOGUE[role] == "norm":

@@ -38,7 +38,7 @@ from . import decode_ops as ref_ops
 from . import triton_decode
 from .decode_linears import LinearChoice, ResidualStream, select_linears
 from .decode_state import DecodeState, SamplerTables, choose_and_commit
-from .fused_weights import DecodeWeights, audio_vocab_ids, fingerprint_of, fuse_step1_projections
+from .fused_weights import DecodeWeights, audio_vocab_ids, fingerprint_of, fuse_step1_projections, projection_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,12 @@ class DecodeSession:
         if model is not self._model():
             return False
         decoder = model.model
+        layers = decoder.layers
         current = fingerprint_of(decoder.embed_tokens.weight, model.lm_head.weight,
-                                 *(layer.self_attn.q_proj.weight for layer in decoder.layers),
-                                 *(layer.mlp.gate_proj.weight for layer in decoder.layers),
-                                 *(layer.self_attn.o_proj.weight for layer in decoder.layers),
-                                 *(layer.mlp.down_proj.weight for layer in decoder.layers))
+                                 *(projection_tensor(layer.self_attn.q_proj) for layer in layers),
+                                 *(projection_tensor(layer.mlp.gate_proj) for layer in layers),
+                                 *(projection_tensor(layer.self_attn.o_proj) for layer in layers),
+                                 *(projection_tensor(layer.mlp.down_proj) for layer in layers))
         return current == self._fingerprint
 
     def release(self) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 from ..constants import EOT_ID, VQ02_FIRST_ID, VQ06_LAST_ID
 from .attention import alibi_slopes
 from .decode_ops import AttentionShape
+from .quant.linear import QuantLinear, QuantMatrix
 
 
 @dataclass
@@ -30,10 +31,10 @@ class DecodeWeights:
     input_norms: list[torch.Tensor]  # [C] each
     post_norms: list[torch.Tensor]
     final_norm: torch.Tensor
-    qkv: list[torch.Tensor]  # [(H + 2G) * D, C]
-    o: list[torch.Tensor]  # [C, H * D]
-    gate_up: list[torch.Tensor]  # [2I, C]
-    down: list[torch.Tensor]  # [C, I]
+    qkv: list[torch.Tensor | QuantMatrix]  # [(H + 2G) * D, C]
+    o: list[torch.Tensor | QuantMatrix]  # [C, H * D]
+    gate_up: list[torch.Tensor | QuantMatrix]  # [2I, C]
+    down: list[torch.Tensor | QuantMatrix]  # [C, I]
     head: torch.Tensor  # lm_head [V, C]
     eps: float
     shape: AttentionShape
@@ -47,8 +48,13 @@ class DecodeWeights:
         return fingerprint_of(self.embed, self.head, *self.qkv, *self.gate_up, *self.o, *self.down)
 
 
-def fingerprint_of(*tensors: torch.Tensor) -> tuple[int, ...]:
+def fingerprint_of(*tensors: torch.Tensor | QuantMatrix) -> tuple[int, ...]:
     return tuple(t.data_ptr() for t in tensors)
+
+
+def projection_tensor(module: nn.Module) -> torch.Tensor:
+    """The tensor that identifies a projection's weights: ``weight``, or a ``QuantLinear``'s packed words."""
+    return module.weight_packed if isinstance(module, QuantLinear) else module.weight
 
 
 def _fused_view(parts: list[torch.Tensor]) -> torch.Tensor | None:
@@ -68,8 +74,31 @@ def _fused_view(parts: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.as_strided(first.detach(), (rows, cols), (cols, 1), first.storage_offset())
 
 
-def _fuse(modules: list[nn.Linear]) -> torch.Tensor:
+def _fuse_quant(modules: list[QuantLinear]) -> QuantMatrix:
+    """``_fuse`` for quantized projections: packed words and scales are concatenated by rows alike."""
+    packed = _fused_view([m.weight_packed for m in modules])
+    scales = _fused_view([m.weight_scale for m in modules])
+    if packed is None or scales is None:
+        packed = torch.cat([m.weight_packed for m in modules], dim=0)
+        scales = torch.cat([m.weight_scale for m in modules], dim=0)
+        start = 0
+        for module in modules:
+            rows = module.out_features
+            module.set_tensors(packed[start:start + rows], scales[start:start + rows])
+            start += rows
+    return QuantMatrix(packed, scales, modules[0].scheme)
+
+
+def _single(module: nn.Module) -> torch.Tensor | QuantMatrix:
+    return module.matrix if isinstance(module, QuantLinear) else module.weight.detach()
+
+
+def _fuse(modules: list[nn.Module]) -> torch.Tensor | QuantMatrix:
     """Concatenate the modules' weights (unless already adjacent) and point each weight at its slice."""
+    if all(isinstance(m, QuantLinear) for m in modules) and len({m.scheme for m in modules}) == 1:
+        return _fuse_quant(modules)
+    if any(isinstance(m, QuantLinear) for m in modules):
+        raise ValueError("a layer mixes quantized and float projections (or schemes) that decode fuses together")
     weights = [m.weight for m in modules]
     fused = _fused_view(weights)
     if fused is not None:
@@ -93,8 +122,8 @@ def fuse_step1_projections(model) -> DecodeWeights:
         attn, mlp = layer.self_attn, layer.mlp
         qkv.append(_fuse([attn.q_proj, attn.k_proj, attn.v_proj]))
         gate_up.append(_fuse([mlp.gate_proj, mlp.up_proj]))
-        o.append(attn.o_proj.weight.detach())
-        down.append(mlp.down_proj.weight.detach())
+        o.append(_single(attn.o_proj))
+        down.append(_single(mlp.down_proj))
         input_norms.append(layer.input_layernorm.weight.detach())
         post_norms.append(layer.post_attention_layernorm.weight.detach())
     shape = AttentionShape(config.num_attention_heads, config.num_attention_groups, config.head_dim)

@@ -1,0 +1,151 @@
+"""``QuantLinear``: a bias-free linear layer whose weight is stored packed (``format``), and swapping it in.
+
+Why a module: the Step1 forward (prefill, the plain decode path) calls ``self.q_proj(x)`` etc., so replacing
+the seven projection ``nn.Linear`` of each layer is all the model needs; the buffers keep the
+compressed-tensors names (``weight_packed``, ``weight_scale``), so ``state_dict()`` keys are the official
+file's. lm_head and the embedding stay in the model dtype (the official AWQ file leaves them so too).
+
+Forward: a few rows on CUDA with Triton run the fused dequantizing kernels (``kernels``); otherwise the
+weight is dequantized (``q * scale`` in the model dtype) and multiplied with ``F.linear``, so the CPU, MPS
+and no-Triton results are exactly dequantize-then-matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .format import QuantScheme, dequantize, quantize, scale_dtype, scheme_for_columns
+
+# The seven projections of a Step1 layer that are quantized (relative to ``model.layers.{i}``).
+QUANT_TARGETS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """A packed weight as the decode step sees it (possibly several projections fused by rows)."""
+
+    packed: torch.Tensor  # int32 [N, K * bits / 32]
+    scale: torch.Tensor  # [N, K / group]
+    scheme: QuantScheme
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.packed.shape[0], self.packed.shape[1] * self.scheme.per_word
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scale.dtype
+
+    def data_ptr(self) -> int:
+        return self.packed.data_ptr()
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if kernels.available(self.packed):
+            return kernels.dequantize(self.packed, self.scale, self.scheme, dtype)
+        return dequantize(self.packed, self.scale, self.scheme, dtype)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W^T`` by dequantize-then-matmul (the reference every kernel is compared with)."""
+        return F.linear(x, self.dequantized(x.dtype))
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ dequantize(weight_packed, weight_scale)^T``; no bias."""
+
+    def __init__(self, in_features: int, out_features: int, scheme: QuantScheme, dtype: torch.dtype,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        scheme.check_shape(out_features, in_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.scheme = scheme
+        self.register_buffer("weight_packed", torch.empty(out_features, scheme.packed_cols(in_features),
+                                                          dtype=torch.int32, device=device))
+        self.register_buffer("weight_scale", torch.empty(out_features, scheme.scale_cols(in_features),
+                                                         dtype=dtype, device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: QuantScheme) -> "QuantLinear":
+        """Quantize a float ``nn.Linear`` (round to nearest, per-group scales) on its own device."""
+        weight = linear.weight.detach()
+        module = cls(weight.shape[1], weight.shape[0], scheme, weight.dtype, device="meta")
+        packed, scale = quantize(weight, scheme)
+        module.set_tensors(packed, scale.to(scale_dtype(scale.dtype, weight.dtype)))
+        return module
+
+    def set_tensors(self, packed: torch.Tensor, scale: torch.Tensor) -> None:
+        """Point the buffers at (packed, scale) without copying (both checked against the shape)."""
+        want_p = (self.out_features, self.scheme.packed_cols(self.in_features))
+        want_s = (self.out_features, self.scheme.scale_cols(self.in_features))
+        if tuple(packed.shape) != want_p or packed.dtype != torch.int32:
+            raise ValueError(f"weight_packed must be int32 {list(want_p)}, got {packed.dtype} {list(packed.shape)}")
+        if tuple(scale.shape) != want_s or not scale.is_floating_point():
+            raise ValueError(f"weight_scale must be float {list(want_s)}, got {scale.dtype} {list(scale.shape)}")
+        self.weight_packed = packed
+        self.weight_scale = scale
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.weight_scale.dtype
+
+    @property
+    def matrix(self) -> QuantMatrix:
+        return QuantMatrix(self.weight_packed, self.weight_scale, self.scheme)
+
+    def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The float weight [out, in] this layer multiplies with."""
+        return self.matrix.dequantized(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
+            flat = x.reshape(rows, self.in_features)
+            return kernels.quant_linear(flat, self.weight_packed, self.weight_scale, self.scheme).view(
+                *x.shape[:-1], self.out_features)
+        return F.linear(x, self.dequantized(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}, "
+                f"group={self.scheme.group_size}")
+
+
+def quant_modules(model) -> dict[str, QuantLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def quantize_step1_(model, bits: int, progress=None) -> None:
+    """Replace every layer's projections of a loaded float ``Step1ForCausalLM`` by ``QuantLinear`` in place,
+    freeing each float weight as soon as its quantized copy exists (peak: the model plus one matrix)."""
+    for layer in model.model.layers:
+        for target in QUANT_TARGETS:
+            parent_name, _, child = target.rpartition(".")
+            parent = layer.get_submodule(parent_name)
+            linear = getattr(parent, child)
+            if isinstance(linear, QuantLinear):
+                continue
+            setattr(parent, child, QuantLinear.from_linear(linear, scheme_for_columns(bits, linear.in_features)))
+            linear.weight = None  # drop the float tensor now, not when the loop ends
+        if progress is not None:
+            progress()
+
+
+def replace_with_empty_quant_linears(model, scheme: QuantScheme, dtype: torch.dtype, layers: set[int] | None = None,
+                                     targets: tuple[str, ...] = QUANT_TARGETS, per_columns: bool = False) -> None:
+    """Swap the named projections of a (meta) Step1 for empty ``QuantLinear`` of ``scheme`` (the loader then
+    points their buffers at the checkpoint's tensors). ``per_columns``: the group size follows each matrix's
+    columns (``scheme_for_columns``), as quantizing on load does."""
+    for index, layer in enumerate(model.model.layers):
+        if layers is not None and index not in layers:
+            continue
+        for target in targets:
+            parent_name, _, child = target.rpartition(".")
+            parent = layer.get_submodule(parent_name)
+            linear = getattr(parent, child)
+            own = scheme_for_columns(scheme.bits, linear.in_features) if per_columns else scheme
+            setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, own, dtype, device="meta"))

@@ -1,0 +1,97 @@
+"""The quantized kernels on the GPU against dequantize-then-matmul (every configuration the decode session
+may pick, full-size Step1 shapes), and the graph-replayed session of a quantized model against the plain
+path. Skips without CUDA and Triton."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
+    QUANT_DOT_CONFIGS,
+    QUANT_GEMV_CONFIGS,
+    LinearChoice,
+    ResidualStream,
+)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantLinear, QuantScheme, dequantize, quantize
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import kernels
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
+from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
+from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
+
+pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="needs CUDA and triton")
+CUDA = torch.device("cuda")
+
+
+def _rand(*shape, seed=0, dtype=torch.bfloat16):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, device=CUDA, generator=gen).to(dtype)
+
+
+def _rel(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
+
+
+def _matrix(n: int, k: int, bits: int, seed: int) -> QuantMatrix:
+    packed, scale = quantize(_rand(n, k, seed=seed) * 0.02, QuantScheme(bits, 128))
+    return QuantMatrix(packed, scale, QuantScheme(bits, 128))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gpu_dequantize_kernel_is_bitwise_the_reference(bits):
+    m = _matrix(3584, 3072, bits, 1)
+    assert torch.equal(kernels.dequantize(m.packed, m.scale, m.scheme), dequantize(m.packed, m.scale, m.scheme))
+
+
+KERNELS = [LinearChoice("dot", c, f) for c in QUANT_DOT_CONFIGS for f in (True, False)] + \
+    [LinearChoice("gemv", c, f) for c in QUANT_GEMV_CONFIGS for f in (True, False)]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("choice", KERNELS, ids=str)
+@pytest.mark.parametrize("rows", [1, 16])
+def test_quant_kernels_match_dequantize_then_matmul(choice, rows, bits):
+    if choice.kernel == "gemv" and rows != 1:
+        pytest.skip("gemv runs one row")
+    qkv, down = _matrix(3584, 3072, bits, 7), _matrix(3072, 8192, bits, 8)
+    resid = _rand(rows, 3072, seed=9)
+    norm = 1 + 0.1 * _rand(3072, seed=10)
+    gate_up = _rand(rows, 2 * 8192, seed=11)
+    expected = ref_ops.rms_norm(resid, norm, 1e-5).float() @ qkv.dequantized().float().T
+    stream = ResidualStream(resid.clone(), 1e-5, use_triton=True)
+    assert _rel(stream.normed_linear(norm, qkv, choice), expected) < 5e-3
+    reference = resid.float() + ref_ops.silu_mul(gate_up).float() @ down.dequantized().float().T
+    stream.residual_linear(gate_up, down, choice, swiglu=True)
+    stream.norm(norm)
+    assert _rel(stream.resid, reference) < 5e-3
+
+
+def test_quant_linear_forward_agrees_across_kernel_and_dequantized_paths():
+    module = QuantLinear.from_linear(torch.nn.Linear(3072, 1024, bias=False, device=CUDA, dtype=torch.bfloat16),
+                                     QuantScheme(4, 128))
+    x = _rand(2, 20, 3072, seed=3)
+    whole = module(x)  # 40 rows: dequantize + cuBLAS
+    for rows in (1, 7, 16):
+        part = module(x.reshape(40, 3072)[:rows])  # the fused kernels
+        assert _rel(part, whole.reshape(40, 1024)[:rows]) < 1e-2
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_quantized_graph_path_matches_the_plain_path(parity, quantize):
+    model = load_step1(parity.editx_dir, device="cuda", dtype="fp32", quantize=quantize)
+    get_decode_session(model, DecodeOptions(linear="triton"))
+    ref = parity.npz("step1_logits")
+    prompts = [ref[f"{n}_input_ids"].tolist() for n in ("seq300", "row0", "seq40", "row1", "row0")]
+    caps = [40, 7, 33, 12, 25]
+    for config in (SamplingConfig(), SamplingConfig(do_sample=False, constrain_audio=False, repetition_guard=False)):
+        fast = generate(model, prompts, caps, config, list(range(5)))
+        plain = generate(model, prompts, caps, config, list(range(5)), fast=False)
+        assert fast[0].path.startswith("cuda-graph+triton")
+        assert [o.tokens for o in fast] == [o.tokens for o in plain]
+    assert all(o.stop_reason in (StopReason.CAP, StopReason.EOS) for o in fast)
+    single = generate(model, prompts[:1], caps[:1], SamplingConfig(), [0])  # batch 1: the gemv kernels
+    assert single[0].tokens == generate(model, prompts[:1], caps[:1], SamplingConfig(), [0], fast=False)[0].tokens
