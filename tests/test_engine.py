@@ -380,3 +380,19 @@ def test_a_fed_back_clip_that_cannot_be_edited_comes_back_unchanged(engine, clip
     assert "pass 1 of 1 could not run (audio is silent" in result.warnings[0]
     with pytest.raises(AudioInputError, match="at least 0.5 s"):  # as user input it is an error
         engine.edit(EditRequest(silent, C.OUTPUT_SAMPLE_RATE, TEXT, "emotion", "sad"))
+
+
+def test_fed_back_audio_shorter_than_one_group_is_a_warning_not_a_crash(engine):
+    """Kaldi's fbank asserts on clips shorter than a frame; fed-back audio that short ends with a warning."""
+    tiny = torch.zeros(100)
+    tiny[50] = 0.5
+    result = engine.edit(EditRequest(tiny, C.OUTPUT_SAMPLE_RATE, TEXT, "emotion", "sad", intermediate=True),
+                         GenerationSettings(max_new_tokens=10, dynamic_tokens=False))
+    assert result.passes == [] and result.warnings == [
+        "WARNING: pass 1 of 1 could not run (audio is 0.004 s long, shorter than one 120 ms token group: too short "
+        "to tokenise); the result is the 0 pass(es) before it."]
+    one_group = torch.zeros(C.SAMPLES_PER_GROUP)
+    one_group[1000] = 0.5  # the shortest output a pass can give: it is edited
+    result = engine.edit(EditRequest(one_group, C.OUTPUT_SAMPLE_RATE, TEXT, "emotion", "sad", intermediate=True),
+                         GenerationSettings(max_new_tokens=10, dynamic_tokens=False))
+    assert len(result.passes) == 1 and result.warnings == []

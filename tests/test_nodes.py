@@ -484,6 +484,18 @@ def test_edit_info_reports_tokens_stops_and_truncation():
     assert "WARNING: clip 1: pass 2 of 2 could not run (audio is empty)" in info
 
 
+def test_clone_info_lists_the_post_processor_warnings():
+    from comfyui_step_audio_editx.nodes.info import clone_info
+    from comfyui_step_audio_editx.utils.audio.edit_post_processor import LongFormResult
+
+    reference = split_batch(audio(speech(1.0)))[0]
+    result = LongFormResult(torch.zeros(48000), OUTPUT_SAMPLE_RATE, 2, 2, False,
+                            passes=[PassResult(torch.zeros(24000), 30, 40, 60, StopReason.EOS)],
+                            warnings=["segment 2: emotion:happy skipped (audio is empty)"])
+    info = clone_info(reference, result, True, 0.1, 1.0)
+    assert info.splitlines()[-1] == "WARNING: segment 2: emotion:happy skipped (audio is empty)"
+
+
 # --- node functions on a fake engine that follows the StepAudioEditX contract -----------------------------------
 class FakeEngine:
     """StepAudioEditX's contract with arithmetic instead of a model: the output is ``seconds_out`` long and

@@ -24,18 +24,23 @@ def _run(code: str) -> str:
 
 def test_package_import_registers_step1_before_transformers_is_imported(tiny_model_root):
     out = _run(f"""
+        import importlib.util
         import sys
         import {PACKAGE}
         print("torch_loaded_by_package_import", "torch" in sys.modules)
+        assert importlib.util.find_spec("transformers") is not None  # an availability check imports nothing
+        assert "transformers" not in sys.modules
         from transformers import AutoConfig, AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained({str(tiny_model_root / "Step-Audio-EditX")!r},
                                                      trust_remote_code=False)
         print("class", type(model).__module__, type(model).__name__)
         print("config", type(AutoConfig.for_model("step1")).__name__)
+        print("hook_left", any(type(f).__module__.endswith("step1_registration") for f in sys.meta_path))
     """)
     assert "torch_loaded_by_package_import False" in out  # the package import stays cheap
     assert f"class {PACKAGE}.engines.step_audio_editx.lm.step1 Step1ForCausalLM" in out
     assert "config Step1Config" in out
+    assert "hook_left False" in out  # the hook removed itself once it had fired
 
 
 def test_package_import_registers_step1_when_transformers_is_already_loaded(tiny_model_root):

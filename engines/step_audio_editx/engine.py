@@ -52,6 +52,8 @@ from .vocabulary import WEIGHTS_RELEASE_CURRENT, check_weights_release
 
 logger = logging.getLogger(__name__)
 
+# What a front end or prompt step raises for audio it cannot take (kaldi asserts on too-short frames).
+_PASS_ERRORS = (ValueError, RuntimeError, AssertionError)
 PASS_CACHE_SIZE = 128  # finished edit passes kept per engine (lowering n_iterations is free)
 LENGTH_GROUP_RATIO = 1.5  # prompts up to this much longer than the shortest of a group share its batch
 MAX_GENERATE_BATCH = 16
@@ -254,7 +256,7 @@ class StepAudioEditX:
                     frontend_s = (time.perf_counter() - started) / len(todo)
                     for i, reason in failed.items():  # fed-back audio this pass cannot take: keep what is done
                         warnings[i].append(f"WARNING: pass {it + 1} of {checked[i].n_iterations} could not run "
-                                           f"({reason}); the result is the {it} pass(es) before it.")
+                                           f"({reason.rstrip('.')}); the result is the {it} pass(es) before it.")
                         logger.warning("edit request %d: %s", i + 1, warnings[i][-1])
                         checked[i] = replace(checked[i], n_iterations=it)
                     active = [i for i in active if i not in failed]
@@ -332,7 +334,7 @@ class StepAudioEditX:
         clips = [current[i] for i in todo]
         try:
             contexts: list = parts.frontend.encode(clips, [not fed_back[i] for i in todo])
-        except (ValueError, RuntimeError):
+        except _PASS_ERRORS:
             if not any(fed_back.values()):
                 raise
             contexts = [self._encode_or_reason(parts, clip, fed_back[i]) for i, clip in zip(todo, clips)]
@@ -343,7 +345,7 @@ class StepAudioEditX:
                 if isinstance(ctx, Exception):
                     raise ctx
                 jobs[i] = self._edit_job(parts, checked[i], ctx, settings, it)
-            except (ValueError, RuntimeError) as exc:
+            except _PASS_ERRORS as exc:
                 if not fed_back[i]:
                     raise
                 failed[i] = str(exc)
@@ -353,7 +355,7 @@ class StepAudioEditX:
     def _encode_or_reason(parts: _Parts, clip, fed_back: bool):
         try:
             return parts.frontend.encode([clip], user_input=not fed_back)[0]
-        except (ValueError, RuntimeError) as exc:
+        except _PASS_ERRORS as exc:
             if not fed_back:
                 raise
             return exc

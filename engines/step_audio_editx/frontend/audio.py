@@ -29,6 +29,7 @@ import torchaudio
 
 from ..constants import (
     EDIT_INPUT_PEAK,
+    GROUP_SECONDS,
     MAX_INPUT_SAMPLE_RATE,
     MAX_INPUT_SECONDS,
     MIN_INPUT_SAMPLE_RATE,
@@ -116,7 +117,8 @@ def validate_audio(wav: ArrayLike, sample_rate: int, *, user_input: bool = True)
     0.5 s or longer than 30 s, and clips whose peak is below one 16-bit step (all silent).
     ``user_input=False`` (the pack's own output fed back: an edit pass, a cloned chunk) skips the two
     duration limits, which only describe what users should give: the official loop edits such audio
-    whatever its length (vq06 splits it into 30 s pieces).
+    whatever its length (vq06 splits it into 30 s pieces); only audio shorter than one 120 ms token
+    group (less than the model ever writes) is refused.
     """
     sample_rate = _sample_rate(sample_rate)
     if sample_rate < MIN_INPUT_SAMPLE_RATE or sample_rate > MAX_INPUT_SAMPLE_RATE:
@@ -137,6 +139,11 @@ def validate_audio(wav: ArrayLike, sample_rate: int, *, user_input: bool = True)
     if user_input and seconds < MIN_INPUT_SECONDS:
         raise AudioInputError(
             f"audio is {seconds:.3f} s long; at least {MIN_INPUT_SECONDS} s of speech is needed. Use a longer clip."
+        )
+    if not user_input and seconds < GROUP_SECONDS:
+        raise AudioInputError(
+            f"audio is {seconds:.3f} s long, shorter than one {GROUP_SECONDS * 1000:.0f} ms token group: too short "
+            "to tokenise."
         )
     if user_input and seconds > MAX_INPUT_SECONDS:
         raise AudioInputError(
