@@ -13,6 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+# The tiny models' ops are far too small to gain from intra-op threads, and on CI's two shared cores OpenMP's
+# spinning threads made the suite several times slower (tests/test_engine.py + test_generation.py under load:
+# 301 s with the default threads, 91 s with one). One thread per process (children inherit it) unless the
+# caller chose a number; GPU work is unaffected.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # imported before this file (a plugin): its thread pool is already sized
+        sys.modules["torch"].set_num_threads(1)
+
 import numpy as np
 import pytest
 

@@ -61,11 +61,11 @@ CLONE_INLINE_TAGS = WorkflowSpec("step_audio_editx_clone_inline_tags", (
              values={"audio": SAMPLE_CLIP}),
     _engine(2, 0),
     NodeSpec(3, "StepAudioEditXClone", 1, CLONE_SIZE, title="Speak the text in that voice",
-             values={"text": "Hello everyone, and thank you for coming. <Laughter> I honestly did not expect so many "
+             values={"text": "Hello everyone, and thank you for coming. <laugh> I honestly did not expect so many "
                              "of you! [pause:500ms] <emotion:happy> Tonight we celebrate a wonderful year together."},
              links={"reference_audio": (1, 0), "reference_text": (1, 1), "engine": (2, 0)}),
     *_outputs(4, 3, 2, "step_audio_editx_clone"),
-    _note(6, 1, "Clone with inline tags", "The text is spoken in the reference voice. `<Laughter>` inserts a "
+    _note(6, 1, "Clone with inline tags", "The text is spoken in the reference voice. `<laugh>` inserts a "
           "laugh, `<emotion:happy>` makes the following sentence happy, `[pause:500ms]` adds silence. Every edit "
           "tag is one more model pass over its chunk; long texts are split into chunks automatically."),
 ))
