@@ -54,6 +54,18 @@ def write_report(report: dict, text: str, json_path: Path | None, markdown_path:
             path.write_text(content, encoding="utf-8")
 
 
+def run_and_report(run: Callable[[object], dict], markdown: Callable[[dict], str], args) -> int:
+    """A benchmark's main after parsing: log to the console, run, print the markdown, write the files asked for."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    report = run(args)
+    text = markdown(report)
+    print(text)  # noqa: T201 - the benchmark's product is its report
+    write_report(report, text, args.json, args.markdown)
+    return 0
+
+
 def device_description(device: torch.device) -> dict:
     """Device, library versions and date: what a reported number must be read against."""
     import transformers

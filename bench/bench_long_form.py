@@ -34,7 +34,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.asr.random_weights import
 from comfyui_step_audio_editx.engines.step_audio_editx.constants import PARAFORMER_SUBDIR
 from comfyui_step_audio_editx.engines.step_audio_editx.tiny_models import MODEL_SIZES
 
-from bench_common import BYTES_PER_GIB, device_description, sync, synthetic_speech, write_report
+from bench_common import BYTES_PER_GIB, device_description, run_and_report, sync, synthetic_speech
 
 logger = logging.getLogger("bench_long_form")
 
@@ -161,12 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tiny and args.models == parser.get_default("models"):
         args.models += "_tiny"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    report = run(args)
-    text = markdown(report)
-    print(text)  # noqa: T201 - the benchmark's product is its report
-    write_report(report, text, args.json, args.markdown)
-    return 0
+    return run_and_report(run, markdown, args)
 
 
 if __name__ == "__main__":
