@@ -156,15 +156,17 @@ def _check_model_options(args) -> None:
             raise UsageError(f"{flag} {value} is a file; give the folder that holds the model files.")
 
 
-def _read_clip(path: str | Path, label: str = ""):
-    """The clip as read from disk, after the checks the engine would make (length, silence, NaN)."""
+def _read_clip(path: str | Path, label: str = "", long_form: bool = False):
+    """The clip as read from disk, after the checks the engine would make (length, silence, NaN); edits
+    (``long_form``) take clips past 30 s, which the engine cuts into pieces."""
     from .engines.step_audio_editx import AudioInputError, load_audio, validate_audio
+    from .engines.step_audio_editx.constants import MAX_INPUT_SECONDS, MAX_LONG_INPUT_SECONDS
 
     try:
         if Path(path).is_dir():
             raise AudioInputError(f"{path} is a folder; give an audio file.")
         audio, rate = load_audio(path)
-        validate_audio(audio, rate)
+        validate_audio(audio, rate, max_seconds=MAX_LONG_INPUT_SECONDS if long_form else MAX_INPUT_SECONDS)
     except AudioInputError as exc:
         raise UsageError(f"{label}{exc}") from None
     return audio, rate
@@ -284,7 +286,7 @@ def cmd_edit(args) -> int:
     out = check_output_path(args.out, [args.input, *text_inputs], what="-o/--out")
     settings = _settings(args)
     _check_model_options(args)
-    audio, rate = _read_clip(args.input)
+    audio, rate = _read_clip(args.input, long_form=True)
     text = _transcript(args.input, args.text, args.text_file)  # None or blank: recognised and logged
     request = check_edit_request(EditRequest(audio=audio, sample_rate=rate, audio_text=text,
                                              edit_type=args.edit_type, edit_value=args.value, new_text=args.new_text,
@@ -325,7 +327,7 @@ def _batch_requests(rows, default_seed: int, weights_release: str) -> list:
 
     requests = []
     for row in rows:
-        audio, rate = _read_clip(row.input, f"{row.label}: ")
+        audio, rate = _read_clip(row.input, f"{row.label}: ", long_form=True)
         text = _transcript(row.input, row.text)
         request = EditRequest(audio=audio, sample_rate=rate, audio_text=text, edit_type=row.edit_type,
                               edit_value=row.value, new_text=row.new_text, n_iterations=row.iterations,

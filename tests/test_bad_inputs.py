@@ -277,13 +277,28 @@ def test_unreadable_audio(caplog, tmp_path, content, expected):
     assert expected in message and "Use a WAV, FLAC or OGG file" in message
 
 
-@pytest.mark.parametrize("seconds, amplitude, expected", [(0.2, 0.5, "at least 0.5 s"), (31, 0.5, "at most 30 s"),
+def constant_clip(tmp_path, seconds: float, amplitude: float = 0.5) -> Path:
+    path = tmp_path / "in.wav"
+    sf.write(path, np.full(int(8000 * seconds), amplitude, np.float32), 8000)
+    path.with_suffix(".txt").write_text("words", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("seconds, amplitude, expected", [(0.2, 0.5, "at least 0.5 s"), (1201, 0.5, "at most 1200 s"),
                                                           (1.0, 0.0, "silent")])
 def test_unusable_audio(caplog, tmp_path, seconds, amplitude, expected):
-    path = tmp_path / "in.wav"
-    sf.write(path, np.full(int(16000 * seconds), amplitude, np.float32), 16000)
-    path.with_suffix(".txt").write_text("words", encoding="utf-8")
+    path = constant_clip(tmp_path, seconds, amplitude)
     assert expected in run(caplog, *edit(path, "-o", str(tmp_path / "o.wav")))
+
+
+def test_clips_over_30_s_are_edited_in_pieces_but_are_no_clone_reference(caplog, tmp_path):
+    """An edit cuts a long clip into pieces itself, so the CLI's checks let 31 s through (to the model load,
+    which this module forbids); a clone reference stays limited to 30 s."""
+    path = constant_clip(tmp_path, 31)
+    with pytest.raises(pytest.fail.Exception, match="the model was loaded"):
+        main([*edit(path, "-o", str(tmp_path / "o.wav")), "--models-dir", str(tmp_path), "--device", "cpu"])
+    assert "at most 30 s" in run(caplog, "clone", "--prompt-audio", str(path), "--text", "Hi there.",
+                                 "-o", str(tmp_path / "c.wav"))
 
 
 def test_missing_input(caplog, tmp_path):
