@@ -21,7 +21,6 @@ _BRACKETS = re.compile(r"\[[^\[\]]*\]|<[^<>]*>")  # tags are not words: they nev
 def units(text: str) -> list[tuple[str, int]]:
     """(normalised unit, start offset) of every word unit of ``text``, tags skipped."""
     masked = _BRACKETS.sub(lambda m: " " * len(m.group(0)), text)
-    out = []
     return [(m.group(0).lower(), m.start()) for m in _UNIT.finditer(masked)]
 
 

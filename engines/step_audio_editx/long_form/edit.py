@@ -21,7 +21,7 @@ from ..asr import Transcript, postprocess
 from ..constants import MAX_INPUT_SECONDS, MAX_LONG_INPUT_SECONDS, OUTPUT_SAMPLE_RATE
 from ..frontend.audio import resample, validate_audio
 from ..types import AudioResult, CloneRequest, EditRequest, GenerationSettings, PieceInfo, ProgressCallback, Timings
-from ..vocabulary import TRANSCRIPT_FREE_EDITS, check_edit_type
+from ..request_checks import needs_transcript
 from .align import split_text
 from .join import crossfade_join
 from .segment import frame_energy, plan_pieces
@@ -33,7 +33,7 @@ RunPieces = Callable[[Sequence[EditRequest], GenerationSettings, Optional[Progre
 
 
 def _needs_text(r: EditRequest) -> bool:
-    return check_edit_type(r.edit_type) not in TRANSCRIPT_FREE_EDITS
+    return needs_transcript(r.edit_type)  # requests arrive checked (canonical edit types)
 
 
 def _derive(seed: int, k: int) -> int:
