@@ -110,3 +110,21 @@ def tiny_engine(tiny_model_root):
     from comfyui_step_audio_editx.engines.step_audio_editx import EngineConfig, StepAudioEditX
 
     return StepAudioEditX(EngineConfig(search_roots=(str(tiny_model_root),), device="cpu")).load()
+
+
+@pytest.fixture(scope="session")
+def short_sample_clip(tmp_path_factory):
+    """Writes the shipped sample clip cut to 1.5 s, with ``text`` as its transcript beside it (the CLI reads
+    <clip>.txt); returns the clip's path."""
+    import soundfile as sf
+
+    sample = REPO_ROOT / "example_workflows" / "sample_speech.wav"
+
+    def write(name: str, text: str) -> Path:
+        data, sr = sf.read(sample, dtype="float32")
+        path = tmp_path_factory.mktemp("clips") / f"{name}.wav"
+        sf.write(path, data[: int(1.5 * sr)], sr)
+        path.with_suffix(".txt").write_text(text, encoding="utf-8")
+        return path
+
+    return write

@@ -19,18 +19,11 @@ from comfyui_step_audio_editx.engines.step_audio_editx import SamplingConfig
 from comfyui_step_audio_editx.utils.files.outputs import OutputWriteError, write_audio_atomic
 from comfyui_step_audio_editx.utils.files.text_files import read_text_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "example_workflows" / "sample_speech.wav"
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("bad_inputs")
-    data, sr = sf.read(SAMPLE, dtype="float32")
-    path = folder / "clip.wav"
-    sf.write(path, data[: int(1.5 * sr)], sr)
-    path.with_suffix(".txt").write_text("I just heard the news", encoding="utf-8")
-    return path
+def clip(short_sample_clip):
+    return short_sample_clip("clip", "I just heard the news")
 
 
 @pytest.fixture(autouse=True)

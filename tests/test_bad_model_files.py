@@ -15,21 +15,14 @@ import soundfile as sf
 
 from comfyui_step_audio_editx.cli import main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "example_workflows" / "sample_speech.wav"
 PARAFORMER_PT = ("Step-Audio-Tokenizer/dengcunqin/speech_paraformer-large_asr_nat-zh-cantonese-en-16k-vocab8501-online/"
                  "model.pt")
 CAMPPLUS = "Step-Audio-EditX/CosyVoice-300M-25Hz/campplus.onnx"
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    data, sr = sf.read(SAMPLE, dtype="float32")
-    path = folder / "clip.wav"
-    sf.write(path, data[: int(1.5 * sr)], sr)
-    path.with_suffix(".txt").write_text("I just heard the news", encoding="utf-8")
-    return path
+def clip(short_sample_clip):
+    return short_sample_clip("clip", "I just heard the news")
 
 
 def copy_model(src: Path, dst: Path) -> Path:

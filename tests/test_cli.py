@@ -18,8 +18,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx import (
     resolve_model_folders,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "example_workflows" / "sample_speech.wav"
 SAMPLES_PER_GROUP = 2880
 
 
@@ -29,14 +27,8 @@ def models(tiny_model_root):
 
 
 @pytest.fixture(scope="module")
-def short_clip(tmp_path_factory):
-    """The sample clip cut to 1.5 s, with its transcript beside it (the CLI reads <clip>.txt)."""
-    folder = tmp_path_factory.mktemp("clips")
-    data, sr = sf.read(SAMPLE, dtype="float32")
-    path = folder / "short.wav"
-    sf.write(path, data[: int(1.5 * sr)], sr)
-    path.with_suffix(".txt").write_text("I just heard the news, and honestly", encoding="utf-8")
-    return path
+def short_clip(short_sample_clip):
+    return short_sample_clip("short", "I just heard the news, and honestly")
 
 
 def common(models) -> list[str]:
