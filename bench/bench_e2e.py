@@ -14,6 +14,10 @@ Reported (bf16 on GPU):
 * batch_edit of 16 clips of 10 s vs 16 sequential edit calls, same run, with both per-stage totals;
 * the truncation rate of the clone estimator on a table of real utterance durations.
 
+``--compare-pdl``: the 30 s edit and the batch_edit comparison twice in one process, first with the decode
+kernels launched plainly (the path before programmatic dependent launch), then with PDL (``lm/triton_pdl``);
+the dynamic / fixed cap cases are skipped.
+
     python bench/bench_e2e.py --device cuda --models /tmp/e2e_models --json e2e.json --markdown e2e.md
     python bench/bench_e2e.py --tiny            # CPU smoke run (tiny random model)
 """
@@ -61,6 +65,15 @@ def timed_edit(engine: StepAudioEditX, requests: list[EditRequest], settings: Ge
     return time.perf_counter() - start, results
 
 
+def use_pdl(engine: StepAudioEditX, pdl: bool) -> None:
+    """Rebuild the language model's decode session with programmatic dependent launch on or off."""
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import get_decode_session
+
+    session = get_decode_session(engine.modules()["lm"], DecodeOptions(pdl=pdl))
+    logger.info("decode path now %s", session.mode)
+
+
 def stage_row(name: str, wall_s: float, result) -> dict:
     t = result.timings
     p = result.passes[-1]
@@ -97,22 +110,32 @@ def run(args: argparse.Namespace) -> dict:
     long_s, short_s = (2.0, 1.0) if args.tiny else (30.0, 10.0)
     gen = 50 if args.tiny else round(long_s * AUDIO_TOKENS_PER_SECOND)
     fixed = GenerationSettings(dynamic_tokens=False, max_new_tokens=gen)
-    start = time.perf_counter()  # one-time costs (kernel compilation, graph capture) of both batch sizes used below
     warm = GenerationSettings(dynamic_tokens=False, max_new_tokens=20 if args.tiny else 100)  # tiny: nothing to compile
-    for n in (1, args.batch):
-        timed_edit(engine, [EditRequest(*clip(2.0, 90 + i), EDIT_TEXT, "emotion", "happy", seed=i) for i in range(n)],
-                   warm, device)
-    report["warmup_s"] = time.perf_counter() - start
+
+    def warm_up() -> float:
+        """One-time costs (kernel compilation, graph capture) of both batch sizes used below."""
+        start = time.perf_counter()
+        for n in (1, args.batch):
+            timed_edit(engine, [EditRequest(*clip(2.0, 90 + i), EDIT_TEXT, "emotion", "happy", seed=i)
+                                for i in range(n)], warm, device)
+        return time.perf_counter() - start
 
     edit = EditRequest(*clip(long_s, 1), EDIT_TEXT, "emotion", "happy", seed=7)
-    for label in ("first call at this length", "again"):  # the first pays per-shape costs (cache growth, kernels)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        wall, (result,) = timed_edit(engine, [edit], fixed, device)
-        row = stage_row(f"{long_s:.0f} s edit, {gen} new tokens, {label}", wall, result)
-        if device.type == "cuda":
-            row["peak_vram_gib"] = torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB
-        report["cases"].append(row)
+    batch = [EditRequest(*clip(short_s, 10 + i), EDIT_TEXT, "emotion", "sad", seed=100 + i)
+             for i in range(args.batch)]
+    if args.compare_pdl:
+        report["modes"] = {}
+        for pdl, label in ((False, "PDL off (before)"), (True, "PDL on")):
+            use_pdl(engine, pdl)
+            report.setdefault("warmup_s", warm_up())
+            cases = edit_cases(engine, edit, fixed, device, f"{long_s:.0f} s edit, {gen} new tokens")
+            report["modes"][label] = {"cases": cases, "batch": batch_comparison(engine, batch, device, short_s)}
+        report["cases"] = report["modes"]["PDL on"]["cases"]
+        report["batch"] = report["modes"]["PDL on"]["batch"]
+        report["truncation"] = None
+        return report
+    report["warmup_s"] = warm_up()
+    report["cases"] += edit_cases(engine, edit, fixed, device, f"{long_s:.0f} s edit, {gen} new tokens")
 
     wall, (result,) = timed_edit(engine, [edit], GenerationSettings(), device)
     report["cases"].append(stage_row(f"{long_s:.0f} s edit, dynamic cap", wall, result))
@@ -121,17 +144,7 @@ def run(args: argparse.Namespace) -> dict:
     clamped = " (clamped to context)" if result.passes[-1].max_new_tokens < args.fixed_cap else ""
     report["cases"].append(stage_row(f"{long_s:.0f} s edit, fixed cap {args.fixed_cap}{clamped}", wall, result))
 
-    batch = [EditRequest(*clip(short_s, 10 + i), EDIT_TEXT, "emotion", "sad", seed=100 + i)
-             for i in range(args.batch)]
-    sequential_s, one_by_one = timed_edit(engine, batch, GenerationSettings(), device, batched=False)
-    batched_s, results = timed_edit(engine, batch, GenerationSettings(), device, batched=True)
-    report["batch"] = {"clips": args.batch, "clip_s": short_s, "sequential_s": sequential_s, "batched_s": batched_s,
-                       "speedup": sequential_s / batched_s,
-                       "generated_per_clip": [r.passes[0].n_generated_tokens for r in results],
-                       # a batch must give what its requests give one by one (same seeds, same tokens)
-                       "same_tokens_as_sequential": [r.passes[0].tokens for r in results]
-                       == [r.passes[0].tokens for r in one_by_one],
-                       "sequential_stages": stage_totals(one_by_one), "batched_stages": stage_totals(results)}
+    report["batch"] = batch_comparison(engine, batch, device, short_s)
 
     summary = summarize(budget_table())
     report["truncation"] = {"rows": summary.rows, "truncated": summary.truncated, "rate": summary.truncation_rate,
@@ -140,12 +153,57 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def edit_cases(engine: StepAudioEditX, edit: EditRequest, settings: GenerationSettings, device: torch.device,
+               name: str) -> list[dict]:
+    """The long edit twice: the first call at its length pays per-shape costs (cache growth, kernels)."""
+    cases = []
+    for label in ("first call at this length", "again"):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        wall, (result,) = timed_edit(engine, [edit], settings, device)
+        row = stage_row(f"{name}, {label}", wall, result)
+        if device.type == "cuda":
+            row["peak_vram_gib"] = torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB
+        row["tokens"] = result.passes[-1].tokens
+        cases.append(row)
+    return cases
+
+
+def batch_comparison(engine: StepAudioEditX, batch: list[EditRequest], device: torch.device, clip_s: float) -> dict:
+    """One batch_edit against the same requests as sequential edit calls (same seeds: same tokens)."""
+    sequential_s, one_by_one = timed_edit(engine, batch, GenerationSettings(), device, batched=False)
+    batched_s, results = timed_edit(engine, batch, GenerationSettings(), device, batched=True)
+    return {"clips": len(batch), "clip_s": clip_s, "sequential_s": sequential_s, "batched_s": batched_s,
+            "speedup": sequential_s / batched_s,
+            "generated_per_clip": [r.passes[0].n_generated_tokens for r in results],
+            "same_tokens_as_sequential": [r.passes[0].tokens for r in results]
+            == [r.passes[0].tokens for r in one_by_one],
+            "tokens": [r.passes[0].tokens for r in results],
+            "sequential_stages": stage_totals(one_by_one), "batched_stages": stage_totals(results)}
+
+
 def markdown(report: dict) -> str:
     d = report["device"]
     lines = [f"### End to end ({d['name']}, torch {d['torch']}, transformers {d['transformers']}, "
              f"{d['date']}; {report['size']} random-weight model in the official layout)", "",
-             f"Model load from local disk: {report['load_s']:.1f} s; one-time warm-up: {report['warmup_s']:.1f} s.", "",
-             "| case | wall s | prompt tok | generated | front end s | prefill s | decode s | decode tok/s | flow s "
+             f"Model load from local disk: {report['load_s']:.1f} s; one-time warm-up: {report['warmup_s']:.1f} s.", ""]
+    if "modes" in report:
+        return "\n".join(lines + [part for label, mode in report["modes"].items()
+                                  for part in (f"#### {label}", "", mode_markdown(mode))]) + same_tokens(report)
+    return "\n".join(lines) + "\n" + mode_markdown(report)
+
+
+def same_tokens(report: dict) -> str:
+    """Whether both launch modes generated the same ids for the same seeds."""
+    before, after = report["modes"].values()
+    edit = [c["tokens"] for c in before["cases"]] == [c["tokens"] for c in after["cases"]]
+    batch = before["batch"]["tokens"] == after["batch"]["tokens"]
+    return f"\nSame tokens with PDL off and on: long edit {edit}, batch_edit {batch}.\n"
+
+
+def mode_markdown(report: dict) -> str:
+    """The stage table and the batch comparison of one run (or one launch mode)."""
+    lines = ["| case | wall s | prompt tok | generated | front end s | prefill s | decode s | decode tok/s | flow s "
              "| vocoder s | peak VRAM GiB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in report["cases"]:
         vram = f"{c['peak_vram_gib']:.2f}" if "peak_vram_gib" in c else ""
@@ -163,7 +221,9 @@ def markdown(report: dict) -> str:
                        ("one batch_edit, s", "batched_stages")):
         lines.append(f"| {label} | " + " | ".join(f"{b[key][name]:.3f}" for name in STAGES) + " |")
     lines.append("")
-    t = report["truncation"]
+    t = report.get("truncation")
+    if t is None:
+        return "\n".join(lines) + "\n"
     lines.append(f"Clone token cap on {t['rows']} real utterances: truncation rate {100 * t['rate']:.1f} % "
                  f"(cap / real need: min {t['min_ratio']:.2f}, median {t['median_ratio']:.2f}, max {t['max_ratio']:.2f}).")
     return "\n".join(lines) + "\n"
@@ -179,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixed-cap", type=int, default=MAX_CONTEXT_TOKENS,
                         help="the fixed max_new_tokens the dynamic cap is compared with (the official default)")
     parser.add_argument("--tiny", action="store_true", help="tiny model, short clips: a CPU smoke run")
+    parser.add_argument("--compare-pdl", action="store_true",
+                        help="the 30 s edit and batch_edit with programmatic dependent launch off, then on")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)

@@ -17,6 +17,10 @@ folder you downloaded (``trust_remote_code=True``, executing that folder's Pytho
 you trust) and times its greedy ``generate()`` on the same prompt length, so the ratio to this pack's paths
 can be read off. Nothing else in the pack ever executes downloaded code.
 
+``--compare-pdl`` times the fast path twice per batch size in one process: first with the decode kernels
+launched plainly (the path before programmatic dependent launch), then with PDL (``lm/triton_pdl``), and
+says whether both generated the same ids (each times its own matmul kernel choice).
+
     python bench/bench_generation.py --out gen.json --markdown gen.md          # GPU, full size
     python bench/bench_generation.py --tiny --out /tmp/gen_tiny.json          # CPU smoke check (seconds)
 """
@@ -77,6 +81,7 @@ class RunResult:
     ms_per_step: float | None = None
     weights_tb_per_s: float | None = None
     peak_memory_gib: float | None = None
+    same_tokens_as_previous: bool | None = None
     error: str | None = None
 
 
@@ -86,7 +91,7 @@ def random_prompts(batch: int, length: int, seed: int) -> list[list[int]]:
 
 
 def time_call(model, prompts, new_tokens: int, config: SamplingConfig, fast: bool, device: torch.device,
-              weight_bytes: int, label: str) -> RunResult:
+              weight_bytes: int, label: str, keep: list | None = None) -> RunResult:
     batch = len(prompts)
     result = RunResult(path=label, batch_size=batch, prompt_tokens=len(prompts[0]), new_tokens=new_tokens,
                        generated_tokens=0)
@@ -104,6 +109,8 @@ def time_call(model, prompts, new_tokens: int, config: SamplingConfig, fast: boo
         logger.exception("%s at batch %d failed", label, batch)
         result.error = f"{type(exc).__name__}: {exc}"[:500]
         return result
+    if keep is not None:
+        keep.append([o.tokens for o in outputs])
     steps = max(o.n_generated + (o.stop_reason.value == "eos") for o in outputs) - 1  # the first id: prefill
     result.generated_tokens = sum(o.n_generated for o in outputs)
     result.prefill_s = outputs[0].prefill_s
@@ -240,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--linear", default="auto", choices=("auto", "cublas", "triton"),
                         help="decode matmuls: time both per matrix (auto), or force one")
     parser.add_argument("--prefill-study", action="store_true")
+    parser.add_argument("--compare-pdl", action="store_true",
+                        help="time the fast path with programmatic dependent launch off, then on, per batch size")
     parser.add_argument("--profile", default="", help="comma list of batch sizes whose fast call is profiled")
     parser.add_argument("--baseline-remote-code", type=Path, default=None,
                         help="OPT-IN: an official model folder whose remote code is loaded and timed "
@@ -286,13 +295,20 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                 info["name"], device, dtype, weights / BYTES_PER_GIB, step_bytes / BYTES_PER_GIB, attn)
     results: list[RunResult] = []
     study = prefill_study(model, device, args.seed) if args.prefill_study and device.type == "cuda" else None
+    modes = ((False, "fast, PDL off (before)"), (True, "fast, PDL on")) if args.compare_pdl else ((None, "fast"),)
     for batch in batch_sizes:
         prompts = random_prompts(batch, prompt_tokens, args.seed + batch)
-        fast = time_call(model, prompts, new_tokens, config, True, device, step_bytes, "fast")
-        if not fast.error:
-            fast.path = f"fast ({get_decode_session(model).mode})"
-        logger.info("%s", fast)
-        results.append(fast)
+        kept: list = []
+        for pdl, label in modes:
+            if pdl is not None:
+                get_decode_session(model, DecodeOptions(linear=args.linear, pdl=pdl))
+            fast = time_call(model, prompts, new_tokens, config, True, device, step_bytes, label, kept)
+            if not fast.error:
+                fast.path = f"{label} ({get_decode_session(model).mode})"
+            if pdl and len(kept) == 2:
+                fast.same_tokens_as_previous = kept[0] == kept[1]
+            logger.info("%s", fast)
+            results.append(fast)
     profiles = {}
     for batch in [int(b) for b in args.profile.split(",") if b]:
         if device.type == "cuda":
@@ -312,6 +328,10 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         results.append(remote_code_baseline(args.baseline_remote_code, prompt_tokens, eager_tokens or 32, device,
                                             dtype, args.seed))
     table = markdown_table(results)
+    compared = [f"batch {r.batch_size}: {r.same_tokens_as_previous}" for r in results
+                if r.same_tokens_as_previous is not None]
+    if compared:
+        table += "\n\nSame tokens with PDL on as with PDL off: " + ", ".join(compared)
     header = (f"Step1 generation ({'tiny' if args.tiny else 'full size'}, random weights "
               f"{weights / BYTES_PER_GIB:.2f} GiB, {str(dtype).removeprefix('torch.')}) on {info['name']} ({device}), "
               f"{info['date']}; prompt {prompt_tokens} tokens; sampling {_sampling_label(args)}"

@@ -35,7 +35,8 @@ PROLOGUE: dict[str, str | None] = {"qkv": "norm", "o": None, "gate_up": "norm", 
 DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 256, 4, 4), (64, 128, 4, 4), (64, 256, 8, 3),
                                                       (16, 512, 4, 3))
 GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((8, 512, 4, 1), (4, 512, 2, 1), (16, 512, 8, 1),
-                                                       (8, 1024, 8, 1), (4, 1024, 4, 2))
+                                                       (8, 1024, 8, 1), (4, 1024, 4, 2), (2, 1024, 2, 1),
+                                                       (4, 256, 2, 2))
 # Quantized weights (BLOCK_K is halved where it does not divide K: small test models).
 QUANT_DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 256, 4, 4), (64, 128, 4, 4), (64, 256, 8, 3),
                                                             (16, 512, 4, 3))
@@ -62,12 +63,14 @@ class LinearChoice:
 CUBLAS = LinearChoice()
 
 
-def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantMatrix, **kwargs) -> torch.Tensor:
+def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantMatrix, pdl: bool = False,
+            **kwargs) -> torch.Tensor:
+    """Run a Triton choice; ``pdl``: as a programmatic dependent launch (the dense kernels only)."""
     if isinstance(weight, QuantMatrix):
         fn = quant_kernels.qgemv if choice.kernel == "gemv" else quant_kernels.qdot
         return fn(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
     fn = triton_decode.gemv if choice.kernel == "gemv" else triton_decode.skinny_linear
-    return fn(x, weight, choice.config, **kwargs)
+    return fn(x, weight, choice.config, pdl=pdl, **kwargs)
 
 
 def _dense(x: torch.Tensor, weight: torch.Tensor | QuantMatrix) -> torch.Tensor:
@@ -77,13 +80,15 @@ def _dense(x: torch.Tensor, weight: torch.Tensor | QuantMatrix) -> torch.Tensor:
 
 class ResidualStream:
     """One decode step's residual ``x`` [B, C] and a pending delta not yet added (cuBLAS outputs are added
-    by the next norm kernel instead of a separate launch)."""
+    by the next norm kernel instead of a separate launch). ``pdl``: the Triton kernels are launched as
+    programmatic dependents (``triton_pdl``)."""
 
-    def __init__(self, resid: torch.Tensor, eps: float, use_triton: bool) -> None:
+    def __init__(self, resid: torch.Tensor, eps: float, use_triton: bool, pdl: bool = False) -> None:
         self.resid = resid
         self.pending: torch.Tensor | None = None
         self.eps = eps
         self.triton = use_triton
+        self.pdl = pdl and use_triton
 
     def _flush(self) -> None:
         if self.pending is not None:
@@ -94,7 +99,7 @@ class ResidualStream:
         """``resid += pending``; RMSNorm(resid) * weight."""
         pending, self.pending = self.pending, None
         if self.triton:
-            return triton_decode.add_rms_norm(self.resid, pending, weight, self.eps)
+            return triton_decode.add_rms_norm(self.resid, pending, weight, self.eps, pdl=self.pdl)
         if pending is not None:
             return ref_ops.add_rms_norm(self.resid, pending, weight, self.eps)
         return ref_ops.rms_norm(self.resid, weight, self.eps)
@@ -103,21 +108,21 @@ class ResidualStream:
         """``weight · RMSNorm(resid)`` (qkv, gate_up)."""
         if choice.kernel != "cublas" and choice.fused:
             self._flush()
-            return _kernel(choice, self.resid, weight, norm_weight=norm, eps=self.eps)
+            return _kernel(choice, self.resid, weight, pdl=self.pdl, norm_weight=norm, eps=self.eps)
         h = self.norm(norm)
-        return _dense(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight)
+        return _dense(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight, pdl=self.pdl)
 
     def residual_linear(self, x: torch.Tensor, weight: torch.Tensor, choice: LinearChoice, swiglu: bool) -> None:
         """``resid += weight · f(x)``, f = SwiGLU product (down) or identity (o)."""
         fused_swiglu = swiglu and choice.kernel != "cublas" and choice.fused
         if swiglu and not fused_swiglu:
-            x = triton_decode.silu_mul(x) if self.triton else ref_ops.silu_mul(x)
+            x = triton_decode.silu_mul(x, pdl=self.pdl) if self.triton else ref_ops.silu_mul(x)
         if choice.kernel == "cublas":
             self._flush()
             self.pending = _dense(x, weight)
             return
         self._flush()
-        _kernel(choice, x, weight, swiglu=fused_swiglu, residual=self.resid)
+        _kernel(choice, x, weight, pdl=self.pdl, swiglu=fused_swiglu, residual=self.resid)
 
 
 def candidates(role: str, rows: int, mode: str, quantized: bool = False) -> list[LinearChoice]:
@@ -156,11 +161,12 @@ def _graph_seconds(step: Callable[[int], None], calls: int) -> float:
     return start.elapsed_time(end) / 1e3 / (TIMING_REPLAYS * calls)
 
 
-def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
-    """Time every candidate of every role at ``rows`` rows on this GPU; the fastest per role (cached)."""
+def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str, LinearChoice]:
+    """Time every candidate of every role at ``rows`` rows on this GPU, launched the way the step will
+    launch them (``pdl``); the fastest per role (cached)."""
     device = weights.embed.device
     dtype = weights.embed.dtype
-    key = (torch.cuda.get_device_name(device), dtype, rows, mode, weights.embed.shape[1],
+    key = (torch.cuda.get_device_name(device), dtype, rows, mode, pdl, weights.embed.shape[1],
            tuple((tuple(w[0].shape), getattr(w[0], "scheme", None))
                  for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
     if key in _CACHE:
@@ -183,7 +189,7 @@ def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
         timings: dict[LinearChoice, float] = {}
         for choice in candidates(role, rows, mode, quantized=isinstance(mats[0], QuantMatrix)):
             def step(i: int, choice: LinearChoice = choice) -> None:
-                stream = ResidualStream(resid, weights.eps, use_triton=True)
+                stream = ResidualStream(resid, weights.eps, use_triton=True, pdl=pdl)
                 if PROLOGUE[role] == "norm":
                     stream.normed_linear(norms[i % len(norms)], mats[i % len(mats)], choice)
                 else:
@@ -201,6 +207,6 @@ def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
         base = timings.get(CUBLAS)
         report.append(f"{role} {best} {timings[best] * 1e6:.1f}us"
                       + (f" (cuBLAS {base * 1e6:.1f}us)" if base is not None and best != CUBLAS else ""))
-    logger.info("Step1 decode matmuls at batch %d: %s", rows, "; ".join(report))
+    logger.info("Step1 decode matmuls at batch %d%s: %s", rows, " (PDL)" if pdl else "", "; ".join(report))
     _CACHE[key] = chosen
     return chosen

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..constants import EOT_ID, PAD_ID
 from ..types import Progress, ProgressCallback, SamplingConfig, StopReason
 from . import decode_ops as ref_ops
-from . import triton_decode
+from . import triton_decode, triton_pdl
 from .decode_linears import LinearChoice, ResidualStream, select_linears
 from .decode_state import DecodeState, SamplerTables, choose_and_commit
 from .fused_weights import DecodeWeights, audio_vocab_ids, fingerprint_of, fuse_step1_projections, projection_tensor
@@ -67,6 +67,7 @@ class DecodeOptions:
     use_graphs: bool | None = None  # None: on CUDA
     use_triton: bool | None = None  # None: on CUDA when triton imports
     linear: str = "auto"  # "auto": time cuBLAS and the Triton matmuls per matrix; "cublas"; "triton"
+    pdl: bool | None = None  # programmatic dependent launch of the Triton kernels; None: where supported
 
 
 @dataclass
@@ -99,6 +100,8 @@ class DecodeSession:
         if want_triton and cuda and not self.use_triton:
             logger.warning("Triton is unavailable (%s): fast decoding uses torch ops inside the CUDA graph "
                            "(slower)", triton_decode.TRITON_IMPORT_ERROR)
+        want_pdl = triton_pdl.supported(self.device) if self.options.pdl is None else bool(self.options.pdl)
+        self.use_pdl = want_pdl and self.use_triton and triton_pdl.HAS_GDC
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.state: DecodeState | None = None
         self.capacity = (0, 0, 0, 0)  # slot rows, cache slots, output rows, output cols
@@ -145,7 +148,7 @@ class DecodeSession:
     @property
     def mode(self) -> str:
         if self.use_graphs:
-            return "cuda-graph" + ("+triton" if self.use_triton else "")
+            return "cuda-graph" + ("+triton" if self.use_triton else "") + ("+pdl" if self.use_pdl else "")
         return "static" + ("+triton" if self.use_triton else "")
 
     # --- buffers ----------------------------------------------------------------------------------
@@ -188,13 +191,14 @@ class DecodeSession:
         choice = self._linear_choice.get(rows, {}) if triton else {}
         cublas = LinearChoice()
         workspace = self._workspace(rows) if triton else None
-        stream = ResidualStream(F.embedding(tokens, w.embed), w.eps, triton)
+        pdl = self.use_pdl
+        stream = ResidualStream(F.embedding(tokens, w.embed), w.eps, triton, pdl)
         for i in range(w.num_layers):
             keys, values = self.kv[i]
             keys, values = keys[:rows], values[:rows]
             qkv = stream.normed_linear(w.input_norms[i], w.qkv[i], choice.get("qkv", cublas))
             if triton:
-                attn = triton_decode.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace)
+                attn = triton_decode.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace, pdl=pdl)
             else:
                 attn = ref_ops.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, kv_limit)
             stream.residual_linear(attn, w.o[i], choice.get("o", cublas), swiglu=False)
@@ -207,7 +211,7 @@ class DecodeSession:
         tables = self.tables(config.constrain_audio)
         logits = F.linear(hidden, tables.head)
         if self.use_triton:
-            triton_decode.sample_and_commit(logits, config, state, tables)
+            triton_decode.sample_and_commit(logits, config, state, tables, pdl=self.use_pdl)
         else:
             choose_and_commit(logits, config, state, tables)
 
@@ -220,7 +224,7 @@ class DecodeSession:
 
     def _select_linears(self, rows: int) -> None:
         if rows not in self._linear_choice and self.use_triton:
-            self._linear_choice[rows] = select_linears(self.weights, rows, self.options.linear)
+            self._linear_choice[rows] = select_linears(self.weights, rows, self.options.linear, self.use_pdl)
 
     def _graph(self, rows: int, config: SamplingConfig) -> torch.cuda.CUDAGraph:
         key = (rows, config)
@@ -261,10 +265,18 @@ class DecodeSession:
             self._graph(rows, config)
         except Exception as exc:
             self._graphs.clear()
+            if self.use_pdl:
+                logger.warning("Step1 decode kernels failed as programmatic dependent launches on %s (%s: %s); "
+                               "launching them plainly", self.device, type(exc).__name__, exc)
+                self.use_pdl = False
+                self._linear_choice.clear()
+                self._prepare_graph(rows, config)
+                return
             if self.use_triton:
                 logger.warning("Step1 fused decode kernels failed on %s (%s: %s); using torch ops in the CUDA graph",
                                self.device, type(exc).__name__, exc)
                 self.use_triton = False
+                self.use_pdl = False
                 self._linear_choice.clear()
                 self._prepare_graph(rows, config)
                 return

@@ -31,6 +31,7 @@ import os
 import torch
 
 from ..constants import EOT_ID, TOKENS_PER_GROUP
+from . import triton_pdl
 from .decode_ops import AttentionShape
 from .sampling import REPETITION_WINDOW, _signed, inverse_temperature, top_k_top_p
 
@@ -97,7 +98,9 @@ if HAS_TRITON:
     @triton.jit
     def _add_rms_norm_kernel(resid_ptr, delta_ptr, weight_ptr, out_ptr, n_cols, eps,
                              stride_resid, stride_delta, stride_out,
-                             HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+                             HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            triton_pdl.enter()
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < n_cols
@@ -121,7 +124,9 @@ if HAS_TRITON:
         return (gf / (1.0 + _math.exp(-gf))).to(g.dtype)
 
     @triton.jit
-    def _silu_mul_kernel(gu_ptr, out_ptr, n_inner, stride_gu, stride_out, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(gu_ptr, out_ptr, n_inner, stride_gu, stride_out, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        if PDL:
+            triton_pdl.enter()
         row = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < n_inner
@@ -170,11 +175,15 @@ if HAS_TRITON:
                            counter_ptr, stride_qkv, stride_kb, stride_kg, stride_kl, stride_out, n_splits, scale,
                            HEADS: tl.constexpr, GROUPS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                            QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr,
-                           BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, FUSED_MERGE: tl.constexpr):
+                           BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, FUSED_MERGE: tl.constexpr,
+                           PDL: tl.constexpr, DIM_LINES: tl.constexpr, LINE: tl.constexpr):
         pair = tl.program_id(0)
         split = tl.program_id(1)
         b = pair // GROUPS
         g = pair % GROUPS
+        if PDL:
+            triton_pdl.enter_kv(k_ptr + b * stride_kb + g * stride_kg, v_ptr + b * stride_kb + g * stride_kg,
+                                kv_len_ptr, b, split, stride_kl, DIM, CHUNK, DIM_LINES, LINE)
         kv_len = tl.load(kv_len_ptr + b)
         cur = kv_len - 1  # slot of the new token; cached keys are slots [0, cur)
         d = tl.arange(0, DIM_PAD)
@@ -273,10 +282,12 @@ if HAS_TRITON:
     def _skinny_linear_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, M, N, K, eps, stride_x, stride_w, stride_out,
                               PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
-                              PRECISION: tl.constexpr):
+                              PRECISION: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr):
         """out[M, N] (+)= f(x)[M, K] @ W[N, K]^T on tensor cores (M <= BLOCK_M). RESIDUAL adds into out."""
         pid = tl.program_id(0)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        if PDL:
+            triton_pdl.enter_rows(w_ptr, rn, N, K, stride_w, BLOCK_N, BLOCK_K, LINE)
         nmask = rn < N
         rm = tl.arange(0, BLOCK_M)
         mmask = rm < M
@@ -313,11 +324,13 @@ if HAS_TRITON:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, N, K, eps, stride_w,
                      PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+                     BLOCK_K: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr):
         """out[N] (+)= f(x)[K] @ W[N, K]^T for ONE row on CUDA cores: W streamed in [BLOCK_N, BLOCK_K] tiles,
         float32 products accumulated per lane and reduced once at the end."""
         pid = tl.program_id(0)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        if PDL:
+            triton_pdl.enter_rows(w_ptr, rn, N, K, stride_w, BLOCK_N, BLOCK_K, LINE)
         nmask = rn < N
         factor = tl.zeros([], tl.float32)
         if PROLOGUE == 1:
@@ -426,8 +439,10 @@ if HAS_TRITON:
                             GUARD: tl.constexpr, CONSTRAIN: tl.constexpr, GREEDY: tl.constexpr,
                             HAS_IDS: tl.constexpr, HAS_TOPK: tl.constexpr, WINDOW: tl.constexpr,
                             WINDOW_PAD: tl.constexpr, GROUP: tl.constexpr, EOT: tl.constexpr, BLOCK: tl.constexpr,
-                            KTH_STEPS: tl.constexpr):
+                            KTH_STEPS: tl.constexpr, PDL: tl.constexpr):
         """One row's whole choice in one tile (n_cols <= BLOCK): ``select_next`` + ``commit``."""
+        if PDL:
+            triton_pdl.enter()
         b = tl.program_id(0)
         if tl.load(active_ptr + b) != 0:
             n = tl.load(n_gen_ptr + b)
@@ -467,8 +482,10 @@ if HAS_TRITON:
                                n_cols, stride_logits, stride_work, stride_hist,
                                GUARD: tl.constexpr, CONSTRAIN: tl.constexpr, HAS_IDS: tl.constexpr,
                                WINDOW: tl.constexpr, WINDOW_PAD: tl.constexpr, GROUP: tl.constexpr,
-                               EOT: tl.constexpr, BLOCK: tl.constexpr):
+                               EOT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
         """Multi-tile path, step 1: ``work = guard(constraint(logits)) * (1/T)`` (torch then filters top-p)."""
+        if PDL:
+            triton_pdl.enter()
         b = tl.program_id(0)
         n = tl.load(n_gen_ptr + b)
         banned = tl.full([], -1, tl.int64)
@@ -495,8 +512,10 @@ if HAS_TRITON:
                               kv_len_ptr, n_cols, stride_work, stride_hist, stride_out, out_cols,
                               HAS_KTH: tl.constexpr, NOISE: tl.constexpr, HAS_IDS: tl.constexpr,
                               WINDOW: tl.constexpr, WINDOW_PAD: tl.constexpr, EOT: tl.constexpr,
-                              BLOCK: tl.constexpr):
+                              BLOCK: tl.constexpr, PDL: tl.constexpr):
         """Multi-tile path, step 2: top-k threshold, Gumbel noise (or none: greedy), argmax, commit."""
+        if PDL:
+            triton_pdl.enter()
         b = tl.program_id(0)
         if tl.load(active_ptr + b) != 0:
             n = tl.load(n_gen_ptr + b)
@@ -528,28 +547,34 @@ if HAS_TRITON:
                     kv_len_ptr, stride_hist, stride_out, out_cols, WINDOW, WINDOW_PAD, EOT)
 
 
+def _pdl(pdl: bool) -> dict:
+    """The kernel flag and the launch option of a programmatic dependent launch (``triton_pdl``)."""
+    return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
+
+
 def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def add_rms_norm(resid: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def add_rms_norm(resid: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                 pdl: bool = False) -> torch.Tensor:
     """``resid += delta`` in place (when given), then RMSNorm(resid) * weight; [B, C] -> [B, C]."""
     rows, cols = resid.shape
     out = torch.empty_like(resid)
     _add_rms_norm_kernel[(rows,)](
         resid, delta if delta is not None else resid, weight, out, cols, eps,
         resid.stride(0), delta.stride(0) if delta is not None else 0, out.stride(0),
-        HAS_DELTA=delta is not None, BLOCK=_pow2(cols), num_warps=8 if cols >= 2048 else 4,
+        HAS_DELTA=delta is not None, BLOCK=_pow2(cols), num_warps=8 if cols >= 2048 else 4, **_pdl(pdl),
     )
     return out
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def silu_mul(gate_up: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     rows, width = gate_up.shape
     inner = width // 2
     out = torch.empty(rows, inner, dtype=gate_up.dtype, device=gate_up.device)
     _silu_mul_kernel[(rows, triton.cdiv(inner, SILU_BLOCK))](gate_up, out, inner, gate_up.stride(0), out.stride(0),
-                                                             BLOCK=SILU_BLOCK, num_warps=4)
+                                                             BLOCK=SILU_BLOCK, num_warps=4, **_pdl(pdl))
     return out
 
 
@@ -567,18 +592,21 @@ class AttentionWorkspace:
 
 def decode_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kv_len: torch.Tensor,
                      slopes: torch.Tensor, shape: AttentionShape, workspace: AttentionWorkspace,
-                     fused_merge: bool = True) -> torch.Tensor:
-    """Fused ``decode_ops.decode_attention``: [B, (H+2G)D] -> [B, H D]; writes the new K/V in place."""
+                     fused_merge: bool = True, pdl: bool = False) -> torch.Tensor:
+    """Fused ``decode_ops.decode_attention``: [B, (H+2G)D] -> [B, H D]; writes the new K/V in place.
+    ``pdl``: launched as a programmatic dependent (``triton_pdl``; only with the fused merge)."""
     batch = qkv.shape[0]
     heads, groups, dim, per_group = shape.num_heads, shape.num_groups, shape.head_dim, shape.heads_per_group
     out = torch.empty(batch, heads * dim, dtype=qkv.dtype, device=qkv.device)
     common = dict(HEADS=heads, GROUPS=groups, DIM=dim, DIM_PAD=max(MIN_DOT_ROWS, _pow2(dim)), QH=per_group,
                   QH_PAD=max(MIN_DOT_ROWS, _pow2(per_group)), CHUNK=workspace.chunk)
+    pdl = pdl and fused_merge  # the separate merge kernel is an ordinary launch: keep the split one ordinary too
+    line = triton_pdl.line_elements(keys.dtype)
     _attn_split_kernel[(batch * groups, workspace.n_splits)](
         qkv, keys, values, kv_len, slopes, workspace.part_o, workspace.part_ml, out, workspace.counters,
         qkv.stride(0), keys.stride(0), keys.stride(1), keys.stride(2), out.stride(0), workspace.n_splits,
         shape.scaling, BLOCK_N=ATTN_BLOCK_N, PRECISION=_precision(qkv.dtype), FUSED_MERGE=fused_merge, num_warps=4,
-        **common,
+        DIM_LINES=_pow2(triton.cdiv(dim, line)), LINE=line, **_pdl(pdl), **common,
     )
     if not fused_merge:
         _attn_merge_kernel[(batch * groups,)](
@@ -590,9 +618,10 @@ def decode_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int],
                   norm_weight: torch.Tensor | None = None, eps: float = 0.0, swiglu: bool = False,
-                  residual: torch.Tensor | None = None) -> torch.Tensor:
+                  residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """``f(x) @ weight.T`` for M <= 16 rows on tensor cores, f = RMSNorm (``norm_weight``), SwiGLU product
-    (``swiglu``: x = [gate | up]) or identity. With ``residual`` the result is added to it IN PLACE."""
+    (``swiglu``: x = [gate | up]) or identity. With ``residual`` the result is added to it IN PLACE.
+    ``pdl``: launched as a programmatic dependent that prefetches its first weight tile (``triton_pdl``)."""
     rows = x.shape[0]
     n, k = weight.shape
     out = residual if residual is not None else torch.empty(rows, n, dtype=weight.dtype, device=x.device)
@@ -604,13 +633,14 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int,
         PROLOGUE=prologue, RESIDUAL=residual is not None, BLOCK_M=max(MIN_DOT_ROWS, _pow2(rows)),
         BLOCK_N=block_n, BLOCK_K=block_k, EVEN=(n % block_n == 0 and k % block_k == 0),
         PRECISION=_precision(weight.dtype), num_warps=warps, num_stages=stages,
+        LINE=triton_pdl.line_elements(weight.dtype), **_pdl(pdl),
     )
     return out
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int],
          norm_weight: torch.Tensor | None = None, eps: float = 0.0, swiglu: bool = False,
-         residual: torch.Tensor | None = None) -> torch.Tensor:
+         residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """``skinny_linear`` for exactly one row, on CUDA cores (x [1, K] or [1, 2K] for SwiGLU)."""
     n, k = weight.shape
     out = residual if residual is not None else torch.empty(1, n, dtype=weight.dtype, device=x.device)
@@ -620,11 +650,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int
         x, weight, out, norm_weight if norm_weight is not None else weight, n, k, eps, weight.stride(0),
         PROLOGUE=prologue, RESIDUAL=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
         EVEN=(n % block_n == 0 and k % block_k == 0), num_warps=warps, num_stages=stages,
+        LINE=triton_pdl.line_elements(weight.dtype), **_pdl(pdl),
     )
     return out
 
 
-def sample_and_commit(logits: torch.Tensor, config, state, tables) -> None:
+def sample_and_commit(logits: torch.Tensor, config, state, tables, pdl: bool = False) -> None:
     """Fused ``sampling.select_next`` + ``decode_state.commit``: picks each running row's next id and appends
     it (``state``: a ``DecodeState`` view of B rows; ``tables``: the session's ``SamplerTables``)."""
     batch, n_cols = logits.shape
@@ -644,7 +675,7 @@ def sample_and_commit(logits: torch.Tensor, config, state, tables) -> None:
             *book, n_cols, logits.stride(0), *strides,
             GUARD=config.repetition_guard, CONSTRAIN=config.constrain_audio, GREEDY=greedy, HAS_IDS=has_ids,
             HAS_TOPK=use_top_k, WINDOW=REPETITION_WINDOW, WINDOW_PAD=window_pad, GROUP=TOKENS_PER_GROUP, EOT=EOT_ID,
-            BLOCK=_pow2(n_cols), KTH_STEPS=KTH_BISECTION_STEPS, num_warps=16,
+            BLOCK=_pow2(n_cols), KTH_STEPS=KTH_BISECTION_STEPS, num_warps=16, **_pdl(pdl),
         )
         return
     work = torch.empty(batch, n_cols, dtype=torch.float32, device=logits.device)
@@ -652,7 +683,7 @@ def sample_and_commit(logits: torch.Tensor, config, state, tables) -> None:
         logits, work, ids, masks, state.history, state.n_gen, inv_temperature, n_cols, logits.stride(0), work.stride(0),
         state.history.stride(0), GUARD=config.repetition_guard, CONSTRAIN=config.constrain_audio, HAS_IDS=has_ids,
         WINDOW=REPETITION_WINDOW, WINDOW_PAD=window_pad, GROUP=TOKENS_PER_GROUP, EOT=EOT_ID, BLOCK=SAMPLER_BLOCK,
-        num_warps=8,
+        num_warps=8, **_pdl(pdl),
     )
     kth = None
     if not greedy and config.top_p < 1.0:
@@ -662,5 +693,5 @@ def sample_and_commit(logits: torch.Tensor, config, state, tables) -> None:
     _argmax_commit_kernel[(batch,)](
         work, kth if kth is not None else work, tables.hashed_ids, state.seeds, ids, *book, n_cols,
         work.stride(0), *strides, HAS_KTH=kth is not None, NOISE=not greedy, HAS_IDS=has_ids,
-        WINDOW=REPETITION_WINDOW, WINDOW_PAD=window_pad, EOT=EOT_ID, BLOCK=SAMPLER_BLOCK, num_warps=8,
+        WINDOW=REPETITION_WINDOW, WINDOW_PAD=window_pad, EOT=EOT_ID, BLOCK=SAMPLER_BLOCK, num_warps=8, **_pdl(pdl),
     )

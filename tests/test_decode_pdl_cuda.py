@@ -1,0 +1,162 @@
+"""Programmatic dependent launch (``lm/triton_pdl.py``) changes when the decode kernels start, never what they
+compute: each kernel launched as a PDL dependent equals its plain launch bit for bit (and the torch
+reference within the usual tolerance), and whole generations give the same tokens for the same seeds with
+PDL on and off. Skips without CUDA, triton's grid dependency control or an sm_90+ GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_pdl
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
+    DOT_CONFIGS,
+    GEMV_CONFIGS,
+    LinearChoice,
+    ResidualStream,
+)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_state import DecodeState, SamplerTables
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import audio_vocab_ids
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
+from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
+from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
+
+CUDA = torch.device("cuda")
+pytestmark = pytest.mark.skipif(not (triton_decode.available() and triton_pdl.supported(CUDA)),
+                                reason="needs CUDA, triton with grid dependency control and an sm_90+ GPU")
+SHAPE = ref_ops.AttentionShape(num_heads=48, num_groups=4, head_dim=64)
+# every configuration with its fused prologue, and each kernel once without (compile time on the GPU)
+KERNELS = [LinearChoice("dot", c, True) for c in DOT_CONFIGS] + [LinearChoice("gemv", c, True) for c in GEMV_CONFIGS] \
+    + [LinearChoice("dot", DOT_CONFIGS[0], False), LinearChoice("gemv", GEMV_CONFIGS[0], False)]
+SEEDS_ONE_ROW = (0, 7, 123)
+
+
+def _rand(*shape, dtype=torch.bfloat16, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randn(*shape, device=CUDA, dtype=torch.float32, generator=gen).to(dtype)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
+
+
+@pytest.mark.parametrize("choice", KERNELS, ids=str)
+@pytest.mark.parametrize("rows", [1, 8])
+def test_pdl_matmuls_equal_plain_launch_and_reference(choice, rows):
+    if choice.kernel == "gemv" and rows != 1:
+        pytest.skip("gemv runs one row")
+    weight = _rand(3584, 3072, seed=7) * 0.02
+    down = _rand(3072, 8192, seed=8) * 0.02
+    resid = _rand(rows, 3072, seed=9)
+    norm = 1 + 0.1 * _rand(3072, seed=10)
+    gate_up = _rand(rows, 2 * 8192, seed=11)
+    results = []
+    for pdl in (False, True):
+        stream = ResidualStream(resid.clone(), 1e-5, use_triton=True, pdl=pdl)
+        qkv = stream.normed_linear(norm, weight, choice)
+        stream.residual_linear(gate_up, down, choice, swiglu=True)
+        normed = stream.norm(norm)
+        torch.cuda.synchronize()
+        results.append((qkv, stream.resid, normed))
+    for plain, dependent in zip(*results):
+        assert torch.equal(plain, dependent)
+    expected = torch.nn.functional.linear(ref_ops.rms_norm(resid, norm, 1e-5), weight)
+    assert _rel(results[1][0], expected) < 1e-2
+    reference = resid + torch.nn.functional.linear(ref_ops.silu_mul(gate_up), down)
+    assert _rel(results[1][1], reference) < 1e-2
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16])
+def test_pdl_attention_norm_silu_equal_plain_launch(rows):
+    length = 1100
+    keys = _rand(rows, SHAPE.num_groups, length, SHAPE.head_dim, seed=4)
+    values = _rand(rows, SHAPE.num_groups, length, SHAPE.head_dim, seed=5)
+    qkv = _rand(rows, (SHAPE.num_heads + 2 * SHAPE.num_groups) * SHAPE.head_dim, seed=6) * 3
+    lengths = [1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows]
+    kv_len = torch.tensor(lengths, dtype=torch.int32, device=CUDA)
+    if rows > 2:
+        kv_len[1] = 0  # a row that no longer runs
+    slopes = alibi_slopes(SHAPE.num_heads, CUDA)
+    ws = triton_decode.AttentionWorkspace(rows, SHAPE, length, CUDA)
+    expected = ref_ops.decode_attention(qkv, keys.clone(), values.clone(), kv_len, slopes, SHAPE)
+    outs = []
+    for pdl in (False, True, True):  # twice with PDL: the merge counters re-arm
+        k, v = keys.clone(), values.clone()
+        out = triton_decode.decode_attention(qkv, k, v, kv_len, slopes, SHAPE, ws, pdl=pdl)
+        resid, delta = _rand(rows, 3072, seed=1), _rand(rows, 3072, seed=2)
+        normed = triton_decode.add_rms_norm(resid, delta, 1 + 0.1 * _rand(3072, seed=3), 1e-5, pdl=pdl)
+        silu = triton_decode.silu_mul(_rand(rows, 2 * 8192, seed=12), pdl=pdl)
+        torch.cuda.synchronize()
+        outs.append((out, k, v, resid, normed, silu))
+        assert int(ws.counters.abs().sum()) == 0
+    for dependent in outs[1:]:
+        for a, b in zip(outs[0], dependent):
+            assert torch.equal(a, b)
+    assert _rel(outs[1][0], expected) < 2e-2
+
+
+@pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig.original_path(),
+                                    SamplingConfig(top_k=0, top_p=0.7)], ids=["default", "original", "top_p"])
+def test_pdl_sampler_equals_plain_launch(config):
+    rows = 8
+    ids = audio_vocab_ids(C.TEXT_VOCAB_SIZE, CUDA)
+    tables = SamplerTables.build(_rand(C.TEXT_VOCAB_SIZE, 8, dtype=torch.float32, seed=12), ids, True)
+    states = []
+    for _ in range(2):
+        state = DecodeState.allocate(rows, rows, 40, 8, CUDA, torch.float32)
+        state.load_requests([[1, 2, 3]] * rows, [30] * rows, list(range(100, 100 + rows)), rows)
+        states.append(state)
+    for step in range(20):
+        logits = _rand(rows, tables.head.shape[0], dtype=torch.float32, seed=200 + step) * 2
+        for pdl, state in zip((False, True), states):
+            triton_decode.sample_and_commit(logits, config, state, tables, pdl=pdl)
+    for name in ("tokens", "pos", "n_gen", "active", "history", "out", "kv_len"):
+        assert torch.equal(getattr(states[0], name), getattr(states[1], name)), name
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A random bf16 Step1 of moderate width whose audio ids dominate (rows run to their caps)."""
+    torch.manual_seed(0)
+    dims = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_attention_groups=4,
+                num_hidden_layers=6, vocab_size=C.TEXT_VOCAB_SIZE)
+    with torch.device(CUDA):
+        model = Step1ForCausalLM._from_config(Step1Config(**dims), attn_implementation="sdpa",
+                                              **dtype_kwargs(torch.bfloat16))
+    model = model.eval().requires_grad_(False)
+    with torch.no_grad():
+        model.lm_head.weight[C.VQ02_FIRST_ID:C.VQ06_LAST_ID + 1] *= 8.0
+        model.lm_head.weight[C.EOT_ID] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("linear", ["triton", "auto"])
+def test_pdl_generation_gives_the_same_tokens_as_plain_launches(small_model, linear):
+    """Today's path (PDL off) and the new one, with the same matmul kernels: identical ids for every seed at
+    batch 1 and 8, for the current and the first official sampling."""
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, C.VQ06_LAST_ID, (n,), generator=gen).tolist() for n in (300, 41, 700, 129, 5, 513,
+                                                                                          64, 257)]
+    caps = [96, 40, 80, 96, 17, 96, 60, 33]
+    runs = [([prompts[0]], [caps[0]], [seed]) for seed in SEEDS_ONE_ROW] + [(prompts, caps, list(range(8)))]
+    tokens = {}
+    choices = None
+    for pdl in (False, True):
+        session = get_decode_session(small_model, DecodeOptions(linear=linear, pdl=pdl))
+        assert session.use_pdl == pdl
+        if pdl:
+            session._linear_choice.update(choices)  # the same kernels: only the launches differ
+        for config in (SamplingConfig(), SamplingConfig.original_path()):
+            for i, (p, c, seeds) in enumerate(runs):
+                out = generate(small_model, p, c, config, seeds)
+                tokens[(pdl, config, i)] = [o.tokens for o in out]
+                assert out[0].path.endswith("+pdl") == pdl
+        choices = dict(session._linear_choice)
+    for key, value in tokens.items():
+        if not key[0]:
+            assert tokens[(True, *key[1:])] == value, key
+    assert sum(len(t) for t in tokens[(True, SamplingConfig(), len(runs) - 1)]) == sum(caps)
