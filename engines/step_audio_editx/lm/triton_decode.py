@@ -232,6 +232,8 @@ if HAS_TRITON:
                     v = tl.load(v_base + offs[:, None] * stride_kl + d[None, :], mask=kvmask, other=0.0)
                     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
                     m_i = m_new
+                if PDL:
+                    triton_pdl.release()
                 slot = (b * HEADS + heads) * n_splits + split
                 tl.store(part_o_ptr + slot[:, None] * DIM + d[None, :], acc, mask=hmask[:, None] & dmask[None, :])
                 tl.store(part_ml_ptr + slot * 2, m_i, mask=hmask)
@@ -314,6 +316,8 @@ if HAS_TRITON:
                 w = tl.load(w_ptr + rn[:, None] * stride_w + rk[None, :], mask=nmask[:, None] & kmask[None, :],
                             other=0.0)
             acc += tl.dot(a.to(w.dtype), tl.trans(w), input_precision=PRECISION)
+        if PDL:
+            triton_pdl.release()
         out = acc.to(out_ptr.dtype.element_ty)
         omask = mmask[:, None] & nmask[None, :]
         if RESIDUAL:
@@ -353,6 +357,8 @@ if HAS_TRITON:
                             other=0.0)
             a = _prologue(a, x_ptr, rk, rk, kmask, factor, norm_ptr, K, PROLOGUE)
             acc += w.to(tl.float32) * a.to(tl.float32)[None, :]
+        if PDL:
+            triton_pdl.release()
         out = tl.sum(acc, 1).to(out_ptr.dtype.element_ty)
         if RESIDUAL:
             r = tl.load(out_ptr + rn, mask=nmask, other=0.0)

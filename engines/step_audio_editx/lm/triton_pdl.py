@@ -5,14 +5,17 @@ last blocks of one drain and the next one is launched and ramps up its first mem
 (Hopper and later, CUDA >= 12.3, also inside CUDA graphs) a kernel launched with ``launch_pdl=True`` may
 start while its predecessor still runs; it then
 
-1. tells the runtime its own successor may launch too (``gdc_launch_dependents``),
-2. asks the L2 cache for the first weight tile it will stream (or, for attention, the cached keys and
+1. asks the L2 cache for the first weight tile it will stream (or, for attention, the cached keys and
    values of its chunk): a prefetch is only a hint, it reads nothing into registers,
-3. waits for the predecessor to complete and its writes to be visible (``gdc_wait``),
+2. waits for the predecessor to complete and its writes to be visible (``gdc_wait``),
+3. runs exactly the code it ran before, and once its main loop has issued its last loads, tells the
+   runtime that its own successor may launch (``release``; a kernel without it releases when it exits).
 
-and only then runs exactly the code it ran before. Nothing computed depends on step 2, so the results are
-bit-identical with and without PDL (the GPU test checks whole generations token for token). Every block
-of a PDL kernel passes the wait before it exits, so a kernel's completion still implies its predecessor's.
+Nothing computed depends on step 1, so the results are bit-identical with and without PDL (the GPU test
+checks whole generations token for token). Every block of a PDL kernel passes the wait before it exits,
+so a kernel's completion still implies its predecessor's. The release comes late on purpose: released
+at the start (measured on the H200, 2026-12-04), the successors' blocks of several kernels ahead
+occupied the GPU early and a batch-1 step got 10 % slower.
 
 The switch: ``DecodeOptions(pdl=False)`` or the environment variable ``STEP_AUDIO_EDITX_PDL=0``.
 """
@@ -63,14 +66,17 @@ if HAS_GDC:  # the kernels only call these under a PDL constexpr, which is never
 
     @triton.jit
     def enter():
-        """A PDL kernel without anything worth prefetching: let the successor launch, then wait."""
-        tl.extra.cuda.gdc_launch_dependents()
+        """A PDL kernel without anything worth prefetching: wait for the predecessor."""
         tl.extra.cuda.gdc_wait()
+
+    @triton.jit
+    def release():
+        """This block's main loads are issued: the successor may launch (once every block got here)."""
+        tl.extra.cuda.gdc_launch_dependents()
 
     @triton.jit
     def enter_rows(w_ptr, rn, N, K, stride_w, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LINE: tl.constexpr):
         """``enter`` for a matmul program owning weight rows ``rn``: prefetch its first [BLOCK_N, BLOCK_K] tile."""
-        tl.extra.cuda.gdc_launch_dependents()
         rows = tl.minimum(rn, N - 1)
         cols = tl.minimum(tl.arange(0, BLOCK_K // LINE) * LINE, K - 1)
         prefetch_l2(w_ptr + rows[:, None] * stride_w + cols[None, :])
@@ -82,7 +88,6 @@ if HAS_GDC:  # the kernels only call these under a PDL constexpr, which is never
         """``enter`` for an attention chunk program: prefetch the cached keys / values of its chunk. The
         length read here only steers the prefetch (slots clamped inside the row's cache); the kernel
         reads it again after the wait."""
-        tl.extra.cuda.gdc_launch_dependents()
         last = tl.maximum(tl.load(kv_len_ptr + b) - 2, 0)  # the last cached slot before the new token
         slots = tl.minimum(split * CHUNK + tl.arange(0, CHUNK), last)
         cols = tl.minimum(tl.arange(0, DIM_LINES) * LINE, DIM - 1)
