@@ -26,7 +26,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
 
 CUDA = torch.device("cuda")
-pytestmark = pytest.mark.skipif(not (triton_decode.available() and triton_pdl.supported(CUDA)),
+pytestmark = pytest.mark.skipif(not (triton_decode.available() and triton_pdl.capable(CUDA)),
                                 reason="needs CUDA, triton with grid dependency control and an sm_90+ GPU")
 SHAPE = ref_ops.AttentionShape(num_heads=48, num_groups=4, head_dim=64)
 # every configuration with its fused prologue, and each kernel once without (compile time on the GPU)
@@ -160,3 +160,14 @@ def test_pdl_generation_gives_the_same_tokens_as_plain_launches(small_model, lin
         if not key[0]:
             assert tokens[(True, *key[1:])] == value, key
     assert sum(len(t) for t in tokens[(True, SamplingConfig(), len(runs) - 1)]) == sum(caps)
+
+
+def test_pdl_default_starts_at_batch_two_and_the_switch_turns_it_off(small_model, monkeypatch):
+    """Measured: PDL helps at batch 8 / 16 and not at batch 1, so by default batch 1 launches plainly."""
+    session = get_decode_session(small_model, DecodeOptions())
+    assert session.use_pdl and not session.pdl_for(1) and session.pdl_for(2) and session.pdl_for(16)
+    monkeypatch.setenv(triton_pdl.PDL_ENV, "0")
+    session = get_decode_session(small_model, DecodeOptions(linear="triton"))
+    assert not session.use_pdl and not session.pdl_for(16)
+    out = generate(small_model, [[1, 2, 3]] * 2, [5, 5], SamplingConfig(), [0, 1])
+    assert not out[0].path.endswith("+pdl")

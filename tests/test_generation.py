@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_pdl
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeSession, batch_bucket
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import (
     DECODE_SESSION_ATTR,
@@ -222,6 +223,10 @@ def test_session_is_cached_and_dropped_when_the_model_moves(parity, ref):
     assert moved == first and model.__dict__[DECODE_SESSION_ATTR] is not session
     release_decode_session(model)
     assert DECODE_SESSION_ATTR not in model.__dict__
+    # programmatic dependent launch is a CUDA (sm_90+) launch mode: never on CPU, even when asked for
+    assert not session.use_pdl and not session.pdl_for(16)
+    assert not triton_pdl.supported(torch.device("cpu"))
+    assert triton_pdl.line_elements(torch.bfloat16) == 64 and triton_pdl.line_elements(torch.float32) == 32
 
 
 def test_bad_requests_raise_value_errors(model):

@@ -49,6 +49,10 @@ PREFILL_BATCH_TOKENS = 4096  # rows x chunk tokens per prefill forward (bounds t
 PREFILL_MIN_CHUNK = 128
 POLL_STEPS = 8  # steps between asynchronous reads of the stop flags
 GRAPH_WARMUP_STEPS = 2  # eager runs before a capture (kernel compilation, cuBLAS workspaces)
+# Programmatic dependent launch by default from this batch bucket on. Measured on the H200 (2026-12-04,
+# docs/performance.md): batch 8 / 16 +5.6 % / +4.0 % tokens/s, batch 1 -1.9 % (its one-row GEMV chain
+# gains nothing), so batch 1 keeps the plain launches.
+PDL_AUTO_MIN_ROWS = 2
 
 
 def batch_bucket(rows: int) -> int:
@@ -67,7 +71,7 @@ class DecodeOptions:
     use_graphs: bool | None = None  # None: on CUDA
     use_triton: bool | None = None  # None: on CUDA when triton imports
     linear: str = "auto"  # "auto": time cuBLAS and the Triton matmuls per matrix; "cublas"; "triton"
-    pdl: bool | None = None  # programmatic dependent launch of the Triton kernels; None: where supported
+    pdl: bool | None = None  # programmatic dependent launch (triton_pdl); None: where supported, from batch 2
 
 
 @dataclass
@@ -100,8 +104,12 @@ class DecodeSession:
         if want_triton and cuda and not self.use_triton:
             logger.warning("Triton is unavailable (%s): fast decoding uses torch ops inside the CUDA graph "
                            "(slower)", triton_decode.TRITON_IMPORT_ERROR)
-        want_pdl = triton_pdl.supported(self.device) if self.options.pdl is None else bool(self.options.pdl)
-        self.use_pdl = want_pdl and self.use_triton and triton_pdl.HAS_GDC
+        self.pdl_min_rows: int | None = None  # buckets of at least this many rows launch as PDL; None: none
+        if self.use_triton and triton_pdl.capable(self.device):
+            if self.options.pdl is None and triton_pdl.supported(self.device):
+                self.pdl_min_rows = PDL_AUTO_MIN_ROWS
+            elif self.options.pdl:
+                self.pdl_min_rows = 1
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.state: DecodeState | None = None
         self.capacity = (0, 0, 0, 0)  # slot rows, cache slots, output rows, output cols
@@ -144,6 +152,14 @@ class DecodeSession:
         self.state = None
         self._pool = None
         self.capacity = (0, 0, 0, 0)
+
+    @property
+    def use_pdl(self) -> bool:
+        """True when some batch bucket launches its Triton kernels as programmatic dependents."""
+        return self.pdl_min_rows is not None
+
+    def pdl_for(self, rows: int) -> bool:
+        return self.pdl_min_rows is not None and rows >= self.pdl_min_rows
 
     @property
     def mode(self) -> str:
@@ -191,7 +207,7 @@ class DecodeSession:
         choice = self._linear_choice.get(rows, {}) if triton else {}
         cublas = LinearChoice()
         workspace = self._workspace(rows) if triton else None
-        pdl = self.use_pdl
+        pdl = self.pdl_for(rows)
         stream = ResidualStream(F.embedding(tokens, w.embed), w.eps, triton, pdl)
         for i in range(w.num_layers):
             keys, values = self.kv[i]
@@ -211,7 +227,7 @@ class DecodeSession:
         tables = self.tables(config.constrain_audio)
         logits = F.linear(hidden, tables.head)
         if self.use_triton:
-            triton_decode.sample_and_commit(logits, config, state, tables, pdl=self.use_pdl)
+            triton_decode.sample_and_commit(logits, config, state, tables, pdl=self.pdl_for(hidden.shape[0]))
         else:
             choose_and_commit(logits, config, state, tables)
 
@@ -224,7 +240,7 @@ class DecodeSession:
 
     def _select_linears(self, rows: int) -> None:
         if rows not in self._linear_choice and self.use_triton:
-            self._linear_choice[rows] = select_linears(self.weights, rows, self.options.linear, self.use_pdl)
+            self._linear_choice[rows] = select_linears(self.weights, rows, self.options.linear, self.pdl_for(rows))
 
     def _graph(self, rows: int, config: SamplingConfig) -> torch.cuda.CUDAGraph:
         key = (rows, config)
@@ -268,7 +284,7 @@ class DecodeSession:
             if self.use_pdl:
                 logger.warning("Step1 decode kernels failed as programmatic dependent launches on %s (%s: %s); "
                                "launching them plainly", self.device, type(exc).__name__, exc)
-                self.use_pdl = False
+                self.pdl_min_rows = None
                 self._linear_choice.clear()
                 self._prepare_graph(rows, config)
                 return
@@ -276,7 +292,7 @@ class DecodeSession:
                 logger.warning("Step1 fused decode kernels failed on %s (%s: %s); using torch ops in the CUDA graph",
                                self.device, type(exc).__name__, exc)
                 self.use_triton = False
-                self.use_pdl = False
+                self.pdl_min_rows = None
                 self._linear_choice.clear()
                 self._prepare_graph(rows, config)
                 return

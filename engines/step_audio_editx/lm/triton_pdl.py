@@ -42,13 +42,16 @@ CACHE_LINE_BYTES = 128  # one L2 prefetch covers one line
 FALSE_VALUES = ("0", "false", "no", "off")
 
 
-def supported(device: torch.device) -> bool:
-    """PDL is used by default where the GPU, the triton build and the environment allow it."""
+def capable(device: torch.device) -> bool:
+    """The GPU and the triton build can launch programmatic dependents."""
     if not HAS_GDC or device.type != "cuda" or not torch.cuda.is_available():
         return False
-    if os.environ.get(PDL_ENV, "").strip().lower() in FALSE_VALUES:
-        return False
     return torch.cuda.get_device_capability(device) >= PDL_MIN_CAPABILITY
+
+
+def supported(device: torch.device) -> bool:
+    """PDL is used by default where the GPU, the triton build and the environment allow it."""
+    return capable(device) and os.environ.get(PDL_ENV, "").strip().lower() not in FALSE_VALUES
 
 
 def line_elements(dtype: torch.dtype) -> int:
