@@ -20,7 +20,9 @@ launches, with the rounding points of the reference so the results agree with th
   when the logits fit one tile (the <|EOT|> + audio head: 5,121 columns).
 
 Every launcher takes torch tensors and returns torch tensors; nothing here syncs with the host, so all of
-it can be captured in a CUDA graph (after one eager call has compiled the kernels).
+it can be captured in a CUDA graph (after one eager call has compiled the kernels). With ``pdl=True`` a
+launcher starts its kernel as a programmatic dependent of the previous one (``triton_pdl``: prefetch,
+wait, the same code; bit-identical results).
 """
 
 from __future__ import annotations
