@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # The tiny models' ops are far too small to gain from intra-op threads, and on CI's two shared cores OpenMP's
@@ -21,6 +22,12 @@ if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     if "torch" in sys.modules:  # imported before this file (a plugin): its thread pool is already sized
         sys.modules["torch"].set_num_threads(1)
+
+# Timed decode-kernel choices are stored per machine (lm/matmul_choice_store); tests keep their own store so
+# they neither read a developer's choices nor leave files in the user's cache.
+if "STEP_AUDIO_EDITX_KERNEL_CHOICES" not in os.environ:
+    os.environ["STEP_AUDIO_EDITX_KERNEL_CHOICES"] = os.path.join(tempfile.mkdtemp(prefix="step_audio_kernels_"),
+                                                                 "decode_matmuls.json")
 
 import numpy as np
 import pytest

@@ -36,6 +36,7 @@ from ..constants import (
     VQ06_ONNX_FILE,
     VQ06_V1_HEADS,
 )
+from ..cache_dirs import package_cache_dir
 from ..file_readers import DamagedModelFileError
 from .s3_model import CONV_STRIDES, S3Config, S3Tokenizer, log_mel_spectrogram, pad_mels
 from .s3_onnx import onnx_state_dict
@@ -75,8 +76,7 @@ def cache_path_next_to(onnx_path: str | Path) -> Path:
 
 def user_cache_dir() -> Path:
     """Fallback cache folder: ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/comfyui_step_audio_editx/s3tokenizer``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "comfyui_step_audio_editx" / "s3tokenizer"
+    return package_cache_dir() / "s3tokenizer"
 
 
 def _write_cache(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -6,7 +6,8 @@ residual add folded into the next norm), as the tensor-core ``skinny_linear`` or
 CUDA-core ``gemv`` (either with the norm / SwiGLU inside the kernel or before it, the residual added in
 place). Which is fastest depends on the GPU, the matrix and the batch bucket, so ``select_linears`` times
 every candidate the way it will run (captured in a CUDA graph, cycling through all layers so nothing is
-served from L2) and keeps the fastest per role; results are cached per process.
+served from L2) and keeps the fastest per role; results are cached per process and stored on disk
+(``matmul_choice_store``), so later processes on the same machine run the same kernels (same tokens per seed).
 
 Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
 kernels of ``quant.kernels`` (``dot`` / ``gemv`` choices, their own configuration lists); the ``cublas``
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import decode_ops as ref_ops
-from . import triton_decode
+from . import matmul_choice_store, triton_decode
 from .quant import kernels as quant_kernels
 from .quant.linear import QuantMatrix
 
@@ -171,6 +172,16 @@ def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str
                  for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
     if key in _CACHE:
         return _CACHE[key]
+    stored_key = matmul_choice_store.store_key(
+        (*key, torch.__version__, torch.version.cuda, getattr(triton_decode.triton, "__version__", None)))
+    quantized = isinstance(weights.qkv[0], QuantMatrix)
+    valid = {role: candidates(role, rows, mode, quantized=quantized) for role in ROLES}
+    stored = matmul_choice_store.load(stored_key, valid, _choice_from_json)
+    if stored is not None:
+        logger.info("Step1 decode matmuls at batch %d%s (stored for this GPU): %s", rows, " (PDL)" if pdl else "",
+                    "; ".join(f"{role} {stored[role]}" for role in ROLES))
+        _CACHE[key] = stored
+        return stored
     hidden = weights.embed.shape[1]
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -187,7 +198,7 @@ def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str
         inner = mats[0].shape[1]
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
-        for choice in candidates(role, rows, mode, quantized=isinstance(mats[0], QuantMatrix)):
+        for choice in valid[role]:
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True, pdl=pdl)
                 if PROLOGUE[role] == "norm":
@@ -209,4 +220,14 @@ def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str
                       + (f" (cuBLAS {base * 1e6:.1f}us)" if base is not None and best != CUBLAS else ""))
     logger.info("Step1 decode matmuls at batch %d%s: %s", rows, " (PDL)" if pdl else "", "; ".join(report))
     _CACHE[key] = chosen
+    matmul_choice_store.save(stored_key, chosen, _choice_to_json)
     return chosen
+
+
+def _choice_to_json(choice: LinearChoice) -> list:
+    return [choice.kernel, list(choice.config) if choice.config is not None else None, choice.fused]
+
+
+def _choice_from_json(entry: list) -> LinearChoice:
+    kernel, config, fused = entry
+    return LinearChoice(str(kernel), tuple(int(v) for v in config) if config is not None else None, bool(fused))
