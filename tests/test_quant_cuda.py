@@ -17,7 +17,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import 
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantLinear, QuantScheme, dequantize, quantize
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import kernels
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
@@ -95,3 +95,51 @@ def test_quantized_graph_path_matches_the_plain_path(parity, quantize):
     assert all(o.stop_reason in (StopReason.CAP, StopReason.EOS) for o in fast)
     single = generate(model, prompts[:1], caps[:1], SamplingConfig(), [0])  # batch 1: the gemv kernels
     assert single[0].tokens == generate(model, prompts[:1], caps[:1], SamplingConfig(), [0], fast=False)[0].tokens
+
+
+def _interleaved(m: QuantMatrix) -> QuantMatrix:
+    return QuantMatrix(interleaved.interleave(m.packed, m.scheme), m.scale, m.scheme, True)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_interleaved_dequantize_kernel_is_bitwise_the_reference(bits):
+    m = _matrix(3584, 3072, bits, 1)
+    il = _interleaved(m)
+    assert torch.equal(il.dequantized(), dequantize(m.packed, m.scale, m.scheme))
+    assert torch.equal(il.stored_words(), m.packed)
+
+
+IL_KERNELS = [LinearChoice("dot", c, f) for c in interleaved.DOT_CONFIGS for f in (True, False)] + \
+    [LinearChoice("gemv", c, f) for c in interleaved.GEMV_CONFIGS for f in (True, False)]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("choice", IL_KERNELS, ids=str)
+@pytest.mark.parametrize("rows", [1, 16])
+def test_interleaved_kernels_match_dequantize_then_matmul(choice, rows, bits):
+    if choice.kernel == "gemv" and rows != 1:
+        pytest.skip("gemv runs one row")
+    qkv, down = _interleaved(_matrix(3584, 3072, bits, 7)), _interleaved(_matrix(3072, 8192, bits, 8))
+    resid = _rand(rows, 3072, seed=9)
+    norm = 1 + 0.1 * _rand(3072, seed=10)
+    gate_up = _rand(rows, 2 * 8192, seed=11)
+    expected = ref_ops.rms_norm(resid, norm, 1e-5).float() @ qkv.dequantized().float().T
+    stream = ResidualStream(resid.clone(), 1e-5, use_triton=True)
+    assert _rel(stream.normed_linear(norm, qkv, choice), expected) < 5e-3
+    reference = resid.float() + ref_ops.silu_mul(gate_up).float() @ down.dequantized().float().T
+    stream.residual_linear(gate_up, down, choice, swiglu=True)
+    stream.norm(norm)
+    assert _rel(stream.resid, reference) < 5e-3
+
+
+@pytest.mark.parity
+def test_decode_session_interleaves_once_and_state_dict_keeps_the_stored_words(parity):
+    model = load_step1(parity.editx_dir, device="cuda", dtype="bf16", quantize="int4")
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("weight_packed")}
+    get_decode_session(model, DecodeOptions(linear="triton"))
+    modules = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert modules and all(m.interleaved for m in modules)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert any(not torch.equal(m.weight_packed, before[n + ".weight_packed"])
+               for n, m in model.named_modules() if isinstance(m, QuantLinear))

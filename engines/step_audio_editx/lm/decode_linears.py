@@ -9,7 +9,8 @@ every candidate the way it will run (captured in a CUDA graph, cycling through a
 served from L2) and keeps the fastest per role; results are cached per process.
 
 Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
-kernels of ``quant.kernels`` (``dot`` / ``gemv`` choices, their own configuration lists); the ``cublas``
+kernels of ``quant.interleaved`` (the session lays the words out for them once; ``quant.kernels`` reads
+the stored layout) as ``dot`` / ``gemv`` choices with their own configuration lists; the ``cublas``
 choice then means dequantize-then-``F.linear``, the exact reference used off CUDA and beyond 16 rows.
 """
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from . import decode_ops as ref_ops
 from . import triton_decode
+from .quant import interleaved as quant_interleaved
 from .quant import kernels as quant_kernels
 from .quant.linear import QuantMatrix
 
@@ -64,7 +66,10 @@ CUBLAS = LinearChoice()
 
 def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantMatrix, **kwargs) -> torch.Tensor:
     if isinstance(weight, QuantMatrix):
-        fn = quant_kernels.qgemv if choice.kernel == "gemv" else quant_kernels.qdot
+        if weight.interleaved:
+            fn = quant_interleaved.gemv if choice.kernel == "gemv" else quant_interleaved.dot
+        else:
+            fn = quant_kernels.qgemv if choice.kernel == "gemv" else quant_kernels.qdot
         return fn(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
     fn = triton_decode.gemv if choice.kernel == "gemv" else triton_decode.skinny_linear
     return fn(x, weight, choice.config, **kwargs)
@@ -120,16 +125,21 @@ class ResidualStream:
         _kernel(choice, x, weight, swiglu=fused_swiglu, residual=self.resid)
 
 
-def candidates(role: str, rows: int, mode: str, quantized: bool = False) -> list[LinearChoice]:
+def candidates(role: str, rows: int, mode: str, quantized: bool = False,
+               interleaved: bool = False) -> list[LinearChoice]:
     """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton). Quantized
     weights never time ``cublas`` (a dequantization per step) unless it is all there is."""
     if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
         return [CUBLAS]
     fusions = (True, False) if PROLOGUE[role] else (False,)
     if quantized:
-        found = [LinearChoice("dot", c, f) for c in QUANT_DOT_CONFIGS for f in fusions]
+        dots, gemvs = ((quant_interleaved.DOT_CONFIGS, quant_interleaved.GEMV_CONFIGS) if interleaved
+                       else (QUANT_DOT_CONFIGS, QUANT_GEMV_CONFIGS))
+        if interleaved and rows == 1:
+            dots = dots[:1]  # the GEMV wins one row: fewer compiles at session start
+        found = [LinearChoice("dot", c, f) for c in dots for f in fusions]
         if rows == 1:
-            found += [LinearChoice("gemv", c, f) for c in QUANT_GEMV_CONFIGS for f in fusions]
+            found += [LinearChoice("gemv", c, f) for c in gemvs for f in fusions]
         return found
     found = [CUBLAS] if mode == "auto" else []
     found += [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in fusions]
@@ -156,32 +166,27 @@ def _graph_seconds(step: Callable[[int], None], calls: int) -> float:
     return start.elapsed_time(end) / 1e3 / (TIMING_REPLAYS * calls)
 
 
-def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
-    """Time every candidate of every role at ``rows`` rows on this GPU; the fastest per role (cached)."""
+def time_candidates(weights, rows: int, mode: str) -> dict[str, dict[LinearChoice, float]]:
+    """Seconds per call of every candidate of every role at ``rows`` rows, each run the way the decode step
+    runs it (graph-replayed, cycling through all layers so nothing is served from L2)."""
     device = weights.embed.device
     dtype = weights.embed.dtype
-    key = (torch.cuda.get_device_name(device), dtype, rows, mode, weights.embed.shape[1],
-           tuple((tuple(w[0].shape), getattr(w[0], "scheme", None))
-                 for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
-    if key in _CACHE:
-        return _CACHE[key]
-    hidden = weights.embed.shape[1]
     gen = torch.Generator(device=device).manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device, dtype=dtype, generator=gen)
 
-    resid = rand(rows, hidden)
+    resid = rand(rows, weights.embed.shape[1])
     matrices = {"qkv": weights.qkv, "o": weights.o, "gate_up": weights.gate_up, "down": weights.down}
     norms = weights.input_norms
-    chosen: dict[str, LinearChoice] = {}
-    report = []
+    found: dict[str, dict[LinearChoice, float]] = {}
     for role in ROLES:
         mats = matrices[role]
         inner = mats[0].shape[1]
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
-        for choice in candidates(role, rows, mode, quantized=isinstance(mats[0], QuantMatrix)):
+        quantized = isinstance(mats[0], QuantMatrix)
+        for choice in candidates(role, rows, mode, quantized, quantized and mats[0].interleaved):
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True)
                 if PROLOGUE[role] == "norm":
@@ -196,6 +201,20 @@ def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
                 logger.debug("decode matmul %s %s failed: %s", role, choice, exc)
         if not timings:
             raise RuntimeError(f"no decode matmul kernel ran for {role} at batch {rows}")
+        found[role] = timings
+    return found
+
+
+def select_linears(weights, rows: int, mode: str) -> dict[str, LinearChoice]:
+    """Time every candidate of every role at ``rows`` rows on this GPU; the fastest per role (cached)."""
+    key = (torch.cuda.get_device_name(weights.embed.device), weights.embed.dtype, rows, mode, weights.embed.shape[1],
+           tuple((tuple(w[0].shape), getattr(w[0], "scheme", None), getattr(w[0], "interleaved", None))
+                 for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
+    if key in _CACHE:
+        return _CACHE[key]
+    chosen: dict[str, LinearChoice] = {}
+    report = []
+    for role, timings in time_candidates(weights, rows, mode).items():
         best = min(timings, key=timings.get)
         chosen[role] = best
         base = timings.get(CUBLAS)

@@ -20,7 +20,7 @@ from torch import nn
 from ..constants import EOT_ID, VQ02_FIRST_ID, VQ06_LAST_ID
 from .attention import alibi_slopes
 from .decode_ops import AttentionShape
-from .quant.linear import QuantLinear, QuantMatrix
+from .quant.linear import QuantLinear, QuantMatrix, interleave_for_kernels
 
 
 @dataclass
@@ -75,7 +75,10 @@ def _fused_view(parts: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 def _fuse_quant(modules: list[QuantLinear]) -> QuantMatrix:
-    """``_fuse`` for quantized projections: packed words and scales are concatenated by rows alike."""
+    """``_fuse`` for quantized projections: packed words and scales are concatenated by rows alike (then laid
+    out for the interleaved kernels where they run)."""
+    if len({m.interleaved for m in modules}) != 1:
+        raise ValueError("a fused matrix mixes interleaved and stored projections")
     packed = _fused_view([m.weight_packed for m in modules])
     scales = _fused_view([m.weight_scale for m in modules])
     if packed is None or scales is None:
@@ -86,11 +89,13 @@ def _fuse_quant(modules: list[QuantLinear]) -> QuantMatrix:
             rows = module.out_features
             module.set_tensors(packed[start:start + rows], scales[start:start + rows])
             start += rows
-    return QuantMatrix(packed, scales, modules[0].scheme)
+    return interleave_for_kernels(modules, QuantMatrix(packed, scales, modules[0].scheme, modules[0].interleaved))
 
 
 def _single(module: nn.Module) -> torch.Tensor | QuantMatrix:
-    return module.matrix if isinstance(module, QuantLinear) else module.weight.detach()
+    if isinstance(module, QuantLinear):
+        return interleave_for_kernels([module], module.matrix)
+    return module.weight.detach()
 
 
 def _fuse(modules: list[nn.Module]) -> torch.Tensor | QuantMatrix:

@@ -5,9 +5,11 @@ the seven projection ``nn.Linear`` of each layer is all the model needs; the buf
 compressed-tensors names (``weight_packed``, ``weight_scale``), so ``state_dict()`` keys are the official
 file's. lm_head and the embedding stay in the model dtype (the official AWQ file leaves them so too).
 
-Forward: a few rows on CUDA with Triton run the fused dequantizing kernels (``kernels``); otherwise the
-weight is dequantized (``q * scale`` in the model dtype) and multiplied with ``F.linear``, so the CPU, MPS
-and no-Triton results are exactly dequantize-then-matmul.
+Forward: a few rows on CUDA with Triton run the fused dequantizing kernels (``kernels``, or ``interleaved``
+once the decode session re-laid the words out for its kernels); otherwise the weight is dequantized
+(``q * scale`` in the model dtype) and multiplied with ``F.linear``, so the CPU, MPS and no-Triton results
+are exactly dequantize-then-matmul. Interleaved words are given back in the stored layout by
+``state_dict()``, so saved tensors are always compressed-tensors'.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import interleaved, kernels
 from .format import QuantScheme, dequantize, quantize, scale_dtype, scheme_for_columns
 
 # The seven projections of a Step1 layer that are quantized (relative to ``model.layers.{i}``).
@@ -33,6 +35,7 @@ class QuantMatrix:
     packed: torch.Tensor  # int32 [N, K * bits / 32]
     scale: torch.Tensor  # [N, K / group]
     scheme: QuantScheme
+    interleaved: bool = False  # words in ``interleaved``'s layout (else the stored one)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -47,8 +50,13 @@ class QuantMatrix:
 
     def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         if kernels.available(self.packed):
-            return kernels.dequantize(self.packed, self.scale, self.scheme, dtype)
-        return dequantize(self.packed, self.scale, self.scheme, dtype)
+            fn = interleaved.dequantize if self.interleaved else kernels.dequantize
+            return fn(self.packed, self.scale, self.scheme, dtype)
+        return dequantize(self.stored_words(), self.scale, self.scheme, dtype)
+
+    def stored_words(self) -> torch.Tensor:
+        """The words in the stored (compressed-tensors) layout (a copy when interleaved)."""
+        return interleaved.deinterleave(self.packed, self.scheme) if self.interleaved else self.packed
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W^T`` by dequantize-then-matmul (the reference every kernel is compared with)."""
@@ -69,6 +77,8 @@ class QuantLinear(nn.Module):
                                                           dtype=torch.int32, device=device))
         self.register_buffer("weight_scale", torch.empty(out_features, scheme.scale_cols(in_features),
                                                          dtype=dtype, device=device))
+        self.interleaved = False  # weight_packed holds interleaved words (set by ``interleave_for_kernels``)
+        self._register_state_dict_hook(_stored_words_hook)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: QuantScheme) -> "QuantLinear":
@@ -87,7 +97,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"weight_packed must be int32 {list(want_p)}, got {packed.dtype} {list(packed.shape)}")
         if tuple(scale.shape) != want_s or not scale.is_floating_point():
             raise ValueError(f"weight_scale must be float {list(want_s)}, got {scale.dtype} {list(scale.shape)}")
-        self.weight_packed = packed
+        self.weight_packed = packed  # in the layout ``interleaved`` says (unchanged here)
         self.weight_scale = scale
 
     @property
@@ -96,7 +106,7 @@ class QuantLinear(nn.Module):
 
     @property
     def matrix(self) -> QuantMatrix:
-        return QuantMatrix(self.weight_packed, self.weight_scale, self.scheme)
+        return QuantMatrix(self.weight_packed, self.weight_scale, self.scheme, self.interleaved)
 
     def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight [out, in] this layer multiplies with."""
@@ -105,14 +115,38 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
-            flat = x.reshape(rows, self.in_features)
-            return kernels.quant_linear(flat, self.weight_packed, self.weight_scale, self.scheme).view(
-                *x.shape[:-1], self.out_features)
+            flat = x.reshape(rows, self.in_features).contiguous()
+            if self.interleaved:
+                fn, config = (interleaved.gemv, interleaved.DEFAULT_GEMV) if rows == 1 else \
+                    (interleaved.dot, interleaved.DEFAULT_DOT)
+                out = fn(flat, self.weight_packed, self.weight_scale, self.scheme, config)
+            else:
+                out = kernels.quant_linear(flat, self.weight_packed, self.weight_scale, self.scheme)
+            return out.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dequantized(x.dtype))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}, "
-                f"group={self.scheme.group_size}")
+                f"group={self.scheme.group_size}{', interleaved' if self.interleaved else ''}")
+
+
+def _stored_words_hook(module: QuantLinear, state: dict, prefix: str, local_metadata) -> None:
+    """``state_dict()`` holds the stored layout even while the buffer is interleaved."""
+    if module.interleaved:
+        state[prefix + "weight_packed"] = interleaved.deinterleave(module.weight_packed, module.scheme)
+
+
+def interleave_for_kernels(modules: list[QuantLinear], matrix: QuantMatrix) -> QuantMatrix:
+    """Re-lay ``matrix`` (the packed words of ``modules``, fused by rows or one module's) out in place for
+    the interleaved kernels when they run on its device; flags the modules so every reader knows. Idempotent."""
+    if matrix.interleaved or not kernels.available(matrix.packed):
+        return matrix
+    if any(m.interleaved for m in modules):
+        raise ValueError("a fused matrix mixes interleaved and stored projections")
+    interleaved.interleave(matrix.packed, matrix.scheme, out=matrix.packed)
+    for module in modules:
+        module.interleaved = True
+    return QuantMatrix(matrix.packed, matrix.scale, matrix.scheme, True)
 
 
 def quant_modules(model) -> dict[str, QuantLinear]:
