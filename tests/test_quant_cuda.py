@@ -11,13 +11,15 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     QUANT_DOT_CONFIGS,
     QUANT_GEMV_CONFIGS,
+    TINYGEMM,
     LinearChoice,
     ResidualStream,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantLinear, QuantScheme, dequantize, quantize
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import (QuantLinear, QuantScheme, dequantize, quantize,
+                                                                       quantize_step1_)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels, tinygemm
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
@@ -143,3 +145,57 @@ def test_decode_session_interleaves_once_and_state_dict_keeps_the_stored_words(p
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert any(not torch.equal(m.weight_packed, before[n + ".weight_packed"])
                for n, m in model.named_modules() if isinstance(m, QuantLinear))
+
+
+def _tinygemm_laid(m: QuantMatrix) -> QuantMatrix:
+    packed = m.packed.clone()
+    return QuantMatrix(packed, m.scale, m.scheme, scales_zeros=tinygemm.convert_(packed, m.scale, m.scheme))
+
+
+needs_tinygemm = pytest.mark.skipif(not triton_decode.available() or torch.cuda.get_device_capability() < (8, 0),
+                                    reason="tinygemm needs an Ampere or newer GPU")
+
+
+@needs_tinygemm
+@pytest.mark.parametrize("shape", [(3584, 3072), (3072, 8192)])
+def test_tinygemm_layout_keeps_the_stored_words_and_computes_the_dequantized_matmul(shape):
+    m = _matrix(*shape, 4, 3)
+    laid = _tinygemm_laid(m)
+    assert not torch.equal(laid.packed, m.packed)
+    assert torch.equal(laid.stored_words(), m.packed)
+    reference = dequantize(m.packed, m.scale, m.scheme)
+    assert torch.equal(laid.dequantized(), reference)
+    for rows in (1, 16):
+        x = _rand(rows, shape[1], seed=rows)
+        assert _rel(laid.linear(x), x.float() @ reference.float().T) < 5e-3
+    if shape[1] == 3072:  # as the decode step runs it: RMSNorm kernel, then tinygemm
+        norm = 1 + 0.1 * _rand(3072, seed=10)
+        resid = _rand(1, 3072, seed=9)
+        stream = ResidualStream(resid.clone(), 1e-5, use_triton=True)
+        want = ref_ops.rms_norm(resid, norm, 1e-5).float() @ reference.float().T
+        assert _rel(stream.normed_linear(norm, laid, TINYGEMM), want) < 5e-3
+
+
+@needs_tinygemm
+def test_session_lays_int4_out_for_tinygemm_and_moving_the_model_restores_the_stored_words():
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import fuse_step1_projections
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Step1ForCausalLM(Step1Config(num_hidden_layers=2, vocab_size=512)).to(torch.bfloat16).eval()
+    quantize_step1_(model, 4)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("weight_packed")}
+    q = model.model.layers[0].self_attn.q_proj
+    x = _rand(1, 3072, seed=1)
+    want = x.float() @ q.dequantized().float().T
+    weights = fuse_step1_projections(model)
+    assert all(w.scales_zeros is not None for w in (*weights.qkv, *weights.o, *weights.down))
+    assert all(w.interleaved and w.scales_zeros is None for w in weights.gate_up)
+    assert q.source is not None and _rel(q(x), want) < 5e-3
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    model.to("cpu")
+    assert q.source is None
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear) and not module.interleaved:
+            assert torch.equal(module.weight_packed, before[name + ".weight_packed"].cpu())

@@ -56,12 +56,14 @@ class LinearChoice:
     fused: bool = False
 
     def __str__(self) -> str:
-        if self.kernel == "cublas":
-            return "cuBLAS"
+        if self.kernel in DENSE:
+            return "cuBLAS" if self.kernel == "cublas" else "tinygemm"
         return f"{self.kernel}{list(self.config)}{'+fused' if self.fused else ''}"
 
 
 CUBLAS = LinearChoice()
+TINYGEMM = LinearChoice("tinygemm")  # PyTorch's int4 matmul on a tinygemm-laid matrix (``quant.tinygemm``)
+DENSE = ("cublas", "tinygemm")  # choices that take the normed / SwiGLU input and leave the residual pending
 
 
 def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantMatrix, **kwargs) -> torch.Tensor:
@@ -106,18 +108,18 @@ class ResidualStream:
 
     def normed_linear(self, norm: torch.Tensor, weight: torch.Tensor, choice: LinearChoice) -> torch.Tensor:
         """``weight · RMSNorm(resid)`` (qkv, gate_up)."""
-        if choice.kernel != "cublas" and choice.fused:
+        if choice.kernel not in DENSE and choice.fused:
             self._flush()
             return _kernel(choice, self.resid, weight, norm_weight=norm, eps=self.eps)
         h = self.norm(norm)
-        return _dense(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight)
+        return _dense(h, weight) if choice.kernel in DENSE else _kernel(choice, h, weight)
 
     def residual_linear(self, x: torch.Tensor, weight: torch.Tensor, choice: LinearChoice, swiglu: bool) -> None:
         """``resid += weight · f(x)``, f = SwiGLU product (down) or identity (o)."""
-        fused_swiglu = swiglu and choice.kernel != "cublas" and choice.fused
+        fused_swiglu = swiglu and choice.kernel not in DENSE and choice.fused
         if swiglu and not fused_swiglu:
             x = triton_decode.silu_mul(x) if self.triton else ref_ops.silu_mul(x)
-        if choice.kernel == "cublas":
+        if choice.kernel in DENSE:
             self._flush()
             self.pending = _dense(x, weight)
             return
@@ -186,7 +188,10 @@ def time_candidates(weights, rows: int, mode: str) -> dict[str, dict[LinearChoic
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
         quantized = isinstance(mats[0], QuantMatrix)
-        for choice in candidates(role, rows, mode, quantized, quantized and mats[0].interleaved):
+        found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+        if quantized and mats[0].scales_zeros is not None:
+            found = [TINYGEMM]  # its layout runs nothing else
+        for choice in found:
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True)
                 if PROLOGUE[role] == "norm":
