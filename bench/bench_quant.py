@@ -72,10 +72,12 @@ def make_model(dims: dict, device, bits: int | None, never_stop: bool):
     return model
 
 
-def decode_runs(dims: dict, device, run: dict) -> list[dict]:
+def decode_runs(dims: dict, device, run: dict, variants: set[str] | None = None) -> list[dict]:
     rows = []
     config = SamplingConfig()  # the official sampling: temperature 0.7
     for name, bits in VARIANTS:
+        if variants is not None and name not in variants:
+            continue
         model = make_model(dims, device, bits, never_stop=True)
         size = weight_bytes(model)
         for batch in run["batches"]:
@@ -186,17 +188,21 @@ def write_awq_folder(models: Path, device, bits: int = 4) -> Path:
     return target
 
 
-def e2e_runs(models: Path, device, run: dict, tiny: bool) -> list[dict]:
+E2E_CASES: tuple[tuple[str, str, str], ...] = (
+    ("bf16", "Step-Audio-EditX", "none"), ("int8 on load", "Step-Audio-EditX", "int8"),
+    ("int4 on load", "Step-Audio-EditX", "int4"), ("AWQ-layout 4-bit folder", AWQ_DIRNAME, "none"))
+
+
+def e2e_runs(models: Path, device, run: dict, tiny: bool, cases: set[str] | None = None) -> list[dict]:
+    chosen = [c for c in E2E_CASES if cases is None or c[0] in cases]
     if not (models / "Step-Audio-EditX" / "config.json").is_file():
         write_random_model(models, seed=0, size="tiny" if tiny else "full", never_stop=True)
-    if not (models / AWQ_DIRNAME / "config.json").is_file():
+    if any(c[1] == AWQ_DIRNAME for c in chosen) and not (models / AWQ_DIRNAME / "config.json").is_file():
         write_awq_folder(models, device)
     gen = round(run["edit_s"] * AUDIO_TOKENS_PER_SECOND) if not tiny else 40
     fixed = GenerationSettings(dynamic_tokens=False, max_new_tokens=gen)
     rows = []
-    for label, editx, quant in (("bf16", "Step-Audio-EditX", "none"), ("int8 on load", "Step-Audio-EditX", "int8"),
-                                ("int4 on load", "Step-Audio-EditX", "int4"), ("AWQ-layout 4-bit folder",
-                                                                                AWQ_DIRNAME, "none")):
+    for label, editx, quant in chosen:
         engine = StepAudioEditX(EngineConfig(editx_dir=str(models / editx), search_roots=(str(models),),
                                              device=str(device), quantize=quant))
         if device.type == "cuda":
@@ -306,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "parity" / "A",
                         help="parity fixture set (for --parts parity)")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--variants", default="", help="comma list of decode variants (default: bf16,int8,int4)")
+    parser.add_argument("--e2e-cases", default="", help="comma list of e2e case labels (default: all of "
+                        + "; ".join(c[0] for c in E2E_CASES) + ")")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -315,8 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.parts.split(","))
     report: dict = {"device": device_description(device), "size": "tiny" if args.tiny else "full",
                     "edit_s": run["edit_s"]}
-    steps = (("decode", lambda: decode_runs(dims, device, run)), ("drift", lambda: drift_runs(dims, device, run)),
-             ("e2e", lambda: e2e_runs(Path(args.models), device, run, args.tiny)),
+    steps = (("decode", lambda: decode_runs(dims, device, run,
+                                            set(args.variants.split(",")) if args.variants else None)), ("drift", lambda: drift_runs(dims, device, run)),
+             ("e2e", lambda: e2e_runs(Path(args.models), device, run, args.tiny,
+                                      set(args.e2e_cases.split(",")) if args.e2e_cases else None)),
              ("parity", lambda: parity_runs(args.parity_dir)),
              ("memory", lambda: memory_runs(Path(args.models), device, run, args.tiny)))
     for name, step in steps:
