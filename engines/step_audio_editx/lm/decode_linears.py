@@ -188,10 +188,10 @@ def time_candidates(weights, rows: int, mode: str) -> dict[str, dict[LinearChoic
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
         quantized = isinstance(mats[0], QuantMatrix)
-        found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+        choices = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
         if quantized and mats[0].scales_zeros is not None:
-            found = [TINYGEMM]  # its layout runs nothing else
-        for choice in found:
+            choices = [TINYGEMM]  # its layout runs nothing else
+        for choice in choices:
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True)
                 if PROLOGUE[role] == "norm":

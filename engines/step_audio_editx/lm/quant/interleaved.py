@@ -21,10 +21,17 @@ the subtraction costs a few bits of float32, far below the bf16 output's roundin
 
 from __future__ import annotations
 
+import logging
+from functools import lru_cache
+
 import torch
 
 from .. import triton_decode
 from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, unpack
+from .format import dequantize as format_dequantize
+from .format import quantize as format_quantize
+
+logger = logging.getLogger(__name__)
 
 # (BLOCK_N, BLOCK_W, num_warps, num_stages): the decode session times these per role (``decode_linears``);
 # the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does not divide a row.
@@ -34,6 +41,8 @@ DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 32, 4, 2), (64, 32, 4
                                                       (16, 64, 4, 2))
 DEFAULT_GEMV, DEFAULT_DOT = GEMV_CONFIGS[0], DOT_CONFIGS[0]
 DEQUANT_BLOCK = (32, 64)  # rows x words per dequantize program
+PROBE_ROWS, PROBE_COLUMNS = 64, 512  # the one-off probe of ``kernel_problem``
+PROBE_TOLERANCE = 1e-2  # relative error of the probe GEMV / dot against dequantize-then-matmul
 
 HAS_TRITON = triton_decode.HAS_TRITON
 if HAS_TRITON:
@@ -71,6 +80,36 @@ def interleave(packed: torch.Tensor, scheme: QuantScheme, out: torch.Tensor | No
 def deinterleave(packed: torch.Tensor, scheme: QuantScheme, out: torch.Tensor | None = None) -> torch.Tensor:
     """Interleaved words -> the stored words, bit for bit."""
     return _repacked(packed, scheme, True, out)
+
+
+@lru_cache(maxsize=None)
+def kernel_problem(device: str) -> str | None:
+    """Why the interleaved kernels cannot be used on ``device`` (None when a probe of each agrees with the
+    torch reference): the decode session then keeps the stored layout and ``kernels``' kernels."""
+    if not HAS_TRITON:
+        return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
+    try:
+        for bits in (4, 8):
+            scheme = QuantScheme(bits)
+            gen = torch.Generator(device=device).manual_seed(bits)
+            weight = torch.randn(PROBE_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(torch.bfloat16)
+            packed, scale = format_quantize(weight, scheme)
+            laid = interleave(packed, scheme)
+            reference = format_dequantize(packed, scale, scheme)
+            if not torch.equal(dequantize(laid, scale, scheme), reference):
+                return f"the int{bits} dequantize kernel disagrees with the torch reference"
+            x = torch.randn(triton_decode.MIN_DOT_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(weight.dtype)
+            want = x.float() @ reference.float().T
+            got = (gemv(x[:1], laid, scale, scheme, DEFAULT_GEMV), dot(x, laid, scale, scheme, DEFAULT_DOT))
+            for out, ref in zip(got, (want[:1], want)):
+                if float((out.float() - ref).norm() / ref.norm()) > PROBE_TOLERANCE:
+                    return f"the int{bits} GEMV / dot kernels disagree with dequantize-then-matmul"
+        return None
+    except Exception as exc:  # compiler or driver refusal: keep the stored layout
+        problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        logger.warning("Interleaved int4 / int8 kernels do not run on %s (%s); the stored layout's kernels are "
+                       "used", device, problem)
+        return problem
 
 
 if HAS_TRITON:

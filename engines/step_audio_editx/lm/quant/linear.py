@@ -137,7 +137,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if self.source is not None and rows <= kernels.MAX_KERNEL_ROWS:
+        if self.source is not None and x.dtype == torch.bfloat16:  # any rows: tinygemm beats dequantizing it
             matrix, start = self.source
             return matrix.linear(x)[..., start:start + self.out_features]
         if self.source is None and rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
@@ -165,7 +165,8 @@ def _stored_words_hook(module: QuantLinear, state: dict, prefix: str, local_meta
 def interleave_for_kernels(modules: list[QuantLinear], matrix: QuantMatrix) -> QuantMatrix:
     """Re-lay ``matrix`` (the packed words of ``modules``, fused by rows or one module's) out in place for
     the interleaved kernels when they run on its device; flags the modules so every reader knows. Idempotent."""
-    if matrix.interleaved or not kernels.available(matrix.packed):
+    if matrix.interleaved or not kernels.available(matrix.packed) or interleaved.kernel_problem(
+            str(matrix.packed.device)) is not None:
         return matrix
     if any(m.interleaved for m in modules):
         raise ValueError("a fused matrix mixes interleaved and stored projections")

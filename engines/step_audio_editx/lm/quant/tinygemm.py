@@ -1,11 +1,11 @@
-"""PyTorch's own int4 matmul (``torch._weight_int4pack_mm``, "tinygemm") for the int4 decode roles it wins.
+"""PyTorch's own int4 matmul (``torch._weight_int4pack_mm``, "tinygemm") for the int4 decode role it wins.
 
-Why: measured on the H200 (``bench/bench_quant_kernels.py``), at batch 1 and 16 it runs the q/k/v, o and
-down matrices faster than our Triton kernels (e.g. down at batch 1: 9.6 us against 20.7), while the
-Triton GEMV with the RMSNorm fused keeps gate_up. Its weight layout is its own (``_convert_weight_to_
-int4pack``, tiles of 8 rows, not row-sliceable), so the decode session converts those matrices ONCE, in
-place (same bytes as the packed words), and the projections of a fused matrix remember where their words
-went (``QuantLinear.source``).
+Why: measured on the H200 (``bench/bench_quant_kernels.py``), it runs the down projection in 9.6 us against
+our Triton GEMV's 20.7 at batch 1 (31.9 against 59.0 at batch 16); ``fused_weights._laid_out`` says why the
+other roles stay ours. Its weight layout is its own (``_convert_weight_to_int4pack``, tiles of 8 rows, not
+row-sliceable), so the decode session converts the matrix ONCE, in place (same bytes as the packed words),
+and the projection reads its words from there (``QuantLinear.source``; the plain forward, prefill
+included, calls tinygemm too: dequantizing this layout costs a matmul).
 
 Exactness: symmetric int4 is tinygemm's ``(q - 8) * scale + zero`` with zero 0, q the stored unsigned
 field; its products round like the reference's (checked on the device by ``tests/test_quant_cuda.py``).
@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import torch
 
-from .format import QuantScheme, pack, unpack
+from .format import QuantScheme, dequantize as format_dequantize, pack, quantize as format_quantize, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,38 @@ GROUPS = (32, 64, 128, 256)  # group sizes tinygemm supports
 ROW_TILE = 8
 MIDPOINT = 8  # tinygemm's w = (q - 8) * scale + zero
 RECOVER_COLUMNS = 4096  # identity columns per recovery matmul (bounds the temporary)
+PROBE_SHAPE = (256, 1024)
+PROBE_TOLERANCE = 1e-2  # relative error of the probe matmul against dequantize-then-matmul
+PROBE_ROWS = (1, 16)
 
 
 @lru_cache(maxsize=None)
 def _device_ok(device: str) -> bool:
+    """tinygemm exists in this torch, the GPU is Ampere or newer, and a probe round-trips exactly and
+    multiplies like dequantize-then-matmul (else the Triton kernels keep every role)."""
     if not (hasattr(torch, "_weight_int4pack_mm") and hasattr(torch, "_convert_weight_to_int4pack")):
         return False
-    return torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+    if torch.cuda.get_device_capability(torch.device(device)) < (8, 0):
+        return False
+    try:
+        scheme = QuantScheme(4)
+        gen = torch.Generator(device=device).manual_seed(0)
+        weight = torch.randn(*PROBE_SHAPE, device=device, generator=gen).to(torch.bfloat16)
+        packed, scale = format_quantize(weight, scheme)
+        laid = packed.clone()
+        scales_zeros = convert_(laid, scale, scheme)
+        if not torch.equal(stored_words(laid, scheme), packed):
+            raise ValueError("the stored words do not round-trip")
+        reference = format_dequantize(packed, scale, scheme).float()
+        for rows in PROBE_ROWS:
+            x = torch.randn(rows, PROBE_SHAPE[1], device=device, generator=gen).to(torch.bfloat16)
+            want = x.float() @ reference.T
+            if float((linear(x, laid, scales_zeros, scheme).float() - want).norm() / want.norm()) > PROBE_TOLERANCE:
+                raise ValueError("its matmul disagrees with dequantize-then-matmul")
+        return True
+    except Exception as exc:  # noqa: BLE001 - any refusal: our kernels run instead
+        logger.warning("PyTorch's int4 matmul (tinygemm) is not used on %s: %s", device, exc)
+        return False
 
 
 def eligible(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> bool:
