@@ -23,6 +23,8 @@ from torch import nn
 from . import interleaved, kernels, tinygemm
 from .format import QuantScheme, dequantize, quantize, scale_dtype, scheme_for_columns
 
+INTERLEAVED_BITS: tuple[int, ...] = (4,)  # widths the decode session lays out for ``interleaved``'s kernels
+
 # The seven projections of a Step1 layer that are quantized (relative to ``model.layers.{i}``).
 QUANT_TARGETS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -163,8 +165,12 @@ def _stored_words_hook(module: QuantLinear, state: dict, prefix: str, local_meta
 
 
 def interleave_for_kernels(modules: list[QuantLinear], matrix: QuantMatrix) -> QuantMatrix:
-    """Re-lay ``matrix`` (the packed words of ``modules``, fused by rows or one module's) out in place for
-    the interleaved kernels when they run on its device; flags the modules so every reader knows. Idempotent."""
+    """Re-lay int4 ``matrix`` (the packed words of ``modules``, fused by rows or one module's) out in place
+    for the interleaved kernels when they run on its device; flags the modules so every reader knows.
+    Idempotent. int8 keeps the stored layout: measured on the H200 (``bench/bench_quant_kernels.py``) its
+    interleaved kernels are no faster at batch 1 and slower at batch 16 than ``kernels``' ones."""
+    if matrix.scheme.bits not in INTERLEAVED_BITS:
+        return matrix
     if matrix.interleaved or not kernels.available(matrix.packed) or interleaved.kernel_problem(
             str(matrix.packed.device)) is not None:
         return matrix
