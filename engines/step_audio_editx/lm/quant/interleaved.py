@@ -35,8 +35,10 @@ logger = logging.getLogger(__name__)
 
 # (BLOCK_N, BLOCK_W, num_warps, num_stages): the decode session times these per role (``decode_linears``);
 # the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does not divide a row.
+# The last two: one row per thread and many programs, for the 3,072-row matrices (0.6 TB/s with the others).
 GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((16, 64, 4, 1), (32, 64, 4, 1), (64, 64, 4, 1),
-                                                       (8, 128, 4, 1), (16, 32, 2, 1))
+                                                       (8, 128, 4, 1), (16, 32, 2, 1), (4, 128, 4, 1),
+                                                       (4, 64, 2, 1))
 DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
                                                       (16, 64, 4, 2))
 DEFAULT_GEMV, DEFAULT_DOT = GEMV_CONFIGS[0], DOT_CONFIGS[0]
