@@ -66,8 +66,11 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help=f"use StepFun's 4-bit {AWQ_DIRNAME}/ under --models-dir (with --download: ~2.5 GB)")
     g.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                    help="quantize the LM's weights on load from a bf16 folder: int8 (6.4 GiB peak VRAM for a 30 s "
-                        "edit on an H200) or int4 (5.0 GiB); bf16 needs 9.1 GiB. Saves memory; decoding is slower "
-                        "than bf16 for now")
+                        "edit on an H200) or int4 (4.6 GiB); bf16 needs 9.1 GiB. Saves memory; int4 decodes one clip "
+                        "at about bf16's speed, int8 and batches of 8-16 are slower")
+    g.add_argument("--offload-frontend", default="auto", choices=("auto", "on", "off"),
+                   help="keep the front end's vq02 / vq06 encoders (1.1 GiB) in host memory except while they encode "
+                        "a new clip; auto: on with quantized LM weights on a GPU (bit-identical results)")
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
@@ -197,7 +200,7 @@ def _engine(args):
     config = EngineConfig(editx_dir=editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
                           fast_decode=args.fast_decode, weights_release=args.weights_release,
-                          quantize=args.quantize)
+                          quantize=args.quantize, offload_frontend=args.offload_frontend)
     return StepAudioEditX(config).load()
 
 

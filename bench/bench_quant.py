@@ -45,6 +45,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QU
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
 
 from bench_common import BYTES_PER_GIB, device_description, random_step1, sync, write_report
+from memory_profile import live_at_peak, module_gib
 from bench_e2e import EDIT_TEXT, clip, stage_row, timed_edit
 from bench_generation import AUDIO_HEAD_SCALE, TINY_DIMS, random_prompts, time_call
 
@@ -71,10 +72,12 @@ def make_model(dims: dict, device, bits: int | None, never_stop: bool):
     return model
 
 
-def decode_runs(dims: dict, device, run: dict) -> list[dict]:
+def decode_runs(dims: dict, device, run: dict, variants: set[str] | None = None) -> list[dict]:
     rows = []
     config = SamplingConfig()  # the official sampling: temperature 0.7
     for name, bits in VARIANTS:
+        if variants is not None and name not in variants:
+            continue
         model = make_model(dims, device, bits, never_stop=True)
         size = weight_bytes(model)
         for batch in run["batches"]:
@@ -185,17 +188,21 @@ def write_awq_folder(models: Path, device, bits: int = 4) -> Path:
     return target
 
 
-def e2e_runs(models: Path, device, run: dict, tiny: bool) -> list[dict]:
+E2E_CASES: tuple[tuple[str, str, str], ...] = (
+    ("bf16", "Step-Audio-EditX", "none"), ("int8 on load", "Step-Audio-EditX", "int8"),
+    ("int4 on load", "Step-Audio-EditX", "int4"), ("AWQ-layout 4-bit folder", AWQ_DIRNAME, "none"))
+
+
+def e2e_runs(models: Path, device, run: dict, tiny: bool, cases: set[str] | None = None) -> list[dict]:
+    chosen = [c for c in E2E_CASES if cases is None or c[0] in cases]
     if not (models / "Step-Audio-EditX" / "config.json").is_file():
         write_random_model(models, seed=0, size="tiny" if tiny else "full", never_stop=True)
-    if not (models / AWQ_DIRNAME / "config.json").is_file():
+    if any(c[1] == AWQ_DIRNAME for c in chosen) and not (models / AWQ_DIRNAME / "config.json").is_file():
         write_awq_folder(models, device)
     gen = round(run["edit_s"] * AUDIO_TOKENS_PER_SECOND) if not tiny else 40
     fixed = GenerationSettings(dynamic_tokens=False, max_new_tokens=gen)
     rows = []
-    for label, editx, quant in (("bf16", "Step-Audio-EditX", "none"), ("int8 on load", "Step-Audio-EditX", "int8"),
-                                ("int4 on load", "Step-Audio-EditX", "int4"), ("AWQ-layout 4-bit folder",
-                                                                                AWQ_DIRNAME, "none")):
+    for label, editx, quant in chosen:
         engine = StepAudioEditX(EngineConfig(editx_dir=str(models / editx), search_roots=(str(models),),
                                              device=str(device), quantize=quant))
         if device.type == "cuda":
@@ -223,6 +230,34 @@ def e2e_runs(models: Path, device, run: dict, tiny: bool) -> list[dict]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows
+
+
+MEMORY_CASES: tuple[tuple[str, dict], ...] = (("int4 on load", {"quantize": "int4"}),)
+
+
+def memory_runs(models: Path, device, run: dict, tiny: bool) -> list[dict]:
+    """Where the 30 s edit's peak VRAM goes (weights per part, allocations live at the peak by site)."""
+    if not (models / "Step-Audio-EditX" / "config.json").is_file():
+        write_random_model(models, seed=0, size="tiny" if tiny else "full", never_stop=True)
+    gen = round(run["edit_s"] * AUDIO_TOKENS_PER_SECOND) if not tiny else 40
+    fixed = GenerationSettings(dynamic_tokens=False, max_new_tokens=gen)
+    rows = []
+    for label, options in MEMORY_CASES:
+        engine = StepAudioEditX(EngineConfig(editx_dir=str(models / "Step-Audio-EditX"), search_roots=(str(models),),
+                                             device=str(device), **options)).load()
+        warm = GenerationSettings(dynamic_tokens=False, max_new_tokens=100)
+        timed_edit(engine, [EditRequest(*clip(2.0, 90), EDIT_TEXT, "emotion", "happy", seed=1)], warm, device)
+        edit = EditRequest(*clip(run["edit_s"], 1), EDIT_TEXT, "emotion", "happy", seed=7)
+        torch.cuda.reset_peak_memory_stats(device)
+        profile = live_at_peak(lambda: timed_edit(engine, [edit], fixed, device), device)
+        rows.append({"case": label, "weights_gib": module_gib(engine.modules()),
+                     "peak_vram_gib": torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB, **profile})
+        logger.info("memory %s: %s", label, rows[-1])
+        engine.unload()
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -261,6 +296,11 @@ def markdown(report: dict) -> str:
         for r in report["e2e"]:
             lines.append(f"| {r['weights']} | {r['load_s']:.1f} | {r['wall_s']:.2f} | {_fmt(r['decode_tok_s'], 0)} | "
                          f"{r['prefill_s']:.3f} | {_fmt(r.get('peak_vram_gib'))} |")
+    for r in report.get("memory", []):
+        lines += ["", f"Peak VRAM of the {report['edit_s']:.0f} s edit, {r['case']}: {r['peak_vram_gib']:.2f} GiB "
+                  f"({r['before_call_gib']:.2f} GiB allocated before the call). Weights GiB: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["weights_gib"].items()) + ". Live at the peak, GiB:", ""]
+        lines += [f"- {site}: {gib:.3f}" for site, gib in r["live_at_peak_gib"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -268,10 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default="/tmp/step_audio_editx_bench_models")
-    parser.add_argument("--parts", default="decode,drift,e2e", help="comma list of decode, drift, e2e, parity")
+    parser.add_argument("--parts", default="decode,drift,e2e", help="comma list of decode, drift, e2e, parity, memory")
     parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "parity" / "A",
                         help="parity fixture set (for --parts parity)")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--variants", default="", help="comma list of decode variants (default: bf16,int8,int4)")
+    parser.add_argument("--e2e-cases", default="", help="comma list of e2e case labels (default: all of "
+                        + "; ".join(c[0] for c in E2E_CASES) + ")")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -281,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(args.parts.split(","))
     report: dict = {"device": device_description(device), "size": "tiny" if args.tiny else "full",
                     "edit_s": run["edit_s"]}
-    steps = (("decode", lambda: decode_runs(dims, device, run)), ("drift", lambda: drift_runs(dims, device, run)),
-             ("e2e", lambda: e2e_runs(Path(args.models), device, run, args.tiny)),
-             ("parity", lambda: parity_runs(args.parity_dir)))
+    steps = (("decode", lambda: decode_runs(dims, device, run,
+                                            set(args.variants.split(",")) if args.variants else None)), ("drift", lambda: drift_runs(dims, device, run)),
+             ("e2e", lambda: e2e_runs(Path(args.models), device, run, args.tiny,
+                                      set(args.e2e_cases.split(",")) if args.e2e_cases else None)),
+             ("parity", lambda: parity_runs(args.parity_dir)),
+             ("memory", lambda: memory_runs(Path(args.models), device, run, args.tiny)))
     for name, step in steps:
         if name in parts:
             report[name] = step()

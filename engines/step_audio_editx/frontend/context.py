@@ -14,14 +14,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
 from ..constants import OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
 from .audio import prepare_audio, validate_audio
 from .codes import interleave
+from .offload import ParkedModules
 from .paraformer import Vq02Tokenizer
 from .semantic import Vq06Tokenizer
 from .speaker import SpeakerEncoder
@@ -59,11 +61,22 @@ class FrontEnd:
     """vq02 + vq06 tokenizers, CAM++ and the prompt mel behind one batched, cached call."""
 
     def __init__(self, vq02: Vq02Tokenizer, vq06: Vq06Tokenizer, speaker: SpeakerEncoder, mel: MelFunction,
-                 device: torch.device | str = "cpu", cache_size: int = CONTEXT_CACHE_SIZE):
+                 device: torch.device | str = "cpu", cache_size: int = CONTEXT_CACHE_SIZE, offload: bool = False):
+        """``offload``: keep the vq02 / vq06 encoders in host memory except while they run (``offload``)."""
         self.vq02, self.vq06, self.speaker, self.mel = vq02, vq06, speaker, mel
         self.device = torch.device(device)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, PromptContext] = OrderedDict()
+        self._parked = ParkedModules([vq02.encoder, vq06.model]) if offload else None
+
+    @property
+    def offloaded(self) -> bool:
+        return self._parked is not None
+
+    def resident(self) -> ContextManager[None]:
+        """The encoders on the front end's device for the block (a no-op unless offloaded); transcription
+        shares vq02's encoder, so it runs inside this too."""
+        return self._parked.resident(self.device) if self._parked is not None else nullcontext()
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -73,8 +86,11 @@ class FrontEnd:
         return {"vq02_encoder": self.vq02.encoder, "vq06_tokenizer": self.vq06.model}
 
     def to(self, device: torch.device | str) -> FrontEnd:
-        self.vq02.to(device)
-        self.vq06.to(device)
+        if self._parked is None:
+            self.vq02.to(device)
+            self.vq06.to(device)
+        else:  # the encoders stay parked; only vq02's codebook lives on the device
+            self.vq02.centroids = self.vq02.centroids.to(device)
         self.device = torch.device(device)
         return self
 
@@ -124,8 +140,9 @@ class FrontEnd:
                     raise type(exc)(f"clip {n + 1} of {len(clips)}: {exc}") from exc
                 raise
         tokenizer_wavs = [p.tokenizer_wav for p in prepared]
-        vq02 = self.vq02.encode(tokenizer_wavs)
-        vq06 = self.vq06.encode(tokenizer_wavs)
+        with self.resident():
+            vq02 = self.vq02.encode(tokenizer_wavs)
+            vq06 = self.vq06.encode(tokenizer_wavs)
         speaker = self.speaker.embed([p.wav16k for p in prepared])
         contexts = []
         for p, c02, c06, emb in zip(prepared, vq02, vq06, speaker):

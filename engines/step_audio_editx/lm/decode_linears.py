@@ -10,7 +10,8 @@ served from L2) and keeps the fastest per role; results are cached per process a
 (``matmul_choice_store``), so later processes on the same machine run the same kernels (same tokens per seed).
 
 Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
-kernels of ``quant.kernels`` (``dot`` / ``gemv`` choices, their own configuration lists); the ``cublas``
+kernels of ``quant.interleaved`` (the session lays the words out for them once; ``quant.kernels`` reads
+the stored layout) as ``dot`` / ``gemv`` choices with their own configuration lists; the ``cublas``
 choice then means dequantize-then-``F.linear``, the exact reference used off CUDA and beyond 16 rows.
 """
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from . import decode_ops as ref_ops
 from . import matmul_choice_store, triton_decode
+from .quant import interleaved as quant_interleaved
 from .quant import kernels as quant_kernels
 from .quant.linear import QuantMatrix
 
@@ -56,19 +58,24 @@ class LinearChoice:
     fused: bool = False
 
     def __str__(self) -> str:
-        if self.kernel == "cublas":
-            return "cuBLAS"
+        if self.kernel in DENSE:
+            return "cuBLAS" if self.kernel == "cublas" else "tinygemm"
         return f"{self.kernel}{list(self.config)}{'+fused' if self.fused else ''}"
 
 
 CUBLAS = LinearChoice()
+TINYGEMM = LinearChoice("tinygemm")  # PyTorch's int4 matmul on a tinygemm-laid matrix (``quant.tinygemm``)
+DENSE = ("cublas", "tinygemm")  # choices that take the normed / SwiGLU input and leave the residual pending
 
 
 def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantMatrix, pdl: bool = False,
             **kwargs) -> torch.Tensor:
     """Run a Triton choice; ``pdl``: as a programmatic dependent launch (the dense kernels only)."""
     if isinstance(weight, QuantMatrix):
-        fn = quant_kernels.qgemv if choice.kernel == "gemv" else quant_kernels.qdot
+        if weight.interleaved:
+            fn = quant_interleaved.gemv if choice.kernel == "gemv" else quant_interleaved.dot
+        else:
+            fn = quant_kernels.qgemv if choice.kernel == "gemv" else quant_kernels.qdot
         return fn(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
     fn = triton_decode.gemv if choice.kernel == "gemv" else triton_decode.skinny_linear
     return fn(x, weight, choice.config, pdl=pdl, **kwargs)
@@ -107,18 +114,18 @@ class ResidualStream:
 
     def normed_linear(self, norm: torch.Tensor, weight: torch.Tensor, choice: LinearChoice) -> torch.Tensor:
         """``weight · RMSNorm(resid)`` (qkv, gate_up)."""
-        if choice.kernel != "cublas" and choice.fused:
+        if choice.kernel not in DENSE and choice.fused:
             self._flush()
             return _kernel(choice, self.resid, weight, pdl=self.pdl, norm_weight=norm, eps=self.eps)
         h = self.norm(norm)
-        return _dense(h, weight) if choice.kernel == "cublas" else _kernel(choice, h, weight, pdl=self.pdl)
+        return _dense(h, weight) if choice.kernel in DENSE else _kernel(choice, h, weight, pdl=self.pdl)
 
     def residual_linear(self, x: torch.Tensor, weight: torch.Tensor, choice: LinearChoice, swiglu: bool) -> None:
         """``resid += weight · f(x)``, f = SwiGLU product (down) or identity (o)."""
-        fused_swiglu = swiglu and choice.kernel != "cublas" and choice.fused
+        fused_swiglu = swiglu and choice.kernel not in DENSE and choice.fused
         if swiglu and not fused_swiglu:
             x = triton_decode.silu_mul(x, pdl=self.pdl) if self.triton else ref_ops.silu_mul(x)
-        if choice.kernel == "cublas":
+        if choice.kernel in DENSE:
             self._flush()
             self.pending = _dense(x, weight)
             return
@@ -126,16 +133,21 @@ class ResidualStream:
         _kernel(choice, x, weight, pdl=self.pdl, swiglu=fused_swiglu, residual=self.resid)
 
 
-def candidates(role: str, rows: int, mode: str, quantized: bool = False) -> list[LinearChoice]:
+def candidates(role: str, rows: int, mode: str, quantized: bool = False,
+               interleaved: bool = False) -> list[LinearChoice]:
     """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton). Quantized
     weights never time ``cublas`` (a dequantization per step) unless it is all there is."""
     if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
         return [CUBLAS]
     fusions = (True, False) if PROLOGUE[role] else (False,)
     if quantized:
-        found = [LinearChoice("dot", c, f) for c in QUANT_DOT_CONFIGS for f in fusions]
+        dots, gemvs = ((quant_interleaved.DOT_CONFIGS, quant_interleaved.GEMV_CONFIGS) if interleaved
+                       else (QUANT_DOT_CONFIGS, QUANT_GEMV_CONFIGS))
+        if interleaved and rows == 1:
+            dots = dots[:1]  # the GEMV wins one row: fewer compiles at session start
+        found = [LinearChoice("dot", c, f) for c in dots for f in fusions]
         if rows == 1:
-            found += [LinearChoice("gemv", c, f) for c in QUANT_GEMV_CONFIGS for f in fusions]
+            found += [LinearChoice("gemv", c, f) for c in gemvs for f in fusions]
         return found
     found = [CUBLAS] if mode == "auto" else []
     found += [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in fusions]
@@ -162,43 +174,36 @@ def _graph_seconds(step: Callable[[int], None], calls: int) -> float:
     return start.elapsed_time(end) / 1e3 / (TIMING_REPLAYS * calls)
 
 
-def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str, LinearChoice]:
-    """Time every candidate of every role at ``rows`` rows on this GPU, launched the way the step will
-    launch them (``pdl``); the fastest per role (cached)."""
+def role_candidates(mats, role: str, rows: int, mode: str) -> list[LinearChoice]:
+    """The candidates of ``role`` for these matrices as the session laid them out (interleaved words, or
+    tinygemm's layout, which runs nothing else)."""
+    quantized = isinstance(mats[0], QuantMatrix)
+    if quantized and mats[0].scales_zeros is not None:
+        return [TINYGEMM]
+    return candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+
+
+def time_candidates(weights, rows: int, mode: str, pdl: bool = False) -> dict[str, dict[LinearChoice, float]]:
+    """Seconds per call of every candidate of every role at ``rows`` rows, each run the way the decode step
+    runs it (graph-replayed, launched as the step launches them (``pdl``), cycling through all layers so
+    nothing is served from L2)."""
     device = weights.embed.device
     dtype = weights.embed.dtype
-    key = (torch.cuda.get_device_name(device), dtype, rows, mode, pdl, weights.embed.shape[1],
-           tuple((tuple(w[0].shape), getattr(w[0], "scheme", None))
-                 for w in (weights.qkv, weights.o, weights.gate_up, weights.down)))
-    if key in _CACHE:
-        return _CACHE[key]
-    stored_key = matmul_choice_store.store_key(
-        (*key, torch.__version__, torch.version.cuda, getattr(triton_decode.triton, "__version__", None)))
-    quantized = isinstance(weights.qkv[0], QuantMatrix)
-    valid = {role: candidates(role, rows, mode, quantized=quantized) for role in ROLES}
-    stored = matmul_choice_store.load(stored_key, valid, _choice_from_json)
-    if stored is not None:
-        logger.info("Step1 decode matmuls at batch %d%s (stored for this GPU): %s", rows, " (PDL)" if pdl else "",
-                    "; ".join(f"{role} {stored[role]}" for role in ROLES))
-        _CACHE[key] = stored
-        return stored
-    hidden = weights.embed.shape[1]
     gen = torch.Generator(device=device).manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device, dtype=dtype, generator=gen)
 
-    resid = rand(rows, hidden)
+    resid = rand(rows, weights.embed.shape[1])
     matrices = {"qkv": weights.qkv, "o": weights.o, "gate_up": weights.gate_up, "down": weights.down}
     norms = weights.input_norms
-    chosen: dict[str, LinearChoice] = {}
-    report = []
+    found: dict[str, dict[LinearChoice, float]] = {}
     for role in ROLES:
         mats = matrices[role]
         inner = mats[0].shape[1]
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
-        for choice in valid[role]:
+        for choice in role_candidates(mats, role, rows, mode):
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True, pdl=pdl)
                 if PROLOGUE[role] == "norm":
@@ -213,6 +218,32 @@ def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str
                 logger.debug("decode matmul %s %s failed: %s", role, choice, exc)
         if not timings:
             raise RuntimeError(f"no decode matmul kernel ran for {role} at batch {rows}")
+        found[role] = timings
+    return found
+
+
+def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str, LinearChoice]:
+    """Time every candidate of every role at ``rows`` rows on this GPU, launched the way the step will
+    launch them (``pdl``); the fastest per role (cached per process and stored per machine)."""
+    matrices = {"qkv": weights.qkv, "o": weights.o, "gate_up": weights.gate_up, "down": weights.down}
+    key = (torch.cuda.get_device_name(weights.embed.device), weights.embed.dtype, rows, mode, pdl,
+           weights.embed.shape[1],
+           tuple((tuple(w[0].shape), getattr(w[0], "scheme", None), getattr(w[0], "interleaved", None),
+                  getattr(w[0], "scales_zeros", None) is not None) for w in matrices.values()))
+    if key in _CACHE:
+        return _CACHE[key]
+    stored_key = matmul_choice_store.store_key(
+        (*key, torch.__version__, torch.version.cuda, getattr(triton_decode.triton, "__version__", None)))
+    valid = {role: role_candidates(matrices[role], role, rows, mode) for role in ROLES}
+    stored = matmul_choice_store.load(stored_key, valid, _choice_from_json)
+    if stored is not None:
+        logger.info("Step1 decode matmuls at batch %d%s (stored for this GPU): %s", rows, " (PDL)" if pdl else "",
+                    "; ".join(f"{role} {stored[role]}" for role in ROLES))
+        _CACHE[key] = stored
+        return stored
+    chosen: dict[str, LinearChoice] = {}
+    report = []
+    for role, timings in time_candidates(weights, rows, mode, pdl).items():
         best = min(timings, key=timings.get)
         chosen[role] = best
         base = timings.get(CUBLAS)

@@ -20,7 +20,7 @@ from torch import nn
 from ..constants import EOT_ID, VQ02_FIRST_ID, VQ06_LAST_ID
 from .attention import alibi_slopes
 from .decode_ops import AttentionShape
-from .quant.linear import QuantLinear, QuantMatrix
+from .quant.linear import QuantLinear, QuantMatrix, interleave_for_kernels, use_tinygemm
 
 
 @dataclass
@@ -74,8 +74,13 @@ def _fused_view(parts: list[torch.Tensor]) -> torch.Tensor | None:
     return torch.as_strided(first.detach(), (rows, cols), (cols, 1), first.storage_offset())
 
 
-def _fuse_quant(modules: list[QuantLinear]) -> QuantMatrix:
-    """``_fuse`` for quantized projections: packed words and scales are concatenated by rows alike."""
+def _fuse_quant(modules: list[QuantLinear], tinygemm: bool) -> QuantMatrix:
+    """``_fuse`` for quantized projections: packed words and scales are concatenated by rows alike, then laid
+    out for the kernels that run them (``_laid_out``)."""
+    if modules[0].source is not None:
+        return modules[0].source[0]
+    if len({m.interleaved for m in modules}) != 1:
+        raise ValueError("a fused matrix mixes interleaved and stored projections")
     packed = _fused_view([m.weight_packed for m in modules])
     scales = _fused_view([m.weight_scale for m in modules])
     if packed is None or scales is None:
@@ -86,17 +91,30 @@ def _fuse_quant(modules: list[QuantLinear]) -> QuantMatrix:
             rows = module.out_features
             module.set_tensors(packed[start:start + rows], scales[start:start + rows])
             start += rows
-    return QuantMatrix(packed, scales, modules[0].scheme)
+    return _laid_out(modules, QuantMatrix(packed, scales, modules[0].scheme, modules[0].interleaved), tinygemm)
 
 
-def _single(module: nn.Module) -> torch.Tensor | QuantMatrix:
-    return module.matrix if isinstance(module, QuantLinear) else module.weight.detach()
+def _laid_out(modules: list[QuantLinear], matrix: QuantMatrix, tinygemm: bool) -> QuantMatrix:
+    """int4 down in PyTorch's tinygemm layout where it runs (bf16 on Ampere+, ``quant.tinygemm``), the rest
+    interleaved for our Triton kernels. Measured per role on the H200 (``bench/bench_quant_kernels.py``):
+    tinygemm runs down in 9.6 us against our 20.7 (batch 1) and 31.9 against 59.0 (batch 16), far more than
+    the SwiGLU and residual kernels it cannot fuse cost; for q/k/v, o and gate_up the margin is of the order
+    of those kernels (and q/k/v would lose the row slicing the plain forward uses), so they stay ours."""
+    if tinygemm:
+        matrix = use_tinygemm(modules, matrix, torch.bfloat16)
+    return matrix if matrix.scales_zeros is not None else interleave_for_kernels(modules, matrix)
 
 
-def _fuse(modules: list[nn.Module]) -> torch.Tensor | QuantMatrix:
+def _single(module: nn.Module, tinygemm: bool = False) -> torch.Tensor | QuantMatrix:
+    if isinstance(module, QuantLinear):
+        return module.source[0] if module.source is not None else _laid_out([module], module.matrix, tinygemm)
+    return module.weight.detach()
+
+
+def _fuse(modules: list[nn.Module], tinygemm: bool = False) -> torch.Tensor | QuantMatrix:
     """Concatenate the modules' weights (unless already adjacent) and point each weight at its slice."""
     if all(isinstance(m, QuantLinear) for m in modules) and len({m.scheme for m in modules}) == 1:
-        return _fuse_quant(modules)
+        return _fuse_quant(modules, tinygemm)
     if any(isinstance(m, QuantLinear) for m in modules):
         raise ValueError("a layer mixes quantized and float projections (or schemes) that decode fuses together")
     weights = [m.weight for m in modules]
@@ -118,12 +136,13 @@ def fuse_step1_projections(model) -> DecodeWeights:
     decoder = model.model
     config = model.config
     qkv, o, gate_up, down, input_norms, post_norms = [], [], [], [], [], []
+    bf16 = decoder.embed_tokens.weight.dtype == torch.bfloat16  # tinygemm takes bf16 activations only
     for layer in decoder.layers:
         attn, mlp = layer.self_attn, layer.mlp
         qkv.append(_fuse([attn.q_proj, attn.k_proj, attn.v_proj]))
         gate_up.append(_fuse([mlp.gate_proj, mlp.up_proj]))
         o.append(_single(attn.o_proj))
-        down.append(_single(mlp.down_proj))
+        down.append(_single(mlp.down_proj, tinygemm=bf16))  # see ``_laid_out``
         input_norms.append(layer.input_layernorm.weight.detach())
         post_norms.append(layer.post_attention_layernorm.weight.detach())
     shape = AttentionShape(config.num_attention_heads, config.num_attention_groups, config.head_dim)

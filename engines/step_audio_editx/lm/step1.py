@@ -39,6 +39,8 @@ from .attention import (
     step1_attention,
 )
 
+from .quant.linear import restore_stored_words_
+
 logger = logging.getLogger(__name__)
 
 # transformers 5.x calls the KV cache field of its outputs ``cache``; 4.x calls it ``past_key_values``.
@@ -416,8 +418,10 @@ class Step1ForCausalLM(Step1PreTrainedModel, GenerationMixin):
             state.release()
 
     def _apply(self, fn, *args, **kwargs):
-        """``to()`` / ``cuda()`` / ``half()`` ... replace the weights: drop the decode state first."""
+        """``to()`` / ``cuda()`` / ``half()`` ... replace the weights: drop the decode state first, and give
+        tinygemm-laid int4 projections their stored words back (that layout lives on one GPU)."""
         self.release_decode_state()
+        restore_stored_words_(self)
         return super()._apply(fn, *args, **kwargs)
 
     def create_masks_for_generate(self, *args, attention_mask: torch.Tensor | None = None, **kwargs):

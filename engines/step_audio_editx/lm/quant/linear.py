@@ -5,9 +5,11 @@ the seven projection ``nn.Linear`` of each layer is all the model needs; the buf
 compressed-tensors names (``weight_packed``, ``weight_scale``), so ``state_dict()`` keys are the official
 file's. lm_head and the embedding stay in the model dtype (the official AWQ file leaves them so too).
 
-Forward: a few rows on CUDA with Triton run the fused dequantizing kernels (``kernels``); otherwise the
-weight is dequantized (``q * scale`` in the model dtype) and multiplied with ``F.linear``, so the CPU, MPS
-and no-Triton results are exactly dequantize-then-matmul.
+Forward: a few rows on CUDA with Triton run the fused dequantizing kernels (``kernels``, or ``interleaved``
+once the decode session re-laid the words out for its kernels); otherwise the weight is dequantized
+(``q * scale`` in the model dtype) and multiplied with ``F.linear``, so the CPU, MPS and no-Triton results
+are exactly dequantize-then-matmul. Interleaved words are given back in the stored layout by
+``state_dict()``, so saved tensors are always compressed-tensors'.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import interleaved, kernels, tinygemm
 from .format import QuantScheme, dequantize, quantize, scale_dtype, scheme_for_columns
+
+INTERLEAVED_BITS: tuple[int, ...] = (4,)  # widths the decode session lays out for ``interleaved``'s kernels
 
 # The seven projections of a Step1 layer that are quantized (relative to ``model.layers.{i}``).
 QUANT_TARGETS: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -33,6 +37,8 @@ class QuantMatrix:
     packed: torch.Tensor  # int32 [N, K * bits / 32]
     scale: torch.Tensor  # [N, K / group]
     scheme: QuantScheme
+    interleaved: bool = False  # words in ``interleaved``'s layout (else the stored one)
+    scales_zeros: torch.Tensor | None = None  # set: the words are laid out for tinygemm (``tinygemm``)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -46,12 +52,24 @@ class QuantMatrix:
         return self.packed.data_ptr()
 
     def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        if self.scales_zeros is not None:
+            return tinygemm.dequantize(self.packed, self.scales_zeros, self.scheme).to(dtype or self.scale.dtype)
         if kernels.available(self.packed):
-            return kernels.dequantize(self.packed, self.scale, self.scheme, dtype)
-        return dequantize(self.packed, self.scale, self.scheme, dtype)
+            fn = interleaved.dequantize if self.interleaved else kernels.dequantize
+            return fn(self.packed, self.scale, self.scheme, dtype)
+        return dequantize(self.stored_words(), self.scale, self.scheme, dtype)
+
+    def stored_words(self) -> torch.Tensor:
+        """The words in the stored (compressed-tensors) layout (a copy unless stored so)."""
+        if self.scales_zeros is not None:
+            return tinygemm.stored_words(self.packed, self.scheme)
+        return interleaved.deinterleave(self.packed, self.scheme) if self.interleaved else self.packed
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W^T`` by dequantize-then-matmul (the reference every kernel is compared with)."""
+        """``x @ W^T``: tinygemm for its layout, else dequantize-then-matmul (the reference every kernel is
+        compared with)."""
+        if self.scales_zeros is not None and x.dtype == torch.bfloat16:
+            return tinygemm.linear(x, self.packed, self.scales_zeros, self.scheme)
         return F.linear(x, self.dequantized(x.dtype))
 
 
@@ -69,6 +87,10 @@ class QuantLinear(nn.Module):
                                                           dtype=torch.int32, device=device))
         self.register_buffer("weight_scale", torch.empty(out_features, scheme.scale_cols(in_features),
                                                          dtype=dtype, device=device))
+        self.interleaved = False  # weight_packed holds interleaved words (set by ``interleave_for_kernels``)
+        # (tinygemm-laid matrix, first row): the words live there (``use_tinygemm``); the buffer is a slice of it
+        self.source: tuple[QuantMatrix, int] | None = None
+        self._register_state_dict_hook(_stored_words_hook)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, scheme: QuantScheme) -> "QuantLinear":
@@ -87,7 +109,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"weight_packed must be int32 {list(want_p)}, got {packed.dtype} {list(packed.shape)}")
         if tuple(scale.shape) != want_s or not scale.is_floating_point():
             raise ValueError(f"weight_scale must be float {list(want_s)}, got {scale.dtype} {list(scale.shape)}")
-        self.weight_packed = packed
+        self.weight_packed = packed  # in the layout ``interleaved`` says (unchanged here)
         self.weight_scale = scale
 
     @property
@@ -96,23 +118,100 @@ class QuantLinear(nn.Module):
 
     @property
     def matrix(self) -> QuantMatrix:
-        return QuantMatrix(self.weight_packed, self.weight_scale, self.scheme)
+        if self.source is not None:
+            if self.source[0].shape[0] != self.out_features:
+                raise ValueError("this projection's words are part of a fused tinygemm matrix: use .source")
+            return self.source[0]
+        return QuantMatrix(self.weight_packed, self.weight_scale, self.scheme, self.interleaved)
 
     def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The float weight [out, in] this layer multiplies with."""
+        if self.source is not None:
+            matrix, start = self.source
+            return matrix.dequantized(dtype)[start:start + self.out_features]
         return self.matrix.dequantized(dtype)
+
+    def stored_words(self) -> torch.Tensor:
+        if self.source is not None:
+            matrix, start = self.source
+            return matrix.stored_words()[start:start + self.out_features]
+        return self.matrix.stored_words()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
-        if rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
-            flat = x.reshape(rows, self.in_features)
-            return kernels.quant_linear(flat, self.weight_packed, self.weight_scale, self.scheme).view(
-                *x.shape[:-1], self.out_features)
+        if self.source is not None and x.dtype == torch.bfloat16:  # any rows: tinygemm beats dequantizing it
+            matrix, start = self.source
+            return matrix.linear(x)[..., start:start + self.out_features]
+        if self.source is None and rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
+            flat = x.reshape(rows, self.in_features).contiguous()
+            if self.interleaved:
+                fn, config = (interleaved.gemv, interleaved.DEFAULT_GEMV) if rows == 1 else \
+                    (interleaved.dot, interleaved.DEFAULT_DOT)
+                out = fn(flat, self.weight_packed, self.weight_scale, self.scheme, config)
+            else:
+                out = kernels.quant_linear(flat, self.weight_packed, self.weight_scale, self.scheme)
+            return out.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dequantized(x.dtype))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, {self.scheme.name}, "
-                f"group={self.scheme.group_size}")
+                f"group={self.scheme.group_size}{', interleaved' if self.interleaved else ''}")
+
+
+def _stored_words_hook(module: QuantLinear, state: dict, prefix: str, local_metadata) -> None:
+    """``state_dict()`` holds the stored layout even while the buffer is interleaved."""
+    if module.interleaved or module.source is not None:
+        state[prefix + "weight_packed"] = module.stored_words()
+
+
+def interleave_for_kernels(modules: list[QuantLinear], matrix: QuantMatrix) -> QuantMatrix:
+    """Re-lay int4 ``matrix`` (the packed words of ``modules``, fused by rows or one module's) out in place
+    for the interleaved kernels when they run on its device; flags the modules so every reader knows.
+    Idempotent. int8 keeps the stored layout: measured on the H200 (``bench/bench_quant_kernels.py``) its
+    interleaved kernels are no faster at batch 1 and slower at batch 16 than ``kernels``' ones."""
+    if matrix.scheme.bits not in INTERLEAVED_BITS:
+        return matrix
+    if matrix.interleaved or not kernels.available(matrix.packed) or interleaved.kernel_problem(
+            str(matrix.packed.device)) is not None:
+        return matrix
+    if any(m.interleaved for m in modules):
+        raise ValueError("a fused matrix mixes interleaved and stored projections")
+    interleaved.interleave(matrix.packed, matrix.scheme, out=matrix.packed)
+    for module in modules:
+        module.interleaved = True
+    return QuantMatrix(matrix.packed, matrix.scale, matrix.scheme, True)
+
+
+def use_tinygemm(modules: list[QuantLinear], matrix: QuantMatrix, dtype: torch.dtype) -> QuantMatrix:
+    """Re-lay ``matrix`` (stored words of ``modules``, fused by rows or one module's) out in place for
+    PyTorch's int4 matmul where it can hold it (``dtype``: the activations'); the modules then read their
+    words from it. Idempotent."""
+    if modules[0].source is not None:
+        return modules[0].source[0]
+    if dtype != torch.bfloat16 or matrix.interleaved or any(m.interleaved for m in modules) or not tinygemm.eligible(
+            matrix.packed, matrix.scale, matrix.scheme):
+        return matrix
+    laid = QuantMatrix(matrix.packed, matrix.scale, matrix.scheme,
+                       scales_zeros=tinygemm.convert_(matrix.packed, matrix.scale, matrix.scheme))
+    start = 0
+    for module in modules:
+        module.source = (laid, start)
+        start += module.out_features
+    return laid
+
+
+def restore_stored_words_(model) -> None:
+    """Give every tinygemm-laid projection of ``model`` its stored words back, in place (before the model
+    moves or changes dtype: tinygemm's layout lives on one GPU)."""
+    done: set[int] = set()
+    for module in quant_modules(model).values():
+        if module.source is None:
+            continue
+        matrix, _ = module.source
+        if id(matrix) not in done:
+            done.add(id(matrix))
+            matrix.packed.copy_(matrix.stored_words())
+        module.source = None
 
 
 def quant_modules(model) -> dict[str, QuantLinear]:

@@ -1,0 +1,306 @@
+"""The group-interleaved layout the decode kernels read, and its Triton kernels (batch-1 GEMV, 2-16 rows on
+tensor cores, whole-matrix dequantize).
+
+Why a second layout: in the stored (compressed-tensors) layout word ``w`` holds columns ``8w .. 8w+7``
+(int4), so field ``j`` of consecutive words meets the activations at a stride of 8 columns: every field
+needs its own strided gather of ``x`` (or a register reshape of the unpacked tile, which Triton lowers to
+layout conversions through shared memory; the profile of the first kernels showed them bound by that,
+0.74 TB/s). Interleaved inside each group of ``G`` columns (``GW = G / per_word`` words), field ``j`` of
+word ``w`` holds column ``j * GW + w``: field ``j`` of consecutive words is then ``x`` at consecutive
+columns, loaded as one vector, and every tile stays 2-D in the layout of the words' load (no reshape).
+Scales are untouched (a group stays a group). ``interleave`` / ``deinterleave`` are exact inverses
+(``tests/test_quant_interleaved.py``); the decode session interleaves each matrix ONCE, in place, on a GPU
+with Triton, and ``QuantLinear`` gives back the stored words wherever they are read (``state_dict``, the
+torch reference path), so files and the reader stay exactly compressed-tensors'.
+
+The unpacking avoids int -> float conversions: field ``j`` is shifted to the top of the mantissa of 1.0,
+giving ``f = 1 + q / 2^bits`` exactly, and ``q - 2^(bits-1) = 2^bits * (f - 1.5)``; the GEMV accumulates
+``sum(f * x)`` and subtracts ``1.5 * sum(x)`` once per word (3 instructions per weight, float32 throughout;
+the subtraction costs a few bits of float32, far below the bf16 output's rounding).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+
+from .. import triton_decode
+from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, unpack
+from .format import dequantize as format_dequantize
+from .format import quantize as format_quantize
+
+logger = logging.getLogger(__name__)
+
+# (BLOCK_N, BLOCK_W, num_warps, num_stages): the decode session times these per role (``decode_linears``);
+# the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does not divide a row.
+# The last two: one row per thread and many programs, for the 3,072-row matrices (0.6 TB/s with the others).
+GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((16, 64, 4, 1), (32, 64, 4, 1), (64, 64, 4, 1),
+                                                       (8, 128, 4, 1), (16, 32, 2, 1), (4, 128, 4, 1),
+                                                       (4, 64, 2, 1))
+DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
+                                                      (16, 64, 4, 2))
+DEFAULT_GEMV, DEFAULT_DOT = GEMV_CONFIGS[0], DOT_CONFIGS[0]
+DEQUANT_BLOCK = (32, 64)  # rows x words per dequantize program
+PROBE_ROWS, PROBE_COLUMNS = 64, 512  # the one-off probe of ``kernel_problem``
+PROBE_TOLERANCE = 1e-2  # relative error of the probe GEMV / dot against dequantize-then-matmul
+
+HAS_TRITON = triton_decode.HAS_TRITON
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from ..triton_decode import _math, _prologue
+
+    ONE_BITS = tl.constexpr(0x3F800000)  # float32 1.0
+    MANTISSA_BITS = tl.constexpr(23)
+    ONE = tl.constexpr(1)
+
+
+def _permuted(q: torch.Tensor, scheme: QuantScheme, inverse: bool) -> torch.Tensor:
+    """Values [N, K] in column order -> in interleaved position order (or back with ``inverse``)."""
+    rows, cols = q.shape
+    per, gw = scheme.per_word, scheme.group_size // scheme.per_word
+    inner = (gw, per) if inverse else (per, gw)
+    return q.view(rows, cols // scheme.group_size, *inner).transpose(2, 3).reshape(rows, cols)
+
+
+def _repacked(packed: torch.Tensor, scheme: QuantScheme, inverse: bool, out: torch.Tensor | None) -> torch.Tensor:
+    out = torch.empty_like(packed) if out is None else out
+    for start in range(0, packed.shape[0], QUANTIZE_ROW_CHUNK):
+        q = unpack(packed[start:start + QUANTIZE_ROW_CHUNK], scheme.bits)
+        out[start:start + q.shape[0]] = pack(_permuted(q, scheme, inverse), scheme.bits)
+    return out
+
+
+def interleave(packed: torch.Tensor, scheme: QuantScheme, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Stored words [N, W] -> interleaved words (``out`` may be ``packed`` itself: done by row chunks)."""
+    return _repacked(packed, scheme, False, out)
+
+
+def deinterleave(packed: torch.Tensor, scheme: QuantScheme, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Interleaved words -> the stored words, bit for bit."""
+    return _repacked(packed, scheme, True, out)
+
+
+@lru_cache(maxsize=None)
+def kernel_problem(device: str) -> str | None:
+    """Why the interleaved kernels cannot be used on ``device`` (None when a probe of each agrees with the
+    torch reference): the decode session then keeps the stored layout and ``kernels``' kernels."""
+    if not HAS_TRITON:
+        return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
+    try:
+        for bits in (4, 8):
+            scheme = QuantScheme(bits)
+            gen = torch.Generator(device=device).manual_seed(bits)
+            weight = torch.randn(PROBE_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(torch.bfloat16)
+            packed, scale = format_quantize(weight, scheme)
+            laid = interleave(packed, scheme)
+            reference = format_dequantize(packed, scale, scheme)
+            if not torch.equal(dequantize(laid, scale, scheme), reference):
+                return f"the int{bits} dequantize kernel disagrees with the torch reference"
+            x = torch.randn(triton_decode.MIN_DOT_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(weight.dtype)
+            want = x.float() @ reference.float().T
+            got = (gemv(x[:1], laid, scale, scheme, DEFAULT_GEMV), dot(x, laid, scale, scheme, DEFAULT_DOT))
+            for out, ref in zip(got, (want[:1], want)):
+                if float((out.float() - ref).norm() / ref.norm()) > PROBE_TOLERANCE:
+                    return f"the int{bits} GEMV / dot kernels disagree with dequantize-then-matmul"
+        return None
+    except Exception as exc:  # compiler or driver refusal: keep the stored layout
+        problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        logger.warning("Interleaved int4 / int8 kernels do not run on %s (%s); the stored layout's kernels are "
+                       "used", device, problem)
+        return problem
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _unit_field(words, J: tl.constexpr, BITS: tl.constexpr):
+        """``1 + q / 2^BITS`` (float32, exact) for field ``J`` of every word: the field moved to the top of the
+        mantissa of 1.0 (a shift and one AND-OR; no conversion instruction)."""
+        SHIFT: tl.constexpr = MANTISSA_BITS - BITS - BITS * J
+        MASK: tl.constexpr = ((ONE << BITS) - 1) << (MANTISSA_BITS - BITS)
+        if SHIFT >= 0:
+            moved = words << SHIFT
+        else:
+            moved = words >> (-SHIFT)
+        return ((moved & MASK) | ONE_BITS).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _columns(wi, J: tl.constexpr, GROUP: tl.constexpr, GW: tl.constexpr):
+        """The input column field ``J`` of words ``wi`` holds."""
+        return (wi // GW) * GROUP + J * GW + wi % GW
+
+    @triton.jit
+    def _il_gemv_kernel(x_ptr, p_ptr, s_ptr, out_ptr, norm_ptr, N, K, W, eps, stride_p, stride_s,
+                        BITS: tl.constexpr, GROUP: tl.constexpr, PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        """out[N] (+)= f(x)[K] @ dequant(W)[N, K]^T for one row; the W words per row are a multiple of BLOCK_W."""
+        PER: tl.constexpr = 32 // BITS
+        GW: tl.constexpr = GROUP // PER
+        BLOCK_K: tl.constexpr = BLOCK_W * PER
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        factor = tl.zeros([], tl.float32)
+        if PROLOGUE == 1:
+            sq = tl.zeros([BLOCK_K], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xk = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
+                sq += xk * xk
+            factor = _math.rsqrt(tl.sum(sq, 0) / K + eps)
+        acc = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
+        for w0 in range(0, W, BLOCK_W):
+            wi = w0 + tl.arange(0, BLOCK_W)
+            words = tl.load(p_ptr + rn[:, None] * stride_p + wi[None, :], mask=nmask[:, None], other=0)
+            s = tl.load(s_ptr + rn[:, None] * stride_s + (wi // GW)[None, :], mask=nmask[:, None], other=0.0)
+            part = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
+            xs = tl.zeros([BLOCK_W], tl.float32)
+            for j in tl.static_range(PER):
+                rk = _columns(wi, j, GROUP, GW)
+                a = tl.load(x_ptr + rk)
+                a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
+                part += _unit_field(words, j, BITS) * a[None, :]
+                xs += a
+            acc += s.to(tl.float32) * (part - 1.5 * xs[None, :])
+        out = (tl.sum(acc, 1) * (ONE << BITS)).to(out_ptr.dtype.element_ty)
+        if RESIDUAL:
+            r = tl.load(out_ptr + rn, mask=nmask, other=0.0)
+            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rn, out, mask=nmask)
+
+    @triton.jit
+    def _weights(words, s, J: tl.constexpr, BITS: tl.constexpr, dtype: tl.constexpr):
+        """Field ``J`` dequantized to ``dtype``: ``(q - offset) * scale`` exact in float32, rounded once (the
+        torch reference's rounding, so bit-identical to ``format.dequantize``)."""
+        q = _unit_field(words, J, BITS) * (ONE << BITS) - 1.5 * (ONE << BITS)
+        return (q * s.to(tl.float32)).to(dtype)
+
+    @triton.jit(do_not_specialize=["M"])
+    def _il_dot_kernel(x_ptr, p_ptr, s_ptr, out_ptr, norm_ptr, M, N, K, W, eps, stride_x, stride_p, stride_s,
+                       stride_out, BITS: tl.constexpr, GROUP: tl.constexpr, PROLOGUE: tl.constexpr,
+                       RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+                       PRECISION: tl.constexpr):
+        """out[M, N] (+)= f(x)[M, K] @ dequant(W)[N, K]^T on tensor cores: one ``tl.dot`` per field of a
+        k-step, each pairing a [BLOCK_N, BLOCK_W] weight tile with the x columns it holds (M <= BLOCK_M)."""
+        PER: tl.constexpr = 32 // BITS
+        GW: tl.constexpr = GROUP // PER
+        BLOCK_K: tl.constexpr = BLOCK_W * PER
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        rm = tl.arange(0, BLOCK_M)
+        mmask = rm < M
+        factor = tl.zeros([BLOCK_M, 1], tl.float32)
+        if PROLOGUE == 1:
+            sq = tl.zeros([BLOCK_M], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                rk = k0 + tl.arange(0, BLOCK_K)
+                xk = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=mmask[:, None] & (rk[None, :] < K),
+                             other=0.0)
+                sq += tl.sum(xk.to(tl.float32) * xk.to(tl.float32), 1)
+            factor = _math.rsqrt(sq / K + eps)[:, None]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for w0 in range(0, W, BLOCK_W):
+            wi = w0 + tl.arange(0, BLOCK_W)
+            wmask = nmask[:, None] & (wi[None, :] < W)  # a row narrower than one block (small test models)
+            words = tl.load(p_ptr + rn[:, None] * stride_p + wi[None, :], mask=wmask, other=0)
+            s = tl.load(s_ptr + rn[:, None] * stride_s + (wi // GW)[None, :], mask=wmask, other=0.0)
+            for j in tl.static_range(PER):
+                rk = _columns(wi, j, GROUP, GW)
+                offs = rm[:, None] * stride_x + rk[None, :]
+                xmask = mmask[:, None] & (wi[None, :] < W)
+                a = tl.load(x_ptr + offs, mask=xmask, other=0.0)
+                a = _prologue(a, x_ptr, offs, rk[None, :], xmask, factor, norm_ptr, K, PROLOGUE)
+                w = _weights(words, s, j, BITS, a.dtype)
+                acc += tl.dot(a, tl.trans(w), input_precision=PRECISION)
+        out = acc.to(out_ptr.dtype.element_ty)
+        omask = mmask[:, None] & nmask[None, :]
+        if RESIDUAL:
+            r = tl.load(out_ptr + rm[:, None] * stride_out + rn[None, :], mask=omask, other=0.0)
+            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rm[:, None] * stride_out + rn[None, :], out, mask=omask)
+
+    @triton.jit
+    def _il_dequant_kernel(p_ptr, s_ptr, out_ptr, N, stride_p, stride_s, stride_out, BITS: tl.constexpr,
+                           GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+        PER: tl.constexpr = 32 // BITS
+        GW: tl.constexpr = GROUP // PER
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        wi = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        words = tl.load(p_ptr + rn[:, None] * stride_p + wi[None, :], mask=nmask[:, None], other=0)
+        s = tl.load(s_ptr + rn[:, None] * stride_s + (wi // GW)[None, :], mask=nmask[:, None], other=0.0)
+        for j in tl.static_range(PER):
+            w = _weights(words, s, j, BITS, out_ptr.dtype.element_ty)
+            tl.store(out_ptr + rn[:, None] * stride_out + _columns(wi, j, GROUP, GW)[None, :], w,
+                     mask=nmask[:, None])
+
+
+def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block_w: int,
+           least: int = 1) -> tuple[int, int, int]:
+    """(N, K, BLOCK_W): the configured BLOCK_W, halved until it divides the words per row (small models);
+    ``least`` words per block at the least, a block wider than the row is masked (dot kernel only)."""
+    n, words = packed.shape
+    while block_w > least and words % block_w:
+        block_w //= 2
+    if words % block_w and words > block_w:
+        raise ValueError(f"{words} words per row do not split into blocks of {block_w} words")
+    if packed.stride(1) != 1 or scale.stride(1) != 1:
+        raise ValueError("packed weights and scales must be row-major")
+    return n, words * scheme.per_word, block_w
+
+
+def _prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
+    return 1 if norm_weight is not None else (2 if swiglu else 0)
+
+
+def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
+         config: tuple[int, int, int, int], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+         swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``f(x) @ W^T`` for ONE row of interleaved weights; config (BLOCK_N, BLOCK_W, warps, stages)."""
+    block_n, block_w, warps, stages = config
+    n, k, block_w = _check(packed, scale, scheme, block_w)
+    out = residual if residual is not None else torch.empty(1, n, dtype=x.dtype, device=x.device)
+    _il_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, packed, scale, out, norm_weight if norm_weight is not None else scale, n, k, packed.shape[1], eps,
+        packed.stride(0), scale.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
+        PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
+        BLOCK_W=block_w, num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+def dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
+        config: tuple[int, int, int, int], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+        swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``f(x) @ W^T`` for up to 16 rows of interleaved weights on tensor cores (same arguments as ``gemv``)."""
+    block_n, block_w, warps, stages = config
+    # tl.dot needs 16 columns per field: blocks of at least 16 words
+    n, k, block_w = _check(packed, scale, scheme, block_w, least=triton_decode.MIN_DOT_ROWS)
+    rows = x.shape[0]
+    if rows > triton_decode.MIN_DOT_ROWS:
+        raise ValueError(f"the interleaved dot kernel runs at most {triton_decode.MIN_DOT_ROWS} rows, got {rows}")
+    out = residual if residual is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    _il_dot_kernel[(triton.cdiv(n, block_n),)](
+        x, packed, scale, out, norm_weight if norm_weight is not None else scale, rows, n, k, packed.shape[1], eps,
+        x.stride(0), packed.stride(0), scale.stride(0), out.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
+        PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
+        BLOCK_M=triton_decode.MIN_DOT_ROWS, BLOCK_N=block_n, BLOCK_W=block_w,
+        PRECISION=triton_decode._precision(x.dtype), num_warps=warps, num_stages=stages,
+    )
+    return out
+
+
+def dequantize(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The float weight [N, K] (column order) from interleaved words, bit-identical to ``format.dequantize``
+    of the stored words."""
+    block_n, block_w = DEQUANT_BLOCK
+    n, k, block_w = _check(packed, scale, scheme, block_w)
+    out = torch.empty(n, k, dtype=dtype or scale.dtype, device=packed.device)
+    _il_dequant_kernel[(triton.cdiv(n, block_n), packed.shape[1] // block_w)](
+        packed, scale, out, n, packed.stride(0), scale.stride(0), out.stride(0), BITS=scheme.bits,
+        GROUP=scheme.group_size, BLOCK_N=block_n, BLOCK_W=block_w, num_warps=4,
+    )
+    return out

@@ -1,0 +1,37 @@
+"""Which decode-matmul candidates the session times per role and layout (bf16, interleaved int8 / int4,
+tinygemm-laid int4), and that the fastest is kept: the timing itself is replaced by a fake clock (the real
+one needs CUDA graphs; ``tests/test_quant_cuda.py`` runs the kernels)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_linears
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantScheme, interleaved
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
+
+
+def _matrix(rows: int, cols: int, **layout) -> QuantMatrix:
+    scheme = QuantScheme(4, 128)
+    return QuantMatrix(torch.zeros(rows, cols // 8, dtype=torch.int32), torch.ones(rows, cols // 128), scheme,
+                       **layout)
+
+
+def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch):
+    clock = iter(range(1000, 0, -1))  # every later candidate is "faster": the last one timed must win
+    monkeypatch.setattr(decode_linears, "_graph_seconds", lambda step, calls: next(clock) * 1e-6)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake")
+    weights = SimpleNamespace(
+        embed=torch.zeros(8, 256), input_norms=[torch.ones(256)], eps=1e-5,
+        qkv=[_matrix(384, 256, scales_zeros=torch.zeros(2, 384, 2))], o=[_matrix(256, 256, interleaved=True)],
+        gate_up=[_matrix(512, 256, interleaved=True)], down=[torch.zeros(256, 256)])
+    timings = decode_linears.time_candidates(weights, 1, "auto")
+    assert list(timings["qkv"]) == [decode_linears.TINYGEMM]
+    assert {c.kernel for c in timings["gate_up"]} == {"gemv", "dot"}
+    assert all(c.config in interleaved.GEMV_CONFIGS + interleaved.DOT_CONFIGS for c in timings["gate_up"])
+    assert decode_linears.CUBLAS in timings["down"]  # bf16 keeps cuBLAS among its candidates
+    chosen = decode_linears.select_linears(weights, 1, "auto")
+    assert chosen["qkv"] == decode_linears.TINYGEMM and str(chosen["qkv"]) == "tinygemm"
+    assert chosen["gate_up"].kernel == "gemv"  # timed last at one row
+    assert decode_linears.candidates("gate_up", 16, "auto", True, True)[0].config in interleaved.DOT_CONFIGS
