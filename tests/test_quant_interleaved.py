@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantLinear, QuantScheme, dequantize, unpack
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.interleaved import deinterleave, interleave
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import interleave_for_kernels
 from safetensors.torch import load_file
@@ -72,3 +73,13 @@ def test_interleave_for_kernels_leaves_cpu_matrices_in_the_stored_layout():
     matrix = interleave_for_kernels([module], module.matrix)
     assert not matrix.interleaved and not module.interleaved
     assert torch.equal(module.weight_packed, words)
+
+
+def test_only_rows_the_dot_kernel_can_block_are_interleaved():
+    """The dot kernel's blocks hold 16 words: the real model's rows (384 / 1,024 words) split into them and a
+    row of at most one block is masked, but the parity model's 24-word down rows would fail at run time, so
+    those keep the stored layout."""
+    assert interleaved.fits(torch.zeros(4, 384, dtype=torch.int32))
+    assert interleaved.fits(torch.zeros(4, 1024, dtype=torch.int32))
+    assert interleaved.fits(torch.zeros(4, 6, dtype=torch.int32))
+    assert not interleaved.fits(torch.zeros(4, 24, dtype=torch.int32))

@@ -74,6 +74,14 @@ def _repacked(packed: torch.Tensor, scheme: QuantScheme, inverse: bool, out: tor
     return out
 
 
+def fits(packed: torch.Tensor) -> bool:
+    """True when every kernel here takes rows of this many words: the dot kernel's blocks hold at least
+    ``MIN_DOT_ROWS`` words, so a wider row must split into such blocks (a small test model's 24-word rows
+    do not; those matrices keep the stored layout)."""
+    words = packed.shape[1]
+    return words <= triton_decode.MIN_DOT_ROWS or words % triton_decode.MIN_DOT_ROWS == 0
+
+
 def interleave(packed: torch.Tensor, scheme: QuantScheme, out: torch.Tensor | None = None) -> torch.Tensor:
     """Stored words [N, W] -> interleaved words (``out`` may be ``packed`` itself: done by row chunks)."""
     return _repacked(packed, scheme, False, out)

@@ -171,8 +171,8 @@ def interleave_for_kernels(modules: list[QuantLinear], matrix: QuantMatrix) -> Q
     interleaved kernels are no faster at batch 1 and slower at batch 16 than ``kernels``' ones."""
     if matrix.scheme.bits not in INTERLEAVED_BITS:
         return matrix
-    if matrix.interleaved or not kernels.available(matrix.packed) or interleaved.kernel_problem(
-            str(matrix.packed.device)) is not None:
+    if matrix.interleaved or not interleaved.fits(matrix.packed) or not kernels.available(matrix.packed) or \
+            interleaved.kernel_problem(str(matrix.packed.device)) is not None:
         return matrix
     if any(m.interleaved for m in modules):
         raise ValueError("a fused matrix mixes interleaved and stored projections")
