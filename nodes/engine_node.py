@@ -38,11 +38,11 @@ from .widgets import (
 DEVICE_CHOICES: tuple[str, ...] = ("auto", "cuda", "cpu", "mps")
 QUANTIZE_TIP = (
     "Quantize the language model's weights as they load from a bf16 folder (weight-only, one scale per 128 "
-    "weights). Peak GPU memory of a 30 s edit (H200): none (bf16) 9.1 GiB, int8 6.4 GiB, int4 4.6 GiB; with "
+    "weights). Peak GPU memory of a 30 s edit (H200): none (bf16) 9.0 GiB, int8 6.4 GiB, int4 4.3 GiB; with "
     "int8 / int4 the front end's encoders (1.1 GiB) also wait in host memory between clips. Quality: int8 is "
     "close to bf16; int4 costs more (StepFun's calibrated AWQ-4bit folder is the better 4-bit choice). Speed "
-    "(H200 matmul timings): int4 decodes one clip at about bf16's speed, int8 ~30% slower; batches of 8-16 run "
-    "~40% slower than bf16. Choose it to fit a smaller GPU. CUDA with Triton runs fused kernels (int4: PyTorch's "
+    "(H200): int4 decodes one clip ~15% faster than bf16, int8 ~25% slower; batches of 8-16 run ~35-45% "
+    "slower than bf16. Choose it to fit a smaller GPU. CUDA with Triton runs fused kernels (int4: PyTorch's "
     "own int4 matmul for one projection, Ampere+); CPU / MPS dequantize per call (exact, slower). Ignored for "
     "an already-quantized folder.")
 
