@@ -21,7 +21,6 @@ the subtraction costs a few bits of float32, far below the bf16 output's roundin
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import torch
@@ -30,8 +29,8 @@ from .. import triton_decode
 from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, unpack
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
+from .probe import run_probe
 
-logger = logging.getLogger(__name__)
 
 # (BLOCK_N, BLOCK_W, num_warps, num_stages): the decode session times these per role (``decode_linears``);
 # the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does not divide a row.
@@ -98,7 +97,8 @@ def kernel_problem(device: str) -> str | None:
     torch reference): the decode session then keeps the stored layout and ``kernels``' kernels."""
     if not HAS_TRITON:
         return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
-    try:
+
+    def probe() -> str | None:
         for bits in (4, 8):
             scheme = QuantScheme(bits)
             gen = torch.Generator(device=device).manual_seed(bits)
@@ -115,11 +115,8 @@ def kernel_problem(device: str) -> str | None:
                 if float((out.float() - ref).norm() / ref.norm()) > PROBE_TOLERANCE:
                     return f"the int{bits} GEMV / dot kernels disagree with dequantize-then-matmul"
         return None
-    except Exception as exc:  # compiler or driver refusal: keep the stored layout
-        problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        logger.warning("Interleaved int4 / int8 kernels do not run on %s (%s); the stored layout's kernels are "
-                       "used", device, problem)
-        return problem
+
+    return run_probe(device, "Interleaved int4 / int8 kernels", "the stored layout's kernels are used", probe)
 
 
 if HAS_TRITON:

@@ -19,7 +19,6 @@ rounding, not bit for bit (``tests/test_quant_kernels.py``). Works on any GPU Tr
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import torch
@@ -28,8 +27,8 @@ from .. import triton_decode
 from .format import QuantScheme
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
+from .probe import run_probe
 
-logger = logging.getLogger(__name__)
 
 MAX_KERNEL_ROWS = triton_decode.MIN_DOT_ROWS  # rows a quantized matmul runs in one fused kernel
 DEFAULT_GEMV = (8, 512, 4, 1)  # (BLOCK_N, BLOCK_K, num_warps, num_stages) used outside the decode session
@@ -57,18 +56,17 @@ def kernel_problem(device: str) -> str | None:
     """Why the quantized kernels cannot run on ``device`` (None when a probe matches the torch reference)."""
     if not HAS_TRITON:
         return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
-    try:
+
+    def probe() -> str | None:
         scheme = QuantScheme(4)
         weight = torch.linspace(-1, 1, PROBE_ROWS * PROBE_COLUMNS, device=device).view(PROBE_ROWS, PROBE_COLUMNS)
         packed, scale = format_quantize(weight, scheme)
         if not torch.equal(dequantize(packed, scale, scheme), format_dequantize(packed, scale, scheme)):
             return "the dequantize kernel disagrees with the torch reference"
         return None
-    except Exception as exc:  # compiler or driver refusal: use the reference path
-        problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        logger.warning("Quantized Triton kernels do not run on %s (%s); dequantize-then-matmul is used instead "
-                       "(exact, slower)", device, problem)
-        return problem
+
+    return run_probe(device, "Quantized Triton kernels", "dequantize-then-matmul is used instead (exact, slower)",
+                     probe)
 
 
 if HAS_TRITON:

@@ -15,14 +15,13 @@ scales 1 and zeros 0 gives ``q - 8`` as small integers, packed again (``stored_w
 
 from __future__ import annotations
 
-import logging
 from functools import lru_cache
 
 import torch
 
 from .format import QuantScheme, dequantize as format_dequantize, pack, quantize as format_quantize, unpack
+from .probe import run_probe
 
-logger = logging.getLogger(__name__)
 
 INNER_K_TILES = 8  # tinygemm's k-tiling (2, 4 or 8); 8 is its fastest for K multiple of 128
 GROUPS = (32, 64, 128, 256)  # group sizes tinygemm supports
@@ -42,7 +41,8 @@ def _device_ok(device: str) -> bool:
         return False
     if torch.cuda.get_device_capability(torch.device(device)) < (8, 0):
         return False
-    try:
+
+    def probe() -> None:
         scheme = QuantScheme(4)
         gen = torch.Generator(device=device).manual_seed(0)
         weight = torch.randn(*PROBE_SHAPE, device=device, generator=gen).to(torch.bfloat16)
@@ -57,10 +57,8 @@ def _device_ok(device: str) -> bool:
             want = x.float() @ reference.T
             if float((linear(x, laid, scales_zeros, scheme).float() - want).norm() / want.norm()) > PROBE_TOLERANCE:
                 raise ValueError("its matmul disagrees with dequantize-then-matmul")
-        return True
-    except Exception as exc:  # noqa: BLE001 - any refusal: our kernels run instead
-        logger.warning("PyTorch's int4 matmul (tinygemm) is not used on %s: %s", device, exc)
-        return False
+
+    return run_probe(device, "PyTorch's int4 matmul (tinygemm)", "the Triton kernels keep every role", probe) is None
 
 
 def eligible(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> bool:
