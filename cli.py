@@ -68,6 +68,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="quantize the LM's weights on load from a bf16 folder: int8 (6.4 GiB peak VRAM for a 30 s "
                         "edit on an H200) or int4 (5.0 GiB); bf16 needs 9.1 GiB. Saves memory; decoding is slower "
                         "than bf16 for now")
+    g.add_argument("--lm-server", default="", metavar="URL",
+                   help="run the language model on this vLLM server (e.g. http://gpu-box:8000; recipe in "
+                        "docs/remote_lm.md) instead of loading it here; the tokenizer and decoder stay local")
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
@@ -197,7 +200,7 @@ def _engine(args):
     config = EngineConfig(editx_dir=editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
                           fast_decode=args.fast_decode, weights_release=args.weights_release,
-                          quantize=args.quantize)
+                          quantize=args.quantize, lm_server=args.lm_server)
     return StepAudioEditX(config).load()
 
 

@@ -30,7 +30,9 @@ from .frontend.context import FrontEnd, PromptContext, clip_digest
 from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
 from .frontend.speaker import SpeakerEncoder
+from .lm.backend import LMBackend, LocalLM
 from .lm.generation import GenerationOutput, generate
+from .lm.remote.config import RemoteLMConfig, remote_lm_config
 from .long_form import fill_clone_texts, run_edits
 from .lm.quant.loading import scheme_for_choice
 from .model_files import ModelFolders, resolve_model_folders
@@ -77,10 +79,17 @@ class EngineConfig:
     # (the first release). Decides the spelling of non-verbal tags written into prompts ([laugh] vs [Laughter]).
     weights_release: str = WEIGHTS_RELEASE_CURRENT
     quantize: str = "none"  # none | int8 | int4: the LM's projections quantized on load (weight-only, group 128)
+    # "" = Step1 runs here; a vLLM server URL (or a RemoteLMConfig) = it runs there and is not loaded here
+    lm_server: "str | RemoteLMConfig" = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights_release", check_weights_release(self.weights_release))
         scheme_for_choice(self.quantize)  # an unknown choice fails here, naming the valid ones
+        object.__setattr__(self, "lm_server", remote_lm_config(self.lm_server) or "")
+
+    @property
+    def remote_lm(self) -> Optional[RemoteLMConfig]:
+        return self.lm_server or None
 
 
 @dataclass
@@ -89,9 +98,10 @@ class _Parts:
     device: torch.device
     dtype: torch.dtype
     tokenizer: TextTokenizer
-    lm: torch.nn.Module
+    lm: Optional[torch.nn.Module]  # None when the LM runs on a server (``remote``)
     token2wav: Token2Wav
     frontend: FrontEnd
+    remote: Optional[LMBackend] = None
     transcriber: Optional[Transcriber] = None  # loaded on first need (shares vq02's encoder)
 
 
@@ -143,12 +153,18 @@ class StepAudioEditX:
     def _load(self) -> _Parts:
         started = time.perf_counter()
         c = self.config
-        folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
+        folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download,
+                                        lm_weights=c.remote_lm is None)
         device = resolve_device(c.device)
         dtype = choose_dtype(device, c.dtype)
         tokenizer = TextTokenizer.from_folder(folders.text_tokenizer)
-        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
-                        quantize=c.quantize)
+        lm = remote = None
+        if c.remote_lm is not None:  # an absent or wrong server fails the load, before any work
+            from .lm.remote.client import open_remote_lm
+            remote = open_remote_lm(c.remote_lm)
+        else:
+            lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
+                            quantize=c.quantize)
         token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
         frontend = FrontEnd(
             Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
@@ -159,7 +175,7 @@ class StepAudioEditX:
         )
         logger.info("Step-Audio-EditX loaded from %s on %s (%s) in %.1f s", folders.editx, device,
                     str(dtype).replace("torch.", ""), time.perf_counter() - started)
-        return _Parts(folders, device, dtype, tokenizer, lm, token2wav, frontend)
+        return _Parts(folders, device, dtype, tokenizer, lm, token2wav, frontend, remote=remote)
 
     @property
     def loaded(self) -> bool:
@@ -174,7 +190,8 @@ class StepAudioEditX:
         """The torch modules holding weights (for host memory managers such as ComfyUI's)."""
         parts = self.load()._parts
         asr = parts.transcriber.modules() if parts.transcriber is not None else {}
-        return {"lm": parts.lm, **parts.token2wav.modules(), **parts.frontend.modules(), **asr}
+        lm = {"lm": parts.lm} if parts.lm is not None else {}
+        return {**lm, **parts.token2wav.modules(), **parts.frontend.modules(), **asr}
 
     def to(self, device: torch.device | str) -> "StepAudioEditX":
         """Move every part (offload to the CPU, or back to the GPU); cheap when already there."""
@@ -183,7 +200,8 @@ class StepAudioEditX:
             parts = self.load()._parts
             if parts.device == device:
                 return self
-            parts.lm.to(device)
+            if parts.lm is not None:
+                parts.lm.to(device)
             parts.token2wav.to(device)
             parts.frontend.to(device)
             if parts.transcriber is not None:
@@ -416,10 +434,11 @@ class StepAudioEditX:
         report = _stage_reporter(progress, call, calls)
         outputs: list[Optional[GenerationOutput]] = [None] * len(jobs)
         gen_s: list[tuple[float, float]] = [(0.0, 0.0)] * len(jobs)
-        for group in _length_groups([len(j.prompt) for j in jobs]):
-            outs = generate(parts.lm, [jobs[i].prompt for i in group], [jobs[i].cap for i in group],
-                            settings.sampling, [jobs[i].seed for i in group], progress=report("generate"),
-                            fast=self.config.fast_decode)
+        lm = parts.remote or LocalLM(parts.lm, self.config.fast_decode, generate)  # generate: looked up per call
+        groups = _length_groups([len(j.prompt) for j in jobs]) if lm.group_by_length else [list(range(len(jobs)))]
+        for group in groups:
+            outs = lm.generate([jobs[i].prompt for i in group], [jobs[i].cap for i in group], settings.sampling,
+                               [jobs[i].seed for i in group], progress=report("generate"))
             for i, out in zip(group, outs):
                 outputs[i] = out
                 gen_s[i] = (out.prefill_s / len(group), out.decode_s / len(group))
