@@ -61,11 +61,12 @@ class RemoteLMConfig:
     require_step1: bool = True
 
     def __post_init__(self) -> None:
-        url = (self.url or "").strip().rstrip("/")
+        url = (self.url or "").strip()
+        if url and "://" not in url:
+            url = "http://" + url
+        url = url.rstrip("/")
         if url.endswith("/v1"):
             url = url[:-len("/v1")]
-        if "://" not in url:
-            url = "http://" + url
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ValueError(f"LM server {self.url!r} is not a URL like http://host:8000.")

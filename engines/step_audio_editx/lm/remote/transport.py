@@ -69,28 +69,27 @@ class Canceller:
     def cancel(self) -> None:
         self.event.set()
         with self._lock:
-            conns = list(self._open)
-        for conn in conns:
-            _shutdown(conn)
+            socks = list(self._open)
+        for sock in socks:
+            _shutdown(sock)
 
-    def register(self, conn: http.client.HTTPConnection) -> None:
+    def register(self, sock: socket.socket) -> None:
         with self._lock:
-            self._open.add(conn)
+            self._open.add(sock)
         if self.cancelled:
-            _shutdown(conn)
+            _shutdown(sock)
 
-    def unregister(self, conn: http.client.HTTPConnection) -> None:
+    def unregister(self, sock: socket.socket) -> None:
         with self._lock:
-            self._open.discard(conn)
+            self._open.discard(sock)
 
 
-def _shutdown(conn: http.client.HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+def _shutdown(sock: socket.socket) -> None:
+    """Wake a read blocked on ``sock`` (the socket itself: http.client drops its reference once streaming)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class Transport:
@@ -203,7 +202,8 @@ class Transport:
     def stream(self, path: str, body: dict, canceller: Canceller) -> Iterator[dict]:
         """One attempt at an SSE stream: yields each ``data:`` JSON event until ``[DONE]``."""
         conn = self._connect()
-        canceller.register(conn)
+        sock = conn.sock
+        canceller.register(sock)
         try:
             response = self._send(conn, "POST", path, body)
             for event in _sse_events(response, self.config):
@@ -213,7 +213,7 @@ class Transport:
                 raise Cancelled()
             raise
         finally:
-            canceller.unregister(conn)
+            canceller.unregister(sock)
             conn.close()
 
 
