@@ -33,6 +33,7 @@ STAND_IN_HEADS = 2
 STAND_IN_LAYERS = 2
 STAND_IN_FFN = 256
 STAND_IN_WEIGHT_STD = 0.5  # large enough that the random logits are not flat
+STAND_IN_OUT_STD = 1e-4  # attention / MLP outputs stay small next to the token's own embedding ...
 STAND_IN_KV_CACHE_GIB = 1  # VLLM_CPU_KVCACHE_SPACE
 SERVER_START_TIMEOUT_S = 600.0
 SERVER_POLL_S = 1.0
@@ -63,19 +64,21 @@ def write_stand_in_model(folder: Path, seed: int = 0, tie_word_embeddings: bool 
     (folder / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     gen = torch.Generator().manual_seed(seed)
 
-    def rand(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen) * STAND_IN_WEIGHT_STD).contiguous()
+    def rand(*shape: int, std: float = STAND_IN_WEIGHT_STD) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * std).contiguous()
 
-    tensors = {"model.embed_tokens.weight": rand(v, h), "model.norm.weight": torch.ones(h)}
-    if not tie_word_embeddings:
-        tensors["lm_head.weight"] = rand(v, h)
+    embed = rand(v, h)
+    tensors = {"model.embed_tokens.weight": embed, "model.norm.weight": torch.ones(h)}
+    if not tie_word_embeddings:  # ... and the head is a copy of the embedding: greedy decoding repeats the last
+        tensors["lm_head.weight"] = embed.clone()  # id, the case the repetition guard exists for
     for i in range(STAND_IN_LAYERS):
         p = f"model.layers.{i}."
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        for name in ("q_proj", "k_proj", "v_proj"):
             tensors[f"{p}self_attn.{name}.weight"] = rand(h, h)
+        tensors[f"{p}self_attn.o_proj.weight"] = rand(h, h, std=STAND_IN_OUT_STD)
         tensors[f"{p}mlp.gate_proj.weight"] = rand(f, h)
         tensors[f"{p}mlp.up_proj.weight"] = rand(f, h)
-        tensors[f"{p}mlp.down_proj.weight"] = rand(h, f)
+        tensors[f"{p}mlp.down_proj.weight"] = rand(h, f, std=STAND_IN_OUT_STD)
         tensors[f"{p}input_layernorm.weight"] = torch.ones(h)
         tensors[f"{p}post_attention_layernorm.weight"] = torch.ones(h)
     save_file(tensors, str(folder / "model.safetensors"))
