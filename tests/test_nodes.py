@@ -56,7 +56,7 @@ SAMPLE_WAV = "sample_speech.wav"
 EXPECTED_INPUTS: dict[str, list[str]] = {
     "StepAudioEditXEngine": ["model", "device", "dtype", "attention", "fast_decode", "dynamic_token",
                              "max_new_tokens", "temperature", "seed", "weights_release",
-                             "quantize"],
+                             "quantize", "lm_server"],
     "StepAudioEditXAudioEditor": ["audio", "transcript", "edit_type", "emotion", "style", "speed",
                                   "paralinguistic_text", "n_edit_iterations", "dynamic_token", "seed", "engine"],
     "StepAudioEditXClone": ["reference_audio", "reference_text", "text", "seed", "engine"],
