@@ -96,7 +96,10 @@ def serve_command(python: str, model_dir: Path, port: int, with_plugin: bool = T
     """The server command (the CPU build's equivalent of ``vllm serve``; see docs/remote_lm.md for Step1's)."""
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", STAND_IN_NAME, "--skip-tokenizer-init", "--dtype", "float32",
-           "--max-model-len", str(max_model_len), "--enforce-eager"]
+           "--max-model-len", str(max_model_len), "--enforce-eager",
+           # vLLM 0.32's CPU runner crashes on a seeded request whose prefill is chunked ("CPU Generator does not
+           # use offset"): whole prefills only, as many prompt tokens per step as the context holds
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len)]
     if with_plugin:
         cmd += ["--logits-processors", plugin.PLUGIN_FQCN]
     return cmd
