@@ -262,3 +262,28 @@ def test_config_normalises_urls_and_rejects_bad_ones():
             RemoteLMConfig(bad)
     with pytest.raises(ValueError, match="max_concurrency"):
         RemoteLMConfig("h", max_concurrency=0)
+
+
+def test_cli_edits_with_the_lm_on_a_server_and_no_lm_weights_on_disk(fake, tiny_model_root, short_sample_clip,
+                                                                      tmp_path):
+    """The whole CLI path with --lm-server: the folder lacks Step1's weights and config, which the worker
+    never reads; the fake server's ids are decoded locally."""
+    import shutil
+
+    import soundfile as sf
+
+    from comfyui_step_audio_editx.cli import main
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model_root, models, ignore=lambda folder, names: [
+        n for n in names if n.endswith(".safetensors") and "CosyVoice" not in folder or n == "config.json"
+        and folder.endswith("Step-Audio-EditX")])
+    assert not list((models / "Step-Audio-EditX").glob("*.safetensors"))
+    clip, out = short_sample_clip("remote_cli", "I just heard the news"), tmp_path / "out.wav"
+    assert main(["edit", str(clip), "--edit-type", "emotion", "--value", "happy", "-o", str(out), "--models-dir",
+                 str(models), "--device", "cpu", "--lm-server", fake.url, "--seed", "3"]) == 0
+    assert sf.info(str(out)).frames > 0
+    row = [b for b in fake.bodies if b.get("stream")][0]
+    assert row["prompt"][0] == C.BOS_ID and row["vllm_xargs"] == {plugin.XARG_CONSTRAIN: 1}
+    assert main(["edit", str(clip), "--edit-type", "emotion", "--value", "happy", "-o", str(out), "--models-dir",
+                 str(models), "--device", "cpu"]) == 2  # the local path does need the weights
