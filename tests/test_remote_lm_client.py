@@ -287,3 +287,25 @@ def test_cli_edits_with_the_lm_on_a_server_and_no_lm_weights_on_disk(fake, tiny_
     assert row["prompt"][0] == C.BOS_ID and row["vllm_xargs"] == {plugin.XARG_CONSTRAIN: 1}
     assert main(["edit", str(clip), "--edit-type", "emotion", "--value", "happy", "-o", str(out), "--models-dir",
                  str(models), "--device", "cpu"]) == 2  # the local path does need the weights
+
+
+def test_batch_edit_sends_every_row_at_once(fake, tiny_model_root, short_sample_clip, monkeypatch):
+    """The engine's length groups are for local batches: with a server, every row of a pass goes out at once
+    and the server batches them (here even with local groups of one row)."""
+    import soundfile as sf
+    import torch
+
+    from comfyui_step_audio_editx.engines.step_audio_editx import EditRequest, EngineConfig, StepAudioEditX
+    from comfyui_step_audio_editx.engines.step_audio_editx import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_GENERATE_BATCH", 1)  # a local pass would run its rows one by one
+    fake.delay_s = 0.02
+    engine = StepAudioEditX(EngineConfig(search_roots=(str(tiny_model_root),), device="cpu",
+                                         lm_server=RemoteLMConfig(fake.url))).load()
+    assert "lm" not in engine.modules()
+    data, sr = sf.read(short_sample_clip("remote_batch", "I just heard the news"), dtype="float32")
+    requests = [EditRequest(torch.from_numpy(data), sr, "I just heard the news", "emotion", "happy", seed=i)
+                for i in range(3)]
+    results = engine.batch_edit(requests)
+    assert fake.max_in_flight == 3 and all(r.passes[0].n_generated_tokens == 10 for r in results)
+    assert len({b["seed"] for b in fake.bodies if b.get("stream")}) == 3
