@@ -5,16 +5,5 @@ backend. ``transport``: HTTP, SSE, retries, cancel. ``step_audio_vllm_plugin``: 
 server loads (vLLM is imported only on the server).
 """
 
-from .config import (
-    RemoteLMConfig,
-    RemoteLMError,
-    RemoteLMOverloaded,
-    RemoteLMRequestError,
-    RemoteLMTimeout,
-    RemoteLMUnavailable,
-    RemoteLMWrongServer,
-    remote_lm_config,
-)
-
-__all__ = ["RemoteLMConfig", "RemoteLMError", "RemoteLMOverloaded", "RemoteLMRequestError", "RemoteLMTimeout",
-           "RemoteLMUnavailable", "RemoteLMWrongServer", "remote_lm_config"]
+from .config import *  # noqa: F401,F403 - RemoteLMConfig, remote_lm_config and the RemoteLM* errors
+from .config import __all__  # noqa: F401

@@ -17,6 +17,9 @@ DEFAULT_MAX_CONCURRENCY = 64  # requests in flight at once from one engine (the 
 RETRY_AFTER_CAP_S = 30.0  # a server's Retry-After is honoured up to this
 SCHEMES = ("http", "https")
 
+__all__ = ["RemoteLMConfig", "RemoteLMError", "RemoteLMOverloaded", "RemoteLMRequestError", "RemoteLMTimeout",
+           "RemoteLMUnavailable", "RemoteLMWrongServer", "remote_lm_config"]
+
 
 class RemoteLMError(RuntimeError):
     """The remote language model could not serve a request; the message says what to do."""
