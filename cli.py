@@ -40,7 +40,7 @@ class UsageError(ValueError):
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    from .engines.step_audio_editx.constants import AWQ_DIRNAME, QUANTIZE_CHOICES
+    from .engines.step_audio_editx.constants import AWQ_DIRNAME, OFFLOAD_CHOICES, QUANTIZE_CHOICES
     from .engines.step_audio_editx.vocabulary import WEIGHTS_RELEASE_CURRENT, WEIGHTS_RELEASE_ORIGINAL, WEIGHTS_RELEASES
 
     p.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
@@ -66,11 +66,14 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help=f"use StepFun's 4-bit {AWQ_DIRNAME}/ under --models-dir (with --download: ~2.5 GB)")
     g.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                    help="quantize the LM's weights on load from a bf16 folder: int8 (6.4 GiB peak VRAM for a 30 s "
-                        "edit on an H200) or int4 (4.6 GiB); bf16 needs 9.1 GiB. Saves memory; int4 decodes one clip "
-                        "at about bf16's speed, int8 and batches of 8-16 are slower")
-    g.add_argument("--offload-frontend", default="auto", choices=("auto", "on", "off"),
+                        "edit on an H200) or int4 (4.3 GiB); bf16 needs 9.0 GiB. Saves memory; int4 decodes one clip "
+                        "~15% faster than bf16, int8 and batches of 8-16 are slower")
+    g.add_argument("--offload-frontend", default="auto", choices=OFFLOAD_CHOICES,
                    help="keep the front end's vq02 / vq06 encoders (1.1 GiB) in host memory except while they encode "
                         "a new clip; auto: on with quantized LM weights on a GPU (bit-identical results)")
+    g.add_argument("--lm-server", default="", metavar="URL",
+                   help="run the language model on this vLLM server (e.g. http://gpu-box:8000; recipe in "
+                        "docs/remote_lm.md) instead of loading it here; the tokenizer and decoder stay local")
     s = p.add_argument_group("generation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
@@ -200,7 +203,8 @@ def _engine(args):
     config = EngineConfig(editx_dir=editx_dir, tokenizer_dir=args.tokenizer_dir, search_roots=(args.models_dir,),
                           download=args.download, device=args.device, dtype=args.dtype, attention=args.attention,
                           fast_decode=args.fast_decode, weights_release=args.weights_release,
-                          quantize=args.quantize, offload_frontend=args.offload_frontend)
+                          quantize=args.quantize, offload_frontend=args.offload_frontend,
+                          lm_server=args.lm_server)
     return StepAudioEditX(config).load()
 
 

@@ -209,7 +209,8 @@ def _estimated_load_bytes(handle: EngineHandle, device: torch.device) -> int:
     def size(files) -> int:
         return sum(f.stat().st_size for f in files if f.suffix in WEIGHT_SUFFIXES and f.is_file())
 
-    lm = size(folders.editx.glob("*")) if folders.editx.is_dir() else 0  # the LM's own files (not subfolders)
+    local_lm = folders.editx.is_dir() and c.remote_lm is None  # a remote LM loads nothing here
+    lm = size(folders.editx.glob("*")) if local_lm else 0  # the LM's own files (not subfolders)
     rest = sum(size(root.rglob("*")) for root in (folders.tokenizer, folders.cosyvoice) if root.is_dir())
     if not folders.quantized:
         lm = int(lm * QUANTIZED_LM_BYTES.get(c.quantize, 1.0))
@@ -302,7 +303,7 @@ def status() -> dict:
         engines.append({
             "editx_dir": config.editx_dir, "download": config.download, "device": config.device,
             "dtype": config.dtype, "attention": config.attention, "fast_decode": config.fast_decode,
-            "quantize": config.quantize,
+            "quantize": config.quantize, "lm_server": config.remote_lm.url if config.remote_lm else "",
             "loaded": loaded, "on_device": str(engine.device) if loaded else None,
             "managed": id(engine) in _PATCHERS,
         })

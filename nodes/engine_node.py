@@ -46,11 +46,18 @@ QUANTIZE_TIP = (
     "own int4 matmul for one projection, Ampere+); CPU / MPS dequantize per call (exact, slower). Ignored for "
     "an already-quantized folder.")
 
+LM_SERVER_TIP = (
+    "Empty: the language model runs here. A vLLM server URL (e.g. http://gpu-box:8000): the language model runs "
+    "there, shared by many ComfyUI workers, and is not loaded here (the audio tokenizer and decoder still are). "
+    "The server must run the pack's logits-processor plugin (docs/remote_lm.md); an absent or wrong server is "
+    "an error when the engine loads. Tokens are reproducible per seed on one server, but not the local ones.")
+
 
 def build_handle(model: str, device: str = "auto", dtype: str = "auto", attention: str = "auto",
                  fast_decode: bool = True, dynamic_token: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  temperature: float = DEFAULT_TEMPERATURE, seed: int = 0,
-                 weights_release: str = WEIGHTS_RELEASE_CURRENT, quantize: str = "none") -> EngineHandle:
+                 weights_release: str = WEIGHTS_RELEASE_CURRENT, quantize: str = "none",
+                 lm_server: str = "") -> EngineHandle:
     """An engine handle from the Engine node's widget values (``model``: a combo value)."""
     roots = bridge.tts_model_roots()
     editx_dir, download = resolve_model_choice(model, roots) if model is not None else (None, False)
@@ -60,7 +67,8 @@ def build_handle(model: str, device: str = "auto", dtype: str = "auto", attentio
         raise ValueError(f"Attention backend {attention!r} is unavailable on {resolved}: {reason}. Choose 'auto'.")
     config = EngineConfig(editx_dir=editx_dir, search_roots=tuple(roots), download=download,
                           device=str(resolved), dtype=dtype, attention=attention, fast_decode=bool(fast_decode),
-                          weights_release=weights_release, quantize=quantize or "none")
+                          weights_release=weights_release, quantize=quantize or "none",
+                          lm_server=(lm_server or "").strip())
     settings = GenerationSettings(sampling=SamplingConfig(temperature=float(temperature)),
                                   dynamic_tokens=bool(dynamic_token), max_new_tokens=int(max_new_tokens))
     return EngineHandle(config, settings, int(seed))
@@ -121,6 +129,7 @@ class StepAudioEditXEngine:
             "weights_release": (list(WEIGHTS_RELEASES), {"default": WEIGHTS_RELEASE_CURRENT,
                                                          "tooltip": TIP_WEIGHTS_RELEASE}),
             "quantize": (list(QUANTIZE_CHOICES), {"default": "none", "tooltip": QUANTIZE_TIP}),
+            "lm_server": ("STRING", {"default": "", "tooltip": LM_SERVER_TIP}),
         }}
 
     @classmethod
@@ -138,6 +147,6 @@ class StepAudioEditXEngine:
         return True
 
     def make(self, model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens, temperature, seed,
-             weights_release=WEIGHTS_RELEASE_CURRENT, quantize="none"):
+             weights_release=WEIGHTS_RELEASE_CURRENT, quantize="none", lm_server=""):
         return (build_handle(model, device, dtype, attention, fast_decode, dynamic_token, max_new_tokens,
-                             temperature, seed, weights_release, quantize),)
+                             temperature, seed, weights_release, quantize, lm_server),)

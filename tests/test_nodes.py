@@ -56,7 +56,7 @@ SAMPLE_WAV = "sample_speech.wav"
 EXPECTED_INPUTS: dict[str, list[str]] = {
     "StepAudioEditXEngine": ["model", "device", "dtype", "attention", "fast_decode", "dynamic_token",
                              "max_new_tokens", "temperature", "seed", "weights_release",
-                             "quantize"],
+                             "quantize", "lm_server"],
     "StepAudioEditXAudioEditor": ["audio", "transcript", "edit_type", "emotion", "style", "speed",
                                   "paralinguistic_text", "n_edit_iterations", "dynamic_token", "seed", "engine"],
     "StepAudioEditXClone": ["reference_audio", "reference_text", "text", "seed", "engine"],
@@ -574,6 +574,11 @@ def test_engine_node_builds_a_handle_without_loading(fake_engines, tts_root):
     assert handle.config.weights_release == "2026-01"  # a workflow saved before the widget existed: today's weights
     (old,) = node.make("Step-Audio-EditX", "auto", "fp32", "sdpa", False, False, 500, 0.0, 9, "2025-11")
     assert old.config.weights_release == "2025-11" and old.config != handle.config  # a separate engine
+    assert handle.config.remote_lm is None  # no lm_server (workflows saved before it existed): the LM runs here
+    (remote,) = node.make("Step-Audio-EditX", "auto", "fp32", "sdpa", False, False, 500, 0.0, 9, "2026-01", "none",
+                          " gpu-box:8000/v1 ")
+    assert remote.config.remote_lm.url == "http://gpu-box:8000" and remote.config != handle.config
+    assert fake_engines.engines() == []  # nothing connects before a generating node runs
 
 
 def test_editor_runs_one_edit_and_reports(fake_engines):

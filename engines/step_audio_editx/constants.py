@@ -89,6 +89,7 @@ HUB_REPO_EDITX = "stepfun-ai/Step-Audio-EditX"  # LM + tokenizer.model + CosyVoi
 HUB_REPO_EDITX_AWQ = "stepfun-ai/Step-Audio-EditX-AWQ-4bit"  # the LM in 4 bits (compressed-tensors)
 AWQ_DIRNAME = "Step-Audio-EditX-AWQ-4bit"  # its folder under models/TTS (the hub name)
 QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8", "int4")  # weights quantized on load from bf16
+OFFLOAD_CHOICES: tuple[str, ...] = ("auto", "on", "off")  # EngineConfig.offload_frontend / --offload-frontend
 HUB_REPO_TOKENIZER = "stepfun-ai/Step-Audio-Tokenizer"  # vq02 Paraformer + vq06 ONNX + centroids
 MODEL_CONFIG_FILE = "config.json"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"

@@ -22,17 +22,19 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
+from .constants import AUDIO_TOKENS_PER_SECOND, MAX_CONTEXT_TOKENS, OFFLOAD_CHOICES, OUTPUT_SAMPLE_RATE, TOKENS_PER_GROUP
 from .decoder.token2wav import Token2Wav, Token2WavInput
 from .asr import Transcriber, Transcript
 from .frontend.audio import resample, to_mono
 from .frontend.context import FrontEnd, PromptContext, clip_digest
+from .frontend.offload import offload_wanted
 from .frontend.paraformer import Vq02Tokenizer
 from .frontend.semantic import Vq06Tokenizer
 from .frontend.speaker import SpeakerEncoder
+from .lm.backend import LMBackend, LocalLM
 from .lm.generation import GenerationOutput, generate
+from .lm.remote.config import RemoteLMConfig, remote_lm_config
 from .long_form import fill_clone_texts, run_edits
-from .lm.quant.linear import quant_modules
 from .lm.quant.loading import scheme_for_choice
 from .model_files import ModelFolders, resolve_model_folders
 from .model_loader import choose_dtype, load_step1, resolve_device
@@ -60,7 +62,6 @@ _PASS_ERRORS = (ValueError, RuntimeError, AssertionError)
 PASS_CACHE_SIZE = 128  # finished edit passes kept per engine (lowering n_iterations is free)
 LENGTH_GROUP_RATIO = 1.5  # prompts up to this much longer than the shortest of a group share its batch
 MAX_GENERATE_BATCH = 16
-OFFLOAD_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class EngineConfig:
     # auto | on | off: the front end's vq02 / vq06 encoders (~1.1 GiB) kept in host memory between uses
     # (bit-identical results, ~0.1 s per new clip); auto = on with quantized LM weights on a GPU
     offload_frontend: str = "auto"
+    # "" = Step1 runs here; a vLLM server URL (or a RemoteLMConfig) = it runs there and is not loaded here
+    lm_server: "str | RemoteLMConfig" = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights_release", check_weights_release(self.weights_release))
@@ -89,6 +92,11 @@ class EngineConfig:
         if self.offload_frontend not in OFFLOAD_CHOICES:
             raise ValueError(f"offload_frontend must be one of {', '.join(OFFLOAD_CHOICES)}, "
                              f"got {self.offload_frontend!r}")
+        object.__setattr__(self, "lm_server", remote_lm_config(self.lm_server) or "")
+
+    @property
+    def remote_lm(self) -> Optional[RemoteLMConfig]:
+        return self.lm_server or None
 
 
 @dataclass
@@ -97,9 +105,10 @@ class _Parts:
     device: torch.device
     dtype: torch.dtype
     tokenizer: TextTokenizer
-    lm: torch.nn.Module
+    lm: Optional[torch.nn.Module]  # None when the LM runs on a server (``remote``)
     token2wav: Token2Wav
     frontend: FrontEnd
+    remote: Optional[LMBackend] = None
     transcriber: Optional[Transcriber] = None  # loaded on first need (shares vq02's encoder)
 
 
@@ -151,12 +160,18 @@ class StepAudioEditX:
     def _load(self) -> _Parts:
         started = time.perf_counter()
         c = self.config
-        folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download)
+        folders = resolve_model_folders(c.search_roots, c.editx_dir, c.tokenizer_dir, download=c.download,
+                                        lm_weights=c.remote_lm is None)
         device = resolve_device(c.device)
         dtype = choose_dtype(device, c.dtype)
         tokenizer = TextTokenizer.from_folder(folders.text_tokenizer)
-        lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
-                        quantize=c.quantize)
+        lm = remote = None
+        if c.remote_lm is not None:  # an absent or wrong server fails the load, before any work
+            from .lm.remote.client import open_remote_lm
+            remote = open_remote_lm(c.remote_lm)
+        else:
+            lm = load_step1(folders.editx, device=device, dtype=dtype, attn_implementation=c.attention,
+                            quantize=c.quantize)
         token2wav = Token2Wav.from_folder(folders.cosyvoice, device=device, dtype=c.dtype)
         frontend = FrontEnd(
             Vq02Tokenizer.from_folder(folders.tokenizer, device=device),
@@ -164,11 +179,11 @@ class StepAudioEditX:
             SpeakerEncoder.from_folder(folders.cosyvoice),
             token2wav.prompt_mel,
             device=device,
-            offload=_offload_frontend(c, device, lm),
+            offload=offload_wanted(c.offload_frontend, device, lm),
         )
         logger.info("Step-Audio-EditX loaded from %s on %s (%s) in %.1f s", folders.editx, device,
                     str(dtype).replace("torch.", ""), time.perf_counter() - started)
-        return _Parts(folders, device, dtype, tokenizer, lm, token2wav, frontend)
+        return _Parts(folders, device, dtype, tokenizer, lm, token2wav, frontend, remote=remote)
 
     @property
     def loaded(self) -> bool:
@@ -183,7 +198,8 @@ class StepAudioEditX:
         """The torch modules holding weights (for host memory managers such as ComfyUI's)."""
         parts = self.load()._parts
         asr = parts.transcriber.modules() if parts.transcriber is not None else {}
-        return {"lm": parts.lm, **parts.token2wav.modules(), **parts.frontend.modules(), **asr}
+        lm = {"lm": parts.lm} if parts.lm is not None else {}
+        return {**lm, **parts.token2wav.modules(), **parts.frontend.modules(), **asr}
 
     def to(self, device: torch.device | str) -> "StepAudioEditX":
         """Move every part (offload to the CPU, or back to the GPU); cheap when already there."""
@@ -192,7 +208,8 @@ class StepAudioEditX:
             parts = self.load()._parts
             if parts.device == device:
                 return self
-            parts.lm.to(device)
+            if parts.lm is not None:
+                parts.lm.to(device)
             parts.token2wav.to(device)
             parts.frontend.to(device)
             if parts.transcriber is not None:
@@ -426,10 +443,11 @@ class StepAudioEditX:
         report = _stage_reporter(progress, call, calls)
         outputs: list[Optional[GenerationOutput]] = [None] * len(jobs)
         gen_s: list[tuple[float, float]] = [(0.0, 0.0)] * len(jobs)
-        for group in _length_groups([len(j.prompt) for j in jobs]):
-            outs = generate(parts.lm, [jobs[i].prompt for i in group], [jobs[i].cap for i in group],
-                            settings.sampling, [jobs[i].seed for i in group], progress=report("generate"),
-                            fast=self.config.fast_decode)
+        lm = parts.remote or LocalLM(parts.lm, self.config.fast_decode, generate)  # generate: looked up per call
+        groups = _length_groups([len(j.prompt) for j in jobs]) if lm.group_by_length else [list(range(len(jobs)))]
+        for group in groups:
+            outs = lm.generate([jobs[i].prompt for i in group], [jobs[i].cap for i in group], settings.sampling,
+                               [jobs[i].seed for i in group], progress=report("generate"))
             for i, out in zip(group, outs):
                 outputs[i] = out
                 gen_s[i] = (out.prefill_s / len(group), out.decode_s / len(group))
@@ -474,13 +492,6 @@ class StepAudioEditX:
         if hook is not None:
             hook(Progress("decode", len(jobs), len(jobs)))
         return waveforms, flow_s, vocoder_s
-
-
-def _offload_frontend(config: EngineConfig, device: torch.device, lm: torch.nn.Module) -> bool:
-    """Whether the front end's encoders are parked in host memory (``EngineConfig.offload_frontend``)."""
-    if config.offload_frontend != "auto":
-        return config.offload_frontend == "on" and device.type == "cuda"
-    return device.type == "cuda" and bool(quant_modules(lm))
 
 
 def _synced(device: torch.device) -> float:

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -95,6 +95,7 @@ class ModelFolders:
 
     editx: Path
     tokenizer: Path
+    lm_weights: bool = True  # False: the language model runs on a server; its config and weights are not read
 
     @property
     def quantized(self) -> bool:
@@ -122,6 +123,11 @@ class ModelFolders:
         return self.tokenizer / PARAFORMER_SUBDIR
 
     def missing(self) -> list[MissingFile]:
+        if not self.lm_weights:
+            return [m for m in self._missing_all() if not _is_lm_file(m.relpath)]
+        return self._missing_all()
+
+    def _missing_all(self) -> list[MissingFile]:
         if not self.quantized:
             return missing_editx_files(self.editx) + missing_tokenizer_files(self.tokenizer)
         lm = missing_lm_files(self.editx, AWQ_REPO, (*LM_FILES, TEXT_TOKENIZER_FILE))
@@ -137,6 +143,11 @@ class ModelFolders:
         if missing:
             raise ModelFilesError(_missing_message(missing))
         return self
+
+
+def _is_lm_file(relpath: str) -> bool:
+    """The language model's own files (config, weights index, weight shards)."""
+    return relpath in LM_FILES or relpath == WEIGHTS_INDEX or relpath.endswith(".safetensors")
 
 
 def weight_files(editx_dir: Path) -> list[str]:
@@ -303,9 +314,11 @@ def resolve_model_folders(
     tokenizer_dir: Path | str | None = None,
     download: bool = False,
     token: str | bool | None = None,
+    lm_weights: bool = True,
 ) -> ModelFolders:
-    """Find the folders and make sure every file is there (downloading when allowed)."""
-    folders = find_model_folders(search_roots, editx_dir, tokenizer_dir)
+    """Find the folders and make sure every file is there (downloading when allowed). ``lm_weights=False``
+    (the language model runs on a server): the LM's config and weights are neither needed nor downloaded."""
+    folders = replace(find_model_folders(search_roots, editx_dir, tokenizer_dir), lm_weights=lm_weights)
     if download:
         return download_missing(folders, token=token)
     return folders.verify()

@@ -16,6 +16,19 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..lm.quant.linear import quant_modules
+
+
+def offload_wanted(choice: str, device: torch.device, lm: nn.Module | None) -> bool:
+    """Whether the encoders are parked: ``on`` / ``off`` on a GPU as asked; ``auto``: on when the local
+    language model holds quantized weights (the small-GPU case). No GPU, or a remote LM (``lm`` None):
+    the weights stay put."""
+    if device.type != "cuda":
+        return False
+    if choice != "auto":
+        return choice == "on"
+    return lm is not None and bool(quant_modules(lm))
+
 
 def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
