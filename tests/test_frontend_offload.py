@@ -31,3 +31,17 @@ def test_offload_frontend_choice_is_checked():
     assert EngineConfig().offload_frontend == "auto"
     with pytest.raises(ValueError, match="offload_frontend"):
         EngineConfig(offload_frontend="sometimes")
+
+
+def test_auto_parks_only_beside_a_local_quantized_lm_on_a_gpu():
+    from comfyui_step_audio_editx.engines.step_audio_editx.frontend.offload import offload_wanted
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantLinear, QuantScheme
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    dense = torch.nn.Sequential(torch.nn.Linear(128, 8))
+    quantized = torch.nn.Sequential(QuantLinear.from_linear(torch.nn.Linear(128, 8), QuantScheme(4)))
+    assert offload_wanted("auto", cuda, quantized)
+    assert not offload_wanted("auto", cuda, dense)
+    assert not offload_wanted("auto", cuda, None)  # the LM runs on a server: memory is not short here
+    assert offload_wanted("on", cuda, dense) and not offload_wanted("off", cuda, quantized)
+    assert not offload_wanted("on", cpu, quantized)  # nothing to park off a GPU
