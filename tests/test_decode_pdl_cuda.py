@@ -9,7 +9,7 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_pdl
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_pdl, triton_sampler
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
@@ -113,7 +113,7 @@ def test_pdl_sampler_equals_plain_launch(config):
     for step in range(20):
         logits = _rand(rows, tables.head.shape[0], dtype=torch.float32, seed=200 + step) * 2
         for pdl, state in zip((False, True), states):
-            triton_decode.sample_and_commit(logits, config, state, tables, pdl=pdl)
+            triton_sampler.sample_and_commit(logits, config, state, tables, pdl=pdl)
     for name in ("tokens", "pos", "n_gen", "active", "history", "out", "kv_len"):
         assert torch.equal(getattr(states[0], name), getattr(states[1], name)), name
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
@@ -124,7 +124,7 @@ def test_sampler_kernels_match_reference(config):
         states.append(state)
     for step in range(25):
         logits = _rand(rows, width, dtype=torch.float32, seed=100 + step) * 2
-        triton_decode.sample_and_commit(logits, config, states[0], tables)
+        triton_sampler.sample_and_commit(logits, config, states[0], tables)
         choose_and_commit(logits, config, states[1], tables)
     for name in ("tokens", "pos", "n_gen", "active", "history", "out", "kv_len"):
         assert torch.equal(getattr(states[0], name), getattr(states[1], name)), name

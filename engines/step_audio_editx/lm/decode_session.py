@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..constants import EOT_ID, PAD_ID
 from ..types import Progress, ProgressCallback, SamplingConfig, StopReason
 from . import decode_ops as ref_ops
-from . import triton_decode, triton_pdl
+from . import triton_decode, triton_pdl, triton_sampler
 from .decode_linears import LinearChoice, ResidualStream, select_linears
 from .decode_state import DecodeState, SamplerTables, choose_and_commit
 from .fused_weights import DecodeWeights, audio_vocab_ids, fingerprint_of, fuse_step1_projections, projection_tensor
@@ -227,7 +227,7 @@ class DecodeSession:
         tables = self.tables(config.constrain_audio)
         logits = F.linear(hidden, tables.head)
         if self.use_triton:
-            triton_decode.sample_and_commit(logits, config, state, tables, pdl=self.pdl_for(hidden.shape[0]))
+            triton_sampler.sample_and_commit(logits, config, state, tables, pdl=self.pdl_for(hidden.shape[0]))
         else:
             choose_and_commit(logits, config, state, tables)
 
