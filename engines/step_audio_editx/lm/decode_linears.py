@@ -232,9 +232,11 @@ def select_linears(weights, rows: int, mode: str, pdl: bool = False) -> dict[str
                   getattr(w[0], "scales_zeros", None) is not None) for w in matrices.values()))
     if key in _CACHE:
         return _CACHE[key]
-    stored_key = matmul_choice_store.store_key(
-        (*key, torch.__version__, torch.version.cuda, getattr(triton_decode.triton, "__version__", None)))
     valid = {role: role_candidates(matrices[role], role, rows, mode) for role in ROLES}
+    # the candidates are part of the key: a pack that adds a kernel times again instead of keeping the old pick
+    stored_key = matmul_choice_store.store_key(
+        (*key, torch.__version__, torch.version.cuda, getattr(triton_decode.triton, "__version__", None),
+         *(",".join(map(str, valid[role])) for role in ROLES)))
     stored = matmul_choice_store.load(stored_key, valid, _choice_from_json)
     if stored is not None:
         logger.info("Step1 decode matmuls at batch %d%s (stored for this GPU): %s", rows, " (PDL)" if pdl else "",

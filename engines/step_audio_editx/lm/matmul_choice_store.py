@@ -7,8 +7,8 @@ choice per (GPU, software, shapes, batch bucket) makes later processes on the sa
 same kernels, hence the same tokens for the same seed, and skips the timing too.
 
 The file is ``<package cache>/decode_matmuls.json``; ``STEP_AUDIO_EDITX_KERNEL_CHOICES`` names another
-file, or ``off`` to time anew in every process. A stored choice that is no longer a candidate (the pack's
-kernel list changed) is ignored and timed again.
+file, or ``off`` to time anew in every process. The key holds the candidate lists, so a pack whose kernel
+list changed times again; a stored choice that is no longer a candidate is ignored all the same.
 """
 
 from __future__ import annotations
