@@ -11,12 +11,11 @@ import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import (
     CONFIG_FILENAME,
-    TaggedNode,
     load_cosyvoice_config,
     parse_cosyvoice_config,
-    parse_yaml_text,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.errors import DecoderConfigError
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.yaml_nodes import TaggedNode, parse_yaml_text
 
 pytestmark = pytest.mark.parity
 
