@@ -38,11 +38,10 @@ from comfyui_step_audio_editx.engines.step_audio_editx.frontend.codes import int
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.fbank import FbankConfig, apply_lfr
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.paraformer import (
     SanmEncoderConfig,
-    StreamingConfig,
     Vq02Tokenizer,
     random_sanm_encoder,
-    stream_layout,
 )
+from comfyui_step_audio_editx.engines.step_audio_editx.frontend.paraformer_stream import StreamingConfig, stream_layout
 from comfyui_step_audio_editx.engines.step_audio_editx.frontend.semantic import (
     Vq06Tokenizer,
     random_s3tokenizer,

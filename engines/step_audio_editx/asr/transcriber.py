@@ -33,15 +33,8 @@ from ..constants import (
 )
 from ..frontend.audio import resample, to_mono
 from ..frontend.fbank import FbankConfig, ParaformerFrontend, load_cmvn
-from ..frontend.paraformer import (
-    ChunkLayout,
-    ParaformerFormatError,
-    SanmEncoder,
-    SanmEncoderConfig,
-    StreamingConfig,
-    load_encoder_state,
-    stream_layout,
-)
+from ..frontend.paraformer import ParaformerFormatError, SanmEncoder, SanmEncoderConfig, load_encoder_state
+from ..frontend.paraformer_stream import ChunkLayout, StreamingConfig, stream_layout
 from .cif import CifChunk, CifResult, integrate
 from .decode import decode_logits, plan_decode
 from .model import CifConfig, CifPredictor, DecoderConfig, ParaformerDecoder, load_strict, split_state
