@@ -46,6 +46,7 @@ def _register_helper_module(name: str) -> None:
 
 
 _register_helper_module("comfyui_harness")  # the real ComfyUI server of the HTTP-API and browser tests
+_register_helper_module("node_doubles")  # fake engine and AUDIO inputs of the node tests
 DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "A"
 
 
@@ -135,3 +136,30 @@ def short_sample_clip(tmp_path_factory):
         return path
 
     return write
+
+
+# --- the node tests' ComfyUI stand-ins (tests/node_doubles.py) ----------------------------------------------
+@pytest.fixture
+def tts_root(tmp_path, monkeypatch):
+    from comfyui_step_audio_editx.nodes import comfy_bridge
+    from node_doubles import EXAMPLES_DIR, SAMPLE_WAV
+
+    """A models/TTS folder holding a (config-only) Step-Audio-EditX folder, as ComfyUI would list it."""
+    root = tmp_path / "TTS"
+    (root / "Step-Audio-EditX").mkdir(parents=True)
+    (root / "Step-Audio-EditX" / "config.json").write_text(json.dumps({"model_type": "step1"}))
+    monkeypatch.setattr(comfy_bridge, "tts_model_roots", lambda: [str(root)])
+    monkeypatch.setattr(comfy_bridge, "input_audio_files", lambda: [SAMPLE_WAV])
+    monkeypatch.setattr(comfy_bridge, "input_file_path", lambda name: EXAMPLES_DIR / name)
+    return root
+
+
+@pytest.fixture
+def fake_engines(tts_root, monkeypatch):
+    from comfyui_step_audio_editx.nodes import comfy_bridge
+    from comfyui_step_audio_editx.nodes.engine_cache import EngineCache
+    from node_doubles import FakeEngine
+
+    cache = EngineCache(factory=FakeEngine)
+    monkeypatch.setattr(comfy_bridge, "ENGINE_CACHE", cache)
+    return cache
