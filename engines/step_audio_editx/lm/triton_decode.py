@@ -264,6 +264,27 @@ if HAS_TRITON:
             a = (_silu(a).to(tl.float32) * u.to(tl.float32)).to(u.dtype)
         return a
 
+    @triton.jit
+    def _rms_factor(x_ptr, K, eps, BLOCK_K: tl.constexpr):
+        """1 / RMS of one row x[K] (float32 sum of squares over BLOCK_K-wide tiles): RMSNorm's scale."""
+        sq = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            xk = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+            sq += xk * xk
+        return _math.rsqrt(tl.sum(sq, 0) / K + eps)
+
+    @triton.jit
+    def _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """``_rms_factor`` of rows ``rm`` of x[M, K], as a [BLOCK_M, 1] column."""
+        sq = tl.zeros([BLOCK_M], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            xk = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :],
+                         mask=mmask[:, None] & (rk[None, :] < K), other=0.0).to(tl.float32)
+            sq += tl.sum(xk * xk, 1)
+        return _math.rsqrt(sq / K + eps)[:, None]
+
     @triton.jit(do_not_specialize=["M"])  # one binary for every batch bucket
     def _skinny_linear_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, M, N, K, eps, stride_x, stride_w, stride_out,
                               PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -279,13 +300,7 @@ if HAS_TRITON:
         mmask = rm < M
         factor = tl.zeros([BLOCK_M, 1], tl.float32)
         if PROLOGUE == 1:
-            sq = tl.zeros([BLOCK_M], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                rk = k0 + tl.arange(0, BLOCK_K)
-                xk = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :],
-                             mask=mmask[:, None] & (rk[None, :] < K), other=0.0).to(tl.float32)
-                sq += tl.sum(xk * xk, 1)
-            factor = _math.rsqrt(sq / K + eps)[:, None]
+            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
@@ -322,12 +337,7 @@ if HAS_TRITON:
         nmask = rn < N
         factor = tl.zeros([], tl.float32)
         if PROLOGUE == 1:
-            sq = tl.zeros([BLOCK_K], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                rk = k0 + tl.arange(0, BLOCK_K)
-                xk = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
-                sq += xk * xk
-            factor = _math.rsqrt(tl.sum(sq, 0) / K + eps)
+            factor = _rms_factor(x_ptr, K, eps, BLOCK_K)
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)

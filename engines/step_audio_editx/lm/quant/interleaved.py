@@ -50,7 +50,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _math, _prologue
+    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows
 
     ONE_BITS = tl.constexpr(0x3F800000)  # float32 1.0
     MANTISSA_BITS = tl.constexpr(23)
@@ -150,11 +150,7 @@ if HAS_TRITON:
         nmask = rn < N
         factor = tl.zeros([], tl.float32)
         if PROLOGUE == 1:
-            sq = tl.zeros([BLOCK_K], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                xk = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
-                sq += xk * xk
-            factor = _math.rsqrt(tl.sum(sq, 0) / K + eps)
+            factor = _rms_factor(x_ptr, K, eps, BLOCK_K)
         acc = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
         for w0 in range(0, W, BLOCK_W):
             wi = w0 + tl.arange(0, BLOCK_W)
@@ -198,13 +194,7 @@ if HAS_TRITON:
         mmask = rm < M
         factor = tl.zeros([BLOCK_M, 1], tl.float32)
         if PROLOGUE == 1:
-            sq = tl.zeros([BLOCK_M], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                rk = k0 + tl.arange(0, BLOCK_K)
-                xk = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=mmask[:, None] & (rk[None, :] < K),
-                             other=0.0)
-                sq += tl.sum(xk.to(tl.float32) * xk.to(tl.float32), 1)
-            factor = _math.rsqrt(sq / K + eps)[:, None]
+            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for w0 in range(0, W, BLOCK_W):
             wi = w0 + tl.arange(0, BLOCK_W)

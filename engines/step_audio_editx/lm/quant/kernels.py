@@ -42,7 +42,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _math, _prologue
+    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows
 
 
 def available(tensor: torch.Tensor) -> bool:
@@ -105,11 +105,7 @@ if HAS_TRITON:
         nmask = rn < N
         factor = tl.zeros([], tl.float32)
         if PROLOGUE == 1:
-            sq = tl.zeros([BLOCK_K], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                xk = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
-                sq += xk * xk
-            factor = _math.rsqrt(tl.sum(sq, 0) / K + eps)
+            factor = _rms_factor(x_ptr, K, eps, BLOCK_K)
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
@@ -136,13 +132,7 @@ if HAS_TRITON:
         mmask = rm < M
         factor = tl.zeros([BLOCK_M, 1], tl.float32)
         if PROLOGUE == 1:
-            sq = tl.zeros([BLOCK_M], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                rk = k0 + tl.arange(0, BLOCK_K)
-                xk = tl.load(x_ptr + rm[:, None] * stride_x + rk[None, :], mask=mmask[:, None], other=0.0)
-                xk = xk.to(tl.float32)
-                sq += tl.sum(xk * xk, 1)
-            factor = _math.rsqrt(sq / K + eps)[:, None]
+            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
