@@ -47,6 +47,7 @@ def _register_helper_module(name: str) -> None:
 
 _register_helper_module("comfyui_harness")  # the real ComfyUI server of the HTTP-API and browser tests
 _register_helper_module("node_doubles")  # fake engine and AUDIO inputs of the node tests
+_register_helper_module("layer_cases")  # one decode layer's matmul roles, as the GPU kernel tests drive them
 DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "A"
 
 

@@ -15,7 +15,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import 
     DOT_CONFIGS,
     GEMV_CONFIGS,
     LinearChoice,
-    ResidualStream,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_state import DecodeState, SamplerTables
@@ -24,6 +23,9 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import gene
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
+from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs
+from layer_cases import rand as _rand
+from layer_cases import rel as _rel
 
 CUDA = torch.device("cuda")
 pytestmark = pytest.mark.skipif(not (triton_decode.available() and triton_pdl.capable(CUDA)),
@@ -35,13 +37,6 @@ KERNELS = [LinearChoice("dot", c, True) for c in DOT_CONFIGS] + [LinearChoice("g
 SEEDS_ONE_ROW = (0, 7, 123)
 
 
-def _rand(*shape, dtype=torch.bfloat16, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, device=CUDA, dtype=torch.float32, generator=gen).to(dtype)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
 
 
 @pytest.mark.parametrize("choice", KERNELS, ids=str)
@@ -49,24 +44,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_pdl_matmuls_equal_plain_launch_and_reference(choice, rows):
     if choice.kernel == "gemv" and rows != 1:
         pytest.skip("gemv runs one row")
-    weight = _rand(3584, 3072, seed=7) * 0.02
-    down = _rand(3072, 8192, seed=8) * 0.02
-    resid = _rand(rows, 3072, seed=9)
-    norm = 1 + 0.1 * _rand(3072, seed=10)
-    gate_up = _rand(rows, 2 * 8192, seed=11)
-    results = []
-    for pdl in (False, True):
-        stream = ResidualStream(resid.clone(), 1e-5, use_triton=True, pdl=pdl)
-        qkv = stream.normed_linear(norm, weight, choice)
-        stream.residual_linear(gate_up, down, choice, swiglu=True)
-        normed = stream.norm(norm)
-        torch.cuda.synchronize()
-        results.append((qkv, stream.resid, normed))
+    weight = _rand(QKV_ROWS, HIDDEN, seed=7) * 0.02
+    down = _rand(HIDDEN, INNER, seed=8) * 0.02
+    layer = LayerInputs.make(rows)
+    results = [layer.run(weight, down, choice, pdl=pdl) for pdl in (False, True)]
+    torch.cuda.synchronize()
     for plain, dependent in zip(*results):
         assert torch.equal(plain, dependent)
-    expected = torch.nn.functional.linear(ref_ops.rms_norm(resid, norm, 1e-5), weight)
+    expected = torch.nn.functional.linear(ref_ops.rms_norm(layer.resid, layer.norm, EPS), weight)
     assert _rel(results[1][0], expected) < 1e-2
-    reference = resid + torch.nn.functional.linear(ref_ops.silu_mul(gate_up), down)
+    reference = layer.resid + torch.nn.functional.linear(ref_ops.silu_mul(layer.gate_up), down)
     assert _rel(results[1][1], reference) < 1e-2
 
 

@@ -14,7 +14,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import 
     DOT_CONFIGS,
     GEMV_CONFIGS,
     LinearChoice,
-    ResidualStream,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_state import DecodeState, SamplerTables, choose_and_commit
@@ -22,19 +21,15 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import a
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
+from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs
+from layer_cases import rand as _rand
+from layer_cases import rel as _rel
 
 pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="needs CUDA and triton")
 CUDA = torch.device("cuda")
 SHAPE = ref_ops.AttentionShape(num_heads=48, num_groups=4, head_dim=64)
 
 
-def _rand(*shape, dtype=torch.bfloat16, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, device=CUDA, dtype=torch.float32, generator=gen).to(dtype)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -88,18 +83,14 @@ KERNELS = [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in (True, False)
 def test_matmul_kernels_match_reference(choice, rows):
     if choice.kernel == "gemv" and rows != 1:
         pytest.skip("gemv runs one row")
-    weight = _rand(3584, 3072, seed=7) * 0.02
-    down = _rand(3072, 8192, seed=8) * 0.02
-    resid = _rand(rows, 3072, seed=9)
-    norm = 1 + 0.1 * _rand(3072, seed=10)
-    gate_up = _rand(rows, 2 * 8192, seed=11)
-    expected = torch.nn.functional.linear(ref_ops.rms_norm(resid, norm, 1e-5), weight)
-    stream = ResidualStream(resid.clone(), 1e-5, use_triton=True)
-    assert _rel(stream.normed_linear(norm, weight, choice), expected) < 1e-2
-    reference = resid + torch.nn.functional.linear(ref_ops.silu_mul(gate_up), down)
-    stream.residual_linear(gate_up, down, choice, swiglu=True)
-    stream.norm(norm)  # flushes a pending cuBLAS delta
-    assert _rel(stream.resid, reference) < 1e-2
+    weight = _rand(QKV_ROWS, HIDDEN, seed=7) * 0.02
+    down = _rand(HIDDEN, INNER, seed=8) * 0.02
+    layer = LayerInputs.make(rows)
+    projected, resid, _ = layer.run(weight, down, choice)
+    expected = torch.nn.functional.linear(ref_ops.rms_norm(layer.resid, layer.norm, EPS), weight)
+    assert _rel(projected, expected) < 1e-2
+    reference = layer.resid + torch.nn.functional.linear(ref_ops.silu_mul(layer.gate_up), down)
+    assert _rel(resid, reference) < 1e-2
 
 
 @pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig(do_sample=False),

@@ -23,23 +23,27 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleav
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
+from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs
+from layer_cases import rand as _rand
+from layer_cases import rel as _rel
 
 pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="needs CUDA and triton")
 CUDA = torch.device("cuda")
 
 
-def _rand(*shape, seed=0, dtype=torch.bfloat16):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    return torch.randn(*shape, device=CUDA, generator=gen).to(dtype)
-
-
-def _rel(a, b) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
-
-
 def _matrix(n: int, k: int, bits: int, seed: int) -> QuantMatrix:
     packed, scale = quantize(_rand(n, k, seed=seed) * 0.02, QuantScheme(bits, 128))
     return QuantMatrix(packed, scale, QuantScheme(bits, 128))
+
+
+def _check_layer_roles(qkv: QuantMatrix, down: QuantMatrix, choice: LinearChoice, rows: int) -> None:
+    """qkv and down through ``choice`` against dequantize-then-matmul in float32."""
+    layer = LayerInputs.make(rows)
+    projected, resid, _ = layer.run(qkv, down, choice)
+    expected = ref_ops.rms_norm(layer.resid, layer.norm, EPS).float() @ qkv.dequantized().float().T
+    assert _rel(projected, expected) < 5e-3
+    reference = layer.resid.float() + ref_ops.silu_mul(layer.gate_up).float() @ down.dequantized().float().T
+    assert _rel(resid, reference) < 5e-3
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -58,17 +62,8 @@ KERNELS = [LinearChoice("dot", c, f) for c in QUANT_DOT_CONFIGS for f in (True, 
 def test_quant_kernels_match_dequantize_then_matmul(choice, rows, bits):
     if choice.kernel == "gemv" and rows != 1:
         pytest.skip("gemv runs one row")
-    qkv, down = _matrix(3584, 3072, bits, 7), _matrix(3072, 8192, bits, 8)
-    resid = _rand(rows, 3072, seed=9)
-    norm = 1 + 0.1 * _rand(3072, seed=10)
-    gate_up = _rand(rows, 2 * 8192, seed=11)
-    expected = ref_ops.rms_norm(resid, norm, 1e-5).float() @ qkv.dequantized().float().T
-    stream = ResidualStream(resid.clone(), 1e-5, use_triton=True)
-    assert _rel(stream.normed_linear(norm, qkv, choice), expected) < 5e-3
-    reference = resid.float() + ref_ops.silu_mul(gate_up).float() @ down.dequantized().float().T
-    stream.residual_linear(gate_up, down, choice, swiglu=True)
-    stream.norm(norm)
-    assert _rel(stream.resid, reference) < 5e-3
+    qkv, down = _matrix(QKV_ROWS, HIDDEN, bits, 7), _matrix(HIDDEN, INNER, bits, 8)
+    _check_layer_roles(qkv, down, choice, rows)
 
 
 def test_quant_linear_forward_agrees_across_kernel_and_dequantized_paths():
@@ -121,17 +116,8 @@ IL_KERNELS = [LinearChoice("dot", c, f) for c in interleaved.DOT_CONFIGS for f i
 def test_interleaved_kernels_match_dequantize_then_matmul(choice, rows, bits):
     if choice.kernel == "gemv" and rows != 1:
         pytest.skip("gemv runs one row")
-    qkv, down = _interleaved(_matrix(3584, 3072, bits, 7)), _interleaved(_matrix(3072, 8192, bits, 8))
-    resid = _rand(rows, 3072, seed=9)
-    norm = 1 + 0.1 * _rand(3072, seed=10)
-    gate_up = _rand(rows, 2 * 8192, seed=11)
-    expected = ref_ops.rms_norm(resid, norm, 1e-5).float() @ qkv.dequantized().float().T
-    stream = ResidualStream(resid.clone(), 1e-5, use_triton=True)
-    assert _rel(stream.normed_linear(norm, qkv, choice), expected) < 5e-3
-    reference = resid.float() + ref_ops.silu_mul(gate_up).float() @ down.dequantized().float().T
-    stream.residual_linear(gate_up, down, choice, swiglu=True)
-    stream.norm(norm)
-    assert _rel(stream.resid, reference) < 5e-3
+    qkv, down = _interleaved(_matrix(QKV_ROWS, HIDDEN, bits, 7)), _interleaved(_matrix(HIDDEN, INNER, bits, 8))
+    _check_layer_roles(qkv, down, choice, rows)
 
 
 @pytest.mark.parity
