@@ -37,10 +37,10 @@ def test_plugin_masks_equal_the_local_sampler(constrain, guard):
         out = [C.VQ02_FIRST_ID + n if n % 5 < 2 else C.VQ06_FIRST_ID + n for n in range(step)]
         if r % 2 and step >= 2:
             out[-2] = out[-1]
-        rows[r] = plugin.RequestRules(constrain, guard, False, prompt[-plugin.REPETITION_WINDOW:], out)
+        rows[r] = plugin.RequestRules(constrain, guard, False, prompt[-C.REPETITION_WINDOW:], out)
         n_gen.append(step)
-        window = (prompt + out)[-plugin.REPETITION_WINDOW:]
-        history.append([-1] * (plugin.REPETITION_WINDOW - len(window)) + window)
+        window = (prompt + out)[-C.REPETITION_WINDOW:]
+        history.append([-1] * (C.REPETITION_WINDOW - len(window)) + window)
     logits = torch.randn(len(rows), V, generator=gen)
     expected = local_masked(logits, n_gen, history, constrain, guard)
     got = plugin.apply_rules(logits.clone(), rows, plugin.slot_allowed(V), 0)

@@ -62,8 +62,8 @@ def guard_violations(prompt: list[int], tokens: list[int]) -> int:
     """Places where the id chosen is the one the official repetition guard bans."""
     count = 0
     for t, chosen in enumerate(tokens):
-        window = (prompt + tokens[:t])[-plugin.REPETITION_WINDOW:]
-        if len(window) == plugin.REPETITION_WINDOW and window.count(window[-1]) > 1 and chosen == window[-1]:
+        window = (prompt + tokens[:t])[-C.REPETITION_WINDOW:]
+        if len(window) == C.REPETITION_WINDOW and window.count(window[-1]) > 1 and chosen == window[-1]:
             count += 1
     return count
 

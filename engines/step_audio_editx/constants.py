@@ -35,6 +35,10 @@ VQ06_LAST_ID = VQ06_FIRST_ID + VQ06_CODEBOOK_SIZE - 1  # 70655
 VQ02_PER_GROUP = 2
 VQ06_PER_GROUP = 3
 TOKENS_PER_GROUP = VQ02_PER_GROUP + VQ06_PER_GROUP  # 5
+# The official repetition guard (local sampler and the vLLM plugin): ban the last id when it occurs more than
+# REPETITION_MAX_COUNT times in the last REPETITION_WINDOW ids.
+REPETITION_WINDOW = 10
+REPETITION_MAX_COUNT = 1
 GROUP_SECONDS = 0.12  # one group covers 120 ms of speech
 VQ02_FRAME_RATE = VQ02_PER_GROUP / GROUP_SECONDS  # 16.67 Hz
 VQ06_FRAME_RATE = VQ06_PER_GROUP / GROUP_SECONDS  # 25 Hz

@@ -19,6 +19,8 @@ import torch
 
 from ..constants import (
     EOT_ID,
+    REPETITION_MAX_COUNT,
+    REPETITION_WINDOW,
     TOKENS_PER_GROUP,
     VQ02_FIRST_ID,
     VQ02_LAST_ID,
@@ -28,8 +30,6 @@ from ..constants import (
 )
 from ..types import SamplingConfig
 
-REPETITION_WINDOW = 10  # official guard: look at the last 10 ids ...
-REPETITION_MAX_COUNT = 1  # ... and ban the last id when it occurs more often than once there
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15

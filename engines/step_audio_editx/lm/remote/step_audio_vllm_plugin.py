@@ -46,8 +46,6 @@ XARG_GUARD = "step_audio_repetition_guard"
 XARG_PROBE = "step_audio_probe"
 
 STEP1_ARCHITECTURE = "Step1ForCausalLM"
-REPETITION_WINDOW = 10  # the official guard: the last 10 ids ...
-REPETITION_MAX_COUNT = 1  # ... may hold the last id at most once
 
 # The handshake answer: PROBE_MARK_ID, then PROBE_BASE_ID + version, then PROBE_BASE_ID + flags. Low text ids,
 # so a model of any vocabulary can emit them; the client asks for exactly PROBE_LENGTH ids with EOS ignored.
@@ -102,7 +100,7 @@ class RequestRules:
     constrain: bool
     guard: bool
     probe: bool
-    prompt_tail: list[int]  # the prompt's last REPETITION_WINDOW ids
+    prompt_tail: list[int]  # the prompt's last constants.REPETITION_WINDOW ids
     output: Sequence[int]
 
 
@@ -111,7 +109,7 @@ def rules_from_extra_args(extra: dict | None, prompt: Sequence[int] | None, outp
     """The rules a request asked for, or None when it asked for none (the request is left alone)."""
     extra = extra or {}
     rules = RequestRules(bool(extra.get(XARG_CONSTRAIN)), bool(extra.get(XARG_GUARD)), bool(extra.get(XARG_PROBE)),
-                         list(prompt or ())[-REPETITION_WINDOW:], output)
+                         list(prompt or ())[-_c.REPETITION_WINDOW:], output)
     return rules if (rules.constrain or rules.guard or rules.probe) else None
 
 
@@ -132,10 +130,10 @@ def slot_allowed(vocab_size: int, device=None):
 
 def repeated_id(rules: RequestRules) -> int | None:
     """The id the repetition guard bans for this request now, if any."""
-    window = (list(rules.prompt_tail) + list(rules.output))[-REPETITION_WINDOW:]
-    if len(window) < REPETITION_WINDOW or min(window) < 0:  # vLLM's placeholder for an id still in flight
+    window = (list(rules.prompt_tail) + list(rules.output))[-_c.REPETITION_WINDOW:]
+    if len(window) < _c.REPETITION_WINDOW or min(window) < 0:  # vLLM's placeholder for an id still in flight
         return None
-    return window[-1] if window.count(window[-1]) > REPETITION_MAX_COUNT else None
+    return window[-1] if window.count(window[-1]) > _c.REPETITION_MAX_COUNT else None
 
 
 def apply_rules(logits, rows: dict[int, RequestRules], allowed, probe_flags: int):
