@@ -38,7 +38,6 @@ from .attention import (
     register_xformers,
     step1_attention,
 )
-
 from .quant.linear import restore_stored_words_
 
 logger = logging.getLogger(__name__)
