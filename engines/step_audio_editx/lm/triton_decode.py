@@ -285,6 +285,15 @@ if HAS_TRITON:
             sq += tl.sum(xk * xk, 1)
         return _math.rsqrt(sq / K + eps)[:, None]
 
+    @triton.jit
+    def _store_out(out_ptr, offs, mask, out, RESIDUAL: tl.constexpr):
+        """Store a matmul result (in the output's dtype) at ``offs``; RESIDUAL adds it to what is there first
+        (float32 sum, one rounding): the in-place residual add of the o and down projections."""
+        if RESIDUAL:
+            r = tl.load(out_ptr + offs, mask=mask, other=0.0)
+            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + offs, out, mask=mask)
+
     @triton.jit(do_not_specialize=["M"])  # one binary for every batch bucket
     def _skinny_linear_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, M, N, K, eps, stride_x, stride_w, stride_out,
                               PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -317,12 +326,8 @@ if HAS_TRITON:
             acc += tl.dot(a.to(w.dtype), tl.trans(w), input_precision=PRECISION)
         if PDL:
             triton_pdl.release()
-        out = acc.to(out_ptr.dtype.element_ty)
-        omask = mmask[:, None] & nmask[None, :]
-        if RESIDUAL:
-            r = tl.load(out_ptr + rm[:, None] * stride_out + rn[None, :], mask=omask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rm[:, None] * stride_out + rn[None, :], out, mask=omask)
+        _store_out(out_ptr, rm[:, None] * stride_out + rn[None, :], mmask[:, None] & nmask[None, :],
+                   acc.to(out_ptr.dtype.element_ty), RESIDUAL)
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, N, K, eps, stride_w,
@@ -354,10 +359,7 @@ if HAS_TRITON:
         if PDL:
             triton_pdl.release()
         out = tl.sum(acc, 1).to(out_ptr.dtype.element_ty)
-        if RESIDUAL:
-            r = tl.load(out_ptr + rn, mask=nmask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rn, out, mask=nmask)
+        _store_out(out_ptr, rn, nmask, out, RESIDUAL)
 
 def _pdl(pdl: bool) -> dict:
     """The kernel flag and the launch option of a programmatic dependent launch (``triton_pdl``)."""

@@ -50,7 +50,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows
+    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows, _store_out
 
     ONE_BITS = tl.constexpr(0x3F800000)  # float32 1.0
     MANTISSA_BITS = tl.constexpr(23)
@@ -166,10 +166,7 @@ if HAS_TRITON:
                 xs += a
             acc += s.to(tl.float32) * (part - 1.5 * xs[None, :])
         out = (tl.sum(acc, 1) * (ONE << BITS)).to(out_ptr.dtype.element_ty)
-        if RESIDUAL:
-            r = tl.load(out_ptr + rn, mask=nmask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rn, out, mask=nmask)
+        _store_out(out_ptr, rn, nmask, out, RESIDUAL)
 
     @triton.jit
     def _weights(words, s, J: tl.constexpr, BITS: tl.constexpr, dtype: tl.constexpr):
@@ -209,12 +206,8 @@ if HAS_TRITON:
                 a = _prologue(a, x_ptr, offs, rk[None, :], xmask, factor, norm_ptr, K, PROLOGUE)
                 w = _weights(words, s, j, BITS, a.dtype)
                 acc += tl.dot(a, tl.trans(w), input_precision=PRECISION)
-        out = acc.to(out_ptr.dtype.element_ty)
-        omask = mmask[:, None] & nmask[None, :]
-        if RESIDUAL:
-            r = tl.load(out_ptr + rm[:, None] * stride_out + rn[None, :], mask=omask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rm[:, None] * stride_out + rn[None, :], out, mask=omask)
+        _store_out(out_ptr, rm[:, None] * stride_out + rn[None, :], mmask[:, None] & nmask[None, :],
+                   acc.to(out_ptr.dtype.element_ty), RESIDUAL)
 
     @triton.jit
     def _il_dequant_kernel(p_ptr, s_ptr, out_ptr, N, stride_p, stride_s, stride_out, BITS: tl.constexpr,

@@ -42,7 +42,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows
+    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows, _store_out
 
 
 def available(tensor: torch.Tensor) -> bool:
@@ -114,10 +114,7 @@ if HAS_TRITON:
             w = _dequant_tile(p_ptr, s_ptr, rn, nmask, k0, stride_p, stride_s, BITS, GROUP, BLOCK_N, BLOCK_K)
             acc += w * a.to(tl.float32)[None, :]
         out = tl.sum(acc, 1).to(out_ptr.dtype.element_ty)
-        if RESIDUAL:
-            r = tl.load(out_ptr + rn, mask=nmask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rn, out, mask=nmask)
+        _store_out(out_ptr, rn, nmask, out, RESIDUAL)
 
     @triton.jit(do_not_specialize=["M"])
     def _qdot_kernel(x_ptr, p_ptr, s_ptr, out_ptr, norm_ptr, M, N, K, eps, stride_x, stride_p, stride_s,
@@ -142,12 +139,8 @@ if HAS_TRITON:
             a = _prologue(a, x_ptr, offs, rk[None, :], xmask, factor, norm_ptr, K, PROLOGUE)
             w = _dequant_tile(p_ptr, s_ptr, rn, nmask, k0, stride_p, stride_s, BITS, GROUP, BLOCK_N, BLOCK_K)
             acc += tl.dot(a, tl.trans(w.to(a.dtype)), input_precision=PRECISION)
-        out = acc.to(out_ptr.dtype.element_ty)
-        omask = mmask[:, None] & nmask[None, :]
-        if RESIDUAL:
-            r = tl.load(out_ptr + rm[:, None] * stride_out + rn[None, :], mask=omask, other=0.0)
-            out = (out.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + rm[:, None] * stride_out + rn[None, :], out, mask=omask)
+        _store_out(out_ptr, rm[:, None] * stride_out + rn[None, :], mmask[:, None] & nmask[None, :],
+                   acc.to(out_ptr.dtype.element_ty), RESIDUAL)
 
     @triton.jit
     def _dequant_kernel(p_ptr, s_ptr, out_ptr, N, stride_p, stride_s, stride_out, BITS: tl.constexpr,
