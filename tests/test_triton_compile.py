@@ -1,0 +1,96 @@
+"""Every Triton kernel of the decode path compiles to GPU machine code, here, without a GPU: Triton builds a
+cubin for a named target (its bundled ptxas), so CI catches a kernel that no longer compiles (a name that
+does not resolve after a move, a type error in a shared helper) before anyone holds a GPU. Targets: sm_90
+(the H100 / H200 the numbers are measured on, programmatic dependent launch on) and sm_80 (Ampere: the
+README's claim that nothing in the kernels is Hopper-only; no PDL there). Numerics are tested on the GPU
+(``*_cuda.py``) and, for the sampler, in Triton's interpreter."""
+
+from __future__ import annotations
+
+import pytest
+
+triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
+
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels  # noqa: E402
+
+# The pointer arguments' element types by name (every other argument is an int32 or a float32 scalar).
+POINTERS = {
+    "x_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "norm_ptr": "*bf16", "resid_ptr": "*bf16",
+    "delta_ptr": "*bf16", "weight_ptr": "*bf16", "gu_ptr": "*bf16", "qkv_ptr": "*bf16", "k_ptr": "*bf16",
+    "v_ptr": "*bf16", "p_ptr": "*i32", "s_ptr": "*bf16", "kv_len_ptr": "*i32", "slopes_ptr": "*fp32",
+    "part_o_ptr": "*fp32", "part_ml_ptr": "*fp32", "counter_ptr": "*i32", "logits_ptr": "*fp32",
+    "work_ptr": "*fp32", "kth_ptr": "*fp32", "ids_ptr": "*i64", "hashed_ptr": "*i64", "masks_ptr": "*i1",
+    "seeds_ptr": "*i64", "tokens_ptr": "*i64", "pos_ptr": "*i64", "n_gen_ptr": "*i64", "caps_ptr": "*i64",
+    "active_ptr": "*i1", "hist_ptr": "*i64", "rows_ptr": "*i64",
+}
+FLOATS = ("eps", "scale", "inv_temperature")
+SAMPLER_OUT = {"out_ptr": "*i64"}  # the sampler's out_ptr holds token ids
+ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128)
+MATMUL = dict(PROLOGUE=1, RESIDUAL=True)
+QUANT = dict(BITS=4, GROUP=128, **MATMUL)
+
+# (kernel, its constexprs but PDL; takes PDL, pointer overrides)
+CASES = {
+    "add_rms_norm": (triton_decode._add_rms_norm_kernel, dict(HAS_DELTA=True, BLOCK=4096), True, {}),
+    "silu_mul": (triton_decode._silu_mul_kernel, dict(BLOCK=1024), True, {}),
+    "attention_split": (triton_decode._attn_split_kernel,
+                        dict(ATTENTION, BLOCK_N=64, PRECISION="tf32", FUSED_MERGE=True, DIM_LINES=1, LINE=64),
+                        True, {}),
+    "attention_merge": (triton_decode._attn_merge_kernel, ATTENTION, False, {}),
+    "gemv": (triton_decode._gemv_kernel, dict(MATMUL, BLOCK_N=8, BLOCK_K=512, EVEN=True, LINE=64), True, {}),
+    "skinny_linear": (triton_decode._skinny_linear_kernel,
+                      dict(MATMUL, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, EVEN=False, PRECISION="tf32", LINE=64),
+                      True, {}),
+    "sample_tile": (triton_sampler._sample_tile_kernel,
+                    dict(GUARD=True, CONSTRAIN=True, GREEDY=False, HAS_IDS=True, HAS_TOPK=True, WINDOW=10,
+                         WINDOW_PAD=16, GROUP=5, EOT=3, BLOCK=8192, KTH_STEPS=32), True, SAMPLER_OUT),
+    "prepare_logits": (triton_sampler._prepare_logits_kernel,
+                       dict(GUARD=True, CONSTRAIN=True, HAS_IDS=True, WINDOW=10, WINDOW_PAD=16, GROUP=5, EOT=3,
+                            BLOCK=2048), True, SAMPLER_OUT),
+    "argmax_commit": (triton_sampler._argmax_commit_kernel,
+                      dict(HAS_KTH=True, NOISE=True, HAS_IDS=True, WINDOW=10, WINDOW_PAD=16, EOT=3, BLOCK=2048),
+                      True, SAMPLER_OUT),
+    "int4_dequantize": (kernels._dequant_kernel, dict(BITS=4, GROUP=128, BLOCK_N=32, BLOCK_K=256), False, {}),
+    "int4_gemv": (kernels._qgemv_kernel, dict(QUANT, BLOCK_N=8, BLOCK_K=512), False, {}),
+    "int4_dot": (kernels._qdot_kernel, dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, PRECISION="tf32"),
+                 False, {}),
+    "int8_dot": (kernels._qdot_kernel,
+                 dict(QUANT, BITS=8, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, PRECISION="tf32"), False, {}),
+    "interleaved_dequantize": (interleaved._il_dequant_kernel, dict(BITS=4, GROUP=128, BLOCK_N=32, BLOCK_W=64),
+                               False, {}),
+    "interleaved_gemv": (interleaved._il_gemv_kernel, dict(QUANT, BLOCK_N=16, BLOCK_W=64), False, {}),
+    "interleaved_dot": (interleaved._il_dot_kernel,
+                        dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_W=32, PRECISION="tf32"), False, {}),
+}
+TARGETS = {"sm_90": 90, "sm_80": 80}
+
+
+def _signature(fn, pointers: dict[str, str]) -> dict[str, str]:
+    signature = {}
+    for param in fn.params:
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+        elif param.name.endswith("_ptr"):
+            signature[param.name] = pointers.get(param.name) or POINTERS[param.name]
+        else:
+            signature[param.name] = "fp32" if param.name in FLOATS else "i32"
+    return signature
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", CASES)
+def test_kernel_compiles_for_the_gpu(name, target):
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn, constexprs, takes_pdl, pointers = CASES[name]
+    capability = TARGETS[target]
+    if takes_pdl:  # PDL needs sm_90's grid dependency control: compiled in where the decode session uses it
+        constexprs = {**constexprs, "PDL": capability >= 90}
+    source = ASTSource(fn=fn, signature=_signature(fn, pointers), constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+    assert compiled.asm["cubin"], f"{name}: no machine code for {target}"
+    assert f".target {target}" in compiled.asm["ptx"]
+    if takes_pdl and capability >= 90:
+        assert "griddepcontrol" in compiled.asm["ptx"], f"{name}: PDL requested but not compiled in"
