@@ -24,7 +24,9 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import 
     time_candidates,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import fuse_step1_projections
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import linear as quant_linear
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import quantize_step1_
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import tinygemm
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import unpack
 
 from bench_common import device_description, random_step1, write_report
@@ -69,6 +71,10 @@ def tinygemm_rows(weights, rows: int) -> list[dict]:
 
 def run(args) -> dict:
     device = torch.device("cuda")
+    if args.interleave_int8:  # study: int8 in the interleaved layout too (the session keeps it stored)
+        quant_linear.INTERLEAVED_BITS = (4, 8)
+    if args.no_tinygemm:  # study: int4 down on our kernels instead of tinygemm
+        tinygemm.eligible = lambda *_: False
     dims = {"num_hidden_layers": LAYERS}
     report: dict = {"device": device_description(device), "layers": LAYERS, "rows": []}
     for name, bits in VARIANTS:
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--variants", nargs="+", default=["int8", "int4"], choices=[v[0] for v in VARIANTS])
+    parser.add_argument("--interleave-int8", action="store_true", help="lay int8 out for the interleaved kernels")
+    parser.add_argument("--no-tinygemm", action="store_true", help="int4 down on the Triton kernels, not tinygemm")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Every Triton kernel of the decode path compiles to GPU machine code, here, without a GPU: Triton builds a
+"""Every Triton kernel of the decode path (and the flow decoder's fused norms) compiles to GPU machine code, here, without a GPU: Triton builds a
 cubin for a named target (its bundled ptxas), so CI catches a kernel that no longer compiles (a name that
 does not resolve after a move, a type error in a shared helper) before anyone holds a GPU. Targets: sm_90
 (the H100 / H200 the numbers are measured on, programmatic dependent launch on) and sm_80 (Ampere: the
@@ -11,6 +11,7 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
 
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels  # noqa: E402
 
@@ -22,7 +23,8 @@ POINTERS = {
     "part_o_ptr": "*fp32", "part_ml_ptr": "*fp32", "counter_ptr": "*i32", "logits_ptr": "*fp32",
     "work_ptr": "*fp32", "kth_ptr": "*fp32", "ids_ptr": "*i64", "hashed_ptr": "*i64", "masks_ptr": "*i1",
     "seeds_ptr": "*i64", "tokens_ptr": "*i64", "pos_ptr": "*i64", "n_gen_ptr": "*i64", "caps_ptr": "*i64",
-    "active_ptr": "*i1", "hist_ptr": "*i64", "rows_ptr": "*i64",
+    "active_ptr": "*i1", "hist_ptr": "*i64", "rows_ptr": "*i64", "b_ptr": "*bf16", "shift_ptr": "*bf16",
+    "scale_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*bf16",
 }
 FLOATS = ("eps", "scale", "inv_temperature")
 SAMPLER_OUT = {"out_ptr": "*i64"}  # the sampler's out_ptr holds token ids
@@ -59,9 +61,19 @@ CASES = {
                  dict(QUANT, BITS=8, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, PRECISION="tf32"), False, {}),
     "interleaved_dequantize": (interleaved._il_dequant_kernel, dict(BITS=4, GROUP=128, BLOCK_N=32, BLOCK_W=64),
                                False, {}),
-    "interleaved_gemv": (interleaved._il_gemv_kernel, dict(QUANT, BLOCK_N=16, BLOCK_W=64), False, {}),
+    "interleaved_gemv": (interleaved._il_gemv_kernel, dict(QUANT, BLOCK_N=16, BLOCK_W=64, AHEAD=0, X2D=False),
+                         False, {}),
+    "interleaved_gemv_ahead": (interleaved._il_gemv_kernel,
+                               dict(QUANT, BITS=8, BLOCK_N=16, BLOCK_W=128, AHEAD=1, X2D=False), False, {}),
+    "interleaved_gemv_x2d": (interleaved._il_gemv_kernel, dict(QUANT, BLOCK_N=16, BLOCK_W=128, AHEAD=1, X2D=True),
+                             False, {}),
     "interleaved_dot": (interleaved._il_dot_kernel,
                         dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_W=32, PRECISION="tf32"), False, {}),
+    "dit_modulated_norm": (fused_norms._norm_kernel, dict(AFFINE=False, MODULATE=True, BLOCK_ROWS=16, BLOCK_W=512),
+                           False, {}),
+    "dit_head_norm": (fused_norms._norm_kernel, dict(AFFINE=True, MODULATE=False, BLOCK_ROWS=128, BLOCK_W=64),
+                      False, {}),
+    "dit_gated_add": (fused_norms._gated_add_kernel, dict(BLOCK=2048), False, {}),
 }
 TARGETS = {"sm_90": 90, "sm_80": 80}
 

@@ -95,11 +95,12 @@ def _fuse_quant(modules: list[QuantLinear], tinygemm: bool) -> QuantMatrix:
 
 
 def _laid_out(modules: list[QuantLinear], matrix: QuantMatrix, tinygemm: bool) -> QuantMatrix:
-    """int4 down in PyTorch's tinygemm layout where it runs (bf16 on Ampere+, ``quant.tinygemm``), the rest
-    interleaved for our Triton kernels. Measured per role on the H200 (``bench/bench_quant_kernels.py``):
-    tinygemm runs down in 9.6 us against our 20.7 (batch 1) and 31.9 against 59.0 (batch 16), far more than
-    the SwiGLU and residual kernels it cannot fuse cost; for q/k/v, o and gate_up the margin is of the order
-    of those kernels (and q/k/v would lose the row slicing the plain forward uses), so they stay ours."""
+    """int4 o and down in PyTorch's tinygemm layout where it runs (bf16 on Ampere+, ``quant.tinygemm``), the
+    rest interleaved for our Triton kernels. Measured per role on the H200 (``bench/bench_quant_kernels.py``,
+    2026-12-04): tinygemm runs down in 9.6 us against our best 15.5 (batch 1) and 31.9 against 59.0 (batch
+    16), o in 4.8 against 5.9 (its residual add rides on the next norm kernel); for q/k/v and gate_up the
+    margin (6.0 / 16.2 against 8.1 / 18.1 with the norm inside) is about the separate norm kernel tinygemm
+    needs (and q/k/v would lose the row slicing the plain forward uses), so they stay ours."""
     if tinygemm:
         matrix = use_tinygemm(modules, matrix, torch.bfloat16)
     return matrix if matrix.scales_zeros is not None else interleave_for_kernels(modules, matrix)
@@ -141,7 +142,7 @@ def fuse_step1_projections(model) -> DecodeWeights:
         attn, mlp = layer.self_attn, layer.mlp
         qkv.append(_fuse([attn.q_proj, attn.k_proj, attn.v_proj]))
         gate_up.append(_fuse([mlp.gate_proj, mlp.up_proj]))
-        o.append(_single(attn.o_proj))
+        o.append(_single(attn.o_proj, tinygemm=bf16))
         down.append(_single(mlp.down_proj, tinygemm=bf16))  # see ``_laid_out``
         input_norms.append(layer.input_layernorm.weight.detach())
         post_norms.append(layer.post_attention_layernorm.weight.detach())

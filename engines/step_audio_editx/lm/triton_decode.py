@@ -265,12 +265,20 @@ if HAS_TRITON:
         return a
 
     @triton.jit
-    def _rms_factor(x_ptr, K, eps, BLOCK_K: tl.constexpr):
-        """1 / RMS of one row x[K] (float32 sum of squares over BLOCK_K-wide tiles): RMSNorm's scale."""
+    def _rms_factor(x_ptr, K, eps, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr = 0):
+        """1 / RMS of one row x[K] (float32 sum of squares over BLOCK_K-wide tiles): RMSNorm's scale. AHEAD:
+        each tile's load is issued one iteration early (the same sums in the same order)."""
         sq = tl.zeros([BLOCK_K], tl.float32)
+        if AHEAD:
+            nxt = tl.load(x_ptr + tl.arange(0, BLOCK_K), mask=tl.arange(0, BLOCK_K) < K, other=0.0)
         for k0 in range(0, K, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            xk = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+            if AHEAD:
+                xk = nxt.to(tl.float32)
+                rk = k0 + BLOCK_K + tl.arange(0, BLOCK_K)
+                nxt = tl.load(x_ptr + rk, mask=rk < K, other=0.0)
+            else:
+                rk = k0 + tl.arange(0, BLOCK_K)
+                xk = tl.load(x_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
             sq += xk * xk
         return _math.rsqrt(tl.sum(sq, 0) / K + eps)
 

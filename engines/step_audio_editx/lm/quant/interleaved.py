@@ -35,9 +35,14 @@ from .probe import run_probe
 # (BLOCK_N, BLOCK_W, num_warps, num_stages): the decode session times these per role (``decode_linears``);
 # the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does not divide a row.
 # The last two: one row per thread and many programs, for the 3,072-row matrices (0.6 TB/s with the others).
-GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((16, 64, 4, 1), (32, 64, 4, 1), (64, 64, 4, 1),
-                                                       (8, 128, 4, 1), (16, 32, 2, 1), (4, 128, 4, 1),
-                                                       (4, 64, 2, 1))
+GEMV_AHEAD, GEMV_X2D = 1, 2  # a GEMV configuration's optional 5th number (MODE): see ``gemv``
+# (BLOCK_N, BLOCK_W, num_warps, num_stages[, MODE]): the plain kernel's best two and the fastest of each mode
+# per role at batch 1 on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04: x read in the words' layout
+# won q/k/v, o and down for int4 and int8, the look-ahead alone won gate_up)
+GEMV_CONFIGS: tuple[tuple[int, ...], ...] = (
+    (16, 64, 4, 1), (64, 64, 4, 1), (64, 64, 4, 1, GEMV_AHEAD), (32, 64, 4, 1, GEMV_AHEAD),
+    (8, 128, 2, 1, GEMV_X2D), (8, 128, 4, 1, GEMV_X2D), (4, 128, 4, 1, GEMV_X2D), (16, 128, 4, 1, GEMV_X2D),
+    (64, 64, 4, 1, GEMV_X2D))
 DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 32, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
                                                       (16, 64, 4, 2))
 DEFAULT_GEMV, DEFAULT_DOT = GEMV_CONFIGS[0], DOT_CONFIGS[0]
@@ -141,32 +146,60 @@ if HAS_TRITON:
     @triton.jit
     def _il_gemv_kernel(x_ptr, p_ptr, s_ptr, out_ptr, norm_ptr, N, K, W, eps, stride_p, stride_s,
                         BITS: tl.constexpr, GROUP: tl.constexpr, PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr,
-                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-        """out[N] (+)= f(x)[K] @ dequant(W)[N, K]^T for one row; the W words per row are a multiple of BLOCK_W."""
+                        BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, AHEAD: tl.constexpr, X2D: tl.constexpr):
+        """out[N] (+)= f(x)[K] @ dequant(W)[N, K]^T for one row; the W words per row are a multiple of BLOCK_W.
+        AHEAD: the next tile's words and scales are loaded before this tile is computed (two tiles in flight
+        per program; same arithmetic). X2D: each field's x is loaded as a [BLOCK_N, BLOCK_W] tile in the
+        words' layout (more L1 reads, the norm recomputed per row) instead of one vector that Triton shuffles
+        into that layout through shared memory, with two barriers, for every field."""
         PER: tl.constexpr = 32 // BITS
         GW: tl.constexpr = GROUP // PER
         BLOCK_K: tl.constexpr = BLOCK_W * PER
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
+        if AHEAD:  # the first tile goes out before the norm's pass over x
+            words_next, s_next = _il_tile(p_ptr, s_ptr, rn, nmask, tl.arange(0, BLOCK_W), W, stride_p, stride_s, GW)
         factor = tl.zeros([], tl.float32)
         if PROLOGUE == 1:
-            factor = _rms_factor(x_ptr, K, eps, BLOCK_K)
+            factor = _rms_factor(x_ptr, K, eps, BLOCK_K, AHEAD)
         acc = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
         for w0 in range(0, W, BLOCK_W):
             wi = w0 + tl.arange(0, BLOCK_W)
-            words = tl.load(p_ptr + rn[:, None] * stride_p + wi[None, :], mask=nmask[:, None], other=0)
-            s = tl.load(s_ptr + rn[:, None] * stride_s + (wi // GW)[None, :], mask=nmask[:, None], other=0.0)
+            if AHEAD:
+                words, s = words_next, s_next
+                words_next, s_next = _il_tile(p_ptr, s_ptr, rn, nmask, wi + BLOCK_W, W, stride_p, stride_s, GW)
+            else:
+                words, s = _il_tile(p_ptr, s_ptr, rn, nmask, wi, W, stride_p, stride_s, GW)
             part = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
             xs = tl.zeros([BLOCK_W], tl.float32)
-            for j in tl.static_range(PER):
-                rk = _columns(wi, j, GROUP, GW)
-                a = tl.load(x_ptr + rk)
-                a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
-                part += _unit_field(words, j, BITS) * a[None, :]
-                xs += a
-            acc += s.to(tl.float32) * (part - 1.5 * xs[None, :])
+            if X2D:  # x loaded per row in the words' own 2-D layout: no shuffle through shared memory per field
+                xs2 = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
+                for j in tl.static_range(PER):
+                    rk = _columns(wi, j, GROUP, GW)[None, :] + 0 * rn[:, None]
+                    a = tl.load(x_ptr + rk)
+                    a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
+                    part += _unit_field(words, j, BITS) * a
+                    xs2 += a
+                acc += s.to(tl.float32) * (part - 1.5 * xs2)
+            else:
+                for j in tl.static_range(PER):
+                    rk = _columns(wi, j, GROUP, GW)
+                    a = tl.load(x_ptr + rk)
+                    a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
+                    part += _unit_field(words, j, BITS) * a[None, :]
+                    xs += a
+                acc += s.to(tl.float32) * (part - 1.5 * xs[None, :])
         out = (tl.sum(acc, 1) * (ONE << BITS)).to(out_ptr.dtype.element_ty)
         _store_out(out_ptr, rn, nmask, out, RESIDUAL)
+
+    @triton.jit
+    def _il_tile(p_ptr, s_ptr, rn, nmask, wi, W, stride_p, stride_s, GW: tl.constexpr):
+        """Words [BLOCK_N, BLOCK_W] at rows ``rn``, word columns ``wi``, and the scale of each word's group
+        (nothing is read at columns past ``W``)."""
+        mask = nmask[:, None] & (wi < W)[None, :]
+        words = tl.load(p_ptr + rn[:, None] * stride_p + wi[None, :], mask=mask, other=0)
+        s = tl.load(s_ptr + rn[:, None] * stride_s + (wi // GW)[None, :], mask=mask, other=0.0)
+        return words, s
 
     @triton.jit
     def _weights(words, s, J: tl.constexpr, BITS: tl.constexpr, dtype: tl.constexpr):
@@ -246,15 +279,17 @@ def _prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
 def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
          config: tuple[int, int, int, int], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
          swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """``f(x) @ W^T`` for ONE row of interleaved weights; config (BLOCK_N, BLOCK_W, warps, stages)."""
-    block_n, block_w, warps, stages = config
+    """``f(x) @ W^T`` for ONE row of interleaved weights; config (BLOCK_N, BLOCK_W, warps, stages[, MODE]),
+    MODE 1: the next tile loaded ahead, 2: that and x read in the words' layout (``X2D``)."""
+    block_n, block_w, warps, stages, *rest = config
+    mode = rest[0] if rest else 0
     n, k, block_w = _check(packed, scale, scheme, block_w)
     out = residual if residual is not None else torch.empty(1, n, dtype=x.dtype, device=x.device)
     _il_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, n, k, packed.shape[1], eps,
         packed.stride(0), scale.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
         PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
-        BLOCK_W=block_w, num_warps=warps, num_stages=stages,
+        BLOCK_W=block_w, AHEAD=mode >= GEMV_AHEAD, X2D=mode >= GEMV_X2D, num_warps=warps, num_stages=stages,
     )
     return out
 
