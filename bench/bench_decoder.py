@@ -34,6 +34,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.decoder.random_weights im
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.token2wav import Token2Wav, Token2WavInput
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import backend_unavailable_reason
 
-from bench_common import device_description, synthetic_speech, timed, write_report
+from bench_common import device_description, sync, synthetic_speech, timed, write_report
 
 logger = logging.getLogger("bench_decoder")
 
@@ -199,7 +200,28 @@ def measure(cfg: CosyVoiceConfig, flow_state: dict, hift_state: dict, device: to
             "e2e_f0_hz": errors(outputs["f0"], reference["f0"]),
         }
     logger.info("B=%d %s: flow %.1f ms, HiFT %.1f ms", batch, name, t_flow["median_ms"], t_hift["median_ms"])
+    if args.profile_flow and device.type == "cuda":
+        row["flow_profile"] = profile_flow(t2w, prepared, cfm, device)
+        logger.info("B=%d %s flow profile:\n%s", batch, name, row["flow_profile"]["table"])
     return row, outputs
+
+
+def profile_flow(t2w: Token2Wav, prepared, cfm: list, device: torch.device) -> dict:
+    """One flow call under torch.profiler: wall time, time the GPU spent in kernels, kernel launches, and the
+    costliest kernels (is the flow launch-bound or busy?)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        t2w.run_flow(prepared, cfm_noise=cfm)
+        sync(device)
+        wall = time.perf_counter() - start
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    launches = sum(e.count for e in kernels)
+    return {"wall_s": wall, "gpu_busy_s": busy, "kernel_launches": launches,
+            "table": prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -300,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="take the dims from this cosyvoice.yaml (e.g. the real one) instead of the built-in ones")
     parser.add_argument("--attn", default="auto", help="attention implementation for the runs")
     parser.add_argument("--attn-check", action="store_true", help="compare every available DiT attention backend")
+    parser.add_argument("--profile-flow", action="store_true", help="profile one flow call per batch and dtype")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

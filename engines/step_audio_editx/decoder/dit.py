@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_norms
 from .attention import KeyPadding, key_padding_attention
 from .config import DiTConfig
 
@@ -63,11 +64,15 @@ class DiTAttention(nn.Module):
         self.k_norm = nn.LayerNorm(head_dim, eps=QK_NORM_EPS)
         self.proj = nn.Linear(inner, hidden)
         self.backend = "sdpa"
+        self.fused = True  # ``fused_norms`` kernels where they run (``DiT.set_fused_norms``)
+
+    def _head_norm(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return fused_norms.layer_norm(x, norm.weight, norm.bias, norm.eps, self.fused)
 
     def forward(self, x: torch.Tensor, padding: KeyPadding | None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_norm(self.to_q(x).view(b, t, self.heads, self.head_dim))
-        k = self.k_norm(self.to_k(x).view(b, t, self.heads, self.head_dim))
+        q = self._head_norm(self.q_norm, self.to_q(x).view(b, t, self.heads, self.head_dim))
+        k = self._head_norm(self.k_norm, self.to_k(x).view(b, t, self.heads, self.head_dim))
         v = self.to_v(x).view(b, t, self.heads, self.head_dim)
         out = key_padding_attention(q, k, v, padding, self.backend)
         return self.proj(out.reshape(b, t, self.heads * self.head_dim))
@@ -107,10 +112,6 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
-
-
 class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -120,17 +121,19 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(h, int(h * cfg.mlp_ratio))
         self.conv = CausalConvBlock(h)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(h, MODULATIONS_PER_BLOCK * h))
+        self.fused = True
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (self.hidden,), eps=BLOCK_NORM_EPS)
+    def _norm(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """adaLN: the non-affine LayerNorm, then ``* (1 + scale) + shift``."""
+        return fused_norms.modulated_norm(x, shift, scale, BLOCK_NORM_EPS, self.fused)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, padding: KeyPadding | None) -> torch.Tensor:
         """``x [B, T, H]``, ``c [1 or B, 1, H]`` (time embedding) -> ``[B, T, H]``."""
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          shift_conv, scale_conv, gate_conv) = self.adaLN_modulation(c).chunk(MODULATIONS_PER_BLOCK, dim=-1)
-        x = x + gate_msa * self.attn(_modulate(self._norm(x), shift_msa, scale_msa), padding)
-        x = x + gate_conv * self.conv(_modulate(self._norm(x), shift_conv, scale_conv))
-        x = x + gate_mlp * self.mlp(_modulate(self._norm(x), shift_mlp, scale_mlp))
+        x = fused_norms.gated_add(x, gate_msa, self.attn(self._norm(x, shift_msa, scale_msa), padding), self.fused)
+        x = fused_norms.gated_add(x, gate_conv, self.conv(self._norm(x, shift_conv, scale_conv)), self.fused)
+        x = fused_norms.gated_add(x, gate_mlp, self.mlp(self._norm(x, shift_mlp, scale_mlp)), self.fused)
         return x
 
 
@@ -140,10 +143,11 @@ class FinalLayer(nn.Module):
         self.hidden = hidden
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.linear = nn.Linear(hidden, out_channels)
+        self.fused = True
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(_modulate(F.layer_norm(x, (self.hidden,), eps=BLOCK_NORM_EPS), shift, scale))
+        return self.linear(fused_norms.modulated_norm(x, shift, scale, BLOCK_NORM_EPS, self.fused))
 
 
 class DiT(nn.Module):
@@ -160,6 +164,11 @@ class DiT(nn.Module):
     def set_attn_backend(self, backend: str) -> None:
         for block in self.blocks:
             block.attn.backend = backend
+
+    def set_fused_norms(self, fused: bool) -> None:
+        """Run the norms, modulations and gated adds as ``fused_norms``' kernels (CUDA) or as eager ops."""
+        for module in (*self.blocks, *(b.attn for b in self.blocks), self.final_layer):
+            module.fused = fused
 
     def forward(
         self,

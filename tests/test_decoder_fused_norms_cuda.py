@@ -1,0 +1,73 @@
+"""The flow decoder's fused norms on the GPU against the eager ops they replace: the gated add equals
+``x + gate * y`` bit for bit; the LayerNorms (plain + modulation, and the affine per-head one) agree with
+``F.layer_norm`` up to the last bit of a few bf16 values (float32 sums in another order); a whole DiT
+forward stays as close to the float32 model as the eager one. Skips without CUDA and Triton."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import DiTConfig
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import DiT
+from layer_cases import rand, rel
+
+pytestmark = pytest.mark.skipif(fused_norms.triton is None or not torch.cuda.is_available(),
+                                reason="needs CUDA and triton")
+BF16_ULP = 2.0 ** -7  # one unit in the last place of a bf16 value in [1, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gated_add_equals_the_eager_ops(dtype):
+    x, y = rand(6, 333, 512, seed=1, dtype=dtype), rand(6, 333, 512, seed=2, dtype=dtype)
+    gate = rand(1, 1, 512, seed=3, dtype=dtype)
+    assert torch.equal(fused_norms.gated_add(x, gate, y), x + gate * y)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_modulated_norm_matches_layer_norm_then_modulation(dtype):
+    x = rand(6, 333, 512, seed=4, dtype=dtype) * 3 + 1
+    shift, scale = rand(1, 1, 512, seed=5, dtype=dtype), rand(1, 1, 512, seed=6, dtype=dtype) * 0.2
+    got = fused_norms.modulated_norm(x, shift, scale, 1e-6)
+    want = F.layer_norm(x, (512,), eps=1e-6) * (1 + scale) + shift
+    normed = fused_norms.layer_norm(x, None, None, 1e-6)
+    if dtype == torch.float32:
+        assert rel(got, want) < 1e-6 and rel(normed, F.layer_norm(x, (512,), eps=1e-6)) < 1e-6
+        return
+    reference = F.layer_norm(x, (512,), eps=1e-6)
+    assert (normed != reference).float().mean() < 0.01  # the rare last-bit flip, nothing more
+    assert ((normed.float() - reference.float()).abs() <= BF16_ULP * reference.float().abs().clamp(min=1)).all()
+    assert rel(got, want) < 3e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_head_norm_matches_affine_layer_norm(dtype):
+    x = rand(4, 300, 8, 64, seed=7, dtype=dtype) * 2
+    weight, bias = 1 + 0.1 * rand(64, seed=8, dtype=dtype), 0.1 * rand(64, seed=9, dtype=dtype)
+    got = fused_norms.layer_norm(x, weight, bias, 1e-5)
+    want = F.layer_norm(x, (64,), weight, bias, 1e-5)
+    assert rel(got, want) < (1e-6 if dtype == torch.float32 else 2e-3)
+    if dtype == torch.bfloat16:
+        assert (got != want).float().mean() < 0.02
+
+
+def test_dit_forward_with_fused_norms_stays_as_close_to_float32_as_eager():
+    cfg = DiTConfig(in_channels=320, out_channels=80, mlp_ratio=4.0, depth=4, num_heads=8, head_dim=64, hidden_size=512)
+    torch.manual_seed(0)
+    model = DiT(cfg).cuda().eval()
+    with torch.no_grad():
+        for p in model.parameters():  # adaLN-zero starts at zero: give every gate and modulation a value
+            p.normal_(0, 0.05)
+    inputs = [rand(4, 257, 80, seed=s, dtype=torch.float32) for s in (10, 11, 12)]
+    spks = rand(4, 80, seed=13, dtype=torch.float32)
+    t = torch.tensor([0.3], device="cuda")
+    with torch.no_grad():
+        want = model(inputs[0], inputs[1], spks, inputs[2], t)
+        model16 = model.to(torch.bfloat16)
+        outs = {}
+        for fused in (False, True):
+            model16.set_fused_norms(fused)
+            outs[fused] = model16(inputs[0], inputs[1], spks, inputs[2], t).float()
+    assert rel(outs[True], outs[False]) < 2e-2
+    assert rel(outs[True], want) < 1.2 * rel(outs[False], want) + 1e-3
