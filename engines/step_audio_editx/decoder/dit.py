@@ -92,14 +92,16 @@ class CausalConvBlock(nn.Module):
             nn.LayerNorm(channels, eps=CONV_NORM_EPS), nn.Mish(),
             nn.Identity(), nn.Conv1d(channels, channels, kernel), nn.Identity(),
         )
+        self.fused = True
 
     def _conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         return conv(F.pad(x.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._conv(self.block[1], x)
-        x = self.block[4](self.block[3](x))
-        return self._conv(self.block[6], x)
+        norm = self.block[3]
+        x = fused_norms.layer_norm(x, norm.weight, norm.bias, norm.eps, self.fused)
+        return self._conv(self.block[6], self.block[4](x))
 
 
 class MLP(nn.Module):
@@ -167,7 +169,8 @@ class DiT(nn.Module):
 
     def set_fused_norms(self, fused: bool) -> None:
         """Run the norms, modulations and gated adds as ``fused_norms``' kernels (CUDA) or as eager ops."""
-        for module in (*self.blocks, *(b.attn for b in self.blocks), self.final_layer):
+        for module in (*self.blocks, *(b.attn for b in self.blocks), *(b.conv for b in self.blocks),
+                       self.final_layer):
             module.fused = fused
 
     def forward(

@@ -109,9 +109,12 @@ def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ep
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
                fused: bool = True) -> torch.Tensor:
-    """``F.layer_norm`` over the last dimension (affine when ``weight`` / ``bias`` are given)."""
-    if fused and runs_fused(x) and (weight is None) == (bias is None):
-        return _norm(x, eps, weight=weight, bias=bias)
+    """``F.layer_norm`` over the last dimension (affine when ``weight`` / ``bias`` are given); a strided CUDA
+    tensor (the DiT's conv output is a transposed view) is made contiguous first, as PyTorch's kernel does."""
+    if fused and x.is_cuda and (weight is None) == (bias is None):
+        x = x.contiguous()
+        if runs_fused(x):
+            return _norm(x, eps, weight=weight, bias=bias)
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
