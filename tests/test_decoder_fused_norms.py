@@ -1,0 +1,35 @@
+"""The flow decoder's fused norms off CUDA: the helpers run exactly the eager ops the DiT ran before (the
+Triton kernels are tested on the GPU in ``test_decoder_fused_norms_cuda.py``), and ``DiT.set_fused_norms``
+reaches every module that has a fused path."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import DiTConfig
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import DiT
+
+
+def test_cpu_helpers_are_the_eager_ops():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 7, 32, generator=gen), torch.randn(2, 7, 32, generator=gen)
+    shift, scale, gate = (torch.randn(1, 1, 32, generator=gen) for _ in range(3))
+    weight, bias = torch.randn(32, generator=gen), torch.randn(32, generator=gen)
+    assert not fused_norms.runs_fused(x)
+    assert torch.equal(fused_norms.modulated_norm(x, shift, scale, 1e-6),
+                       F.layer_norm(x, (32,), eps=1e-6) * (1 + scale) + shift)
+    assert torch.equal(fused_norms.layer_norm(x, weight, bias, 1e-5), F.layer_norm(x, (32,), weight, bias, 1e-5))
+    assert torch.equal(fused_norms.gated_add(x, gate, y), x + gate * y)
+    strided = x.transpose(0, 1)  # a view, as the conv block hands its norm
+    assert torch.equal(fused_norms.layer_norm(strided, weight, bias, 1e-5),
+                       F.layer_norm(strided, (32,), weight, bias, 1e-5))
+
+
+def test_set_fused_norms_reaches_every_fused_module():
+    model = DiT(DiTConfig(in_channels=32, out_channels=8, mlp_ratio=2.0, depth=2, num_heads=2, head_dim=8,
+                          hidden_size=16))
+    flagged = [m for m in model.modules() if hasattr(m, "fused")]
+    assert len(flagged) == 2 * 3 + 1 and all(m.fused for m in flagged)  # per block: itself, attention, conv
+    model.set_fused_norms(False)
+    assert not any(m.fused for m in flagged)
