@@ -7,16 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
-    LinearChoice,
-    ResidualStream,
-)
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import (
-    Step1Config,
-    Step1ForCausalLM,
-)
-from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import LinearChoice, ResidualStream
 
 HIDDEN, QKV_ROWS, INNER = 3072, 3584, 8192  # Step1's width, fused q/k/v rows, MLP width
 EPS = 1e-5
@@ -53,19 +44,3 @@ class LayerInputs:
         stream.residual_linear(self.gate_up, down, choice, swiglu=True)
         normed = stream.norm(self.norm)
         return projected, stream.resid, normed
-
-
-def small_bf16_step1(device: str = "cuda") -> Step1ForCausalLM:
-    """A random bf16 Step1 of moderate width whose audio ids dominate (rows run to their caps): the model of
-    the GPU tests that compare whole generations token for token."""
-    torch.manual_seed(0)
-    dims = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_attention_groups=4,
-                num_hidden_layers=6, vocab_size=C.TEXT_VOCAB_SIZE)
-    with torch.device(device):
-        model = Step1ForCausalLM._from_config(Step1Config(**dims), attn_implementation="sdpa",
-                                              **dtype_kwargs(torch.bfloat16))
-    model = model.eval().requires_grad_(False)
-    with torch.no_grad():
-        model.lm_head.weight[C.VQ02_FIRST_ID:C.VQ06_LAST_ID + 1] *= 8.0
-        model.lm_head.weight[C.EOT_ID] = 0.0
-    return model

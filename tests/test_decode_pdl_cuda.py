@@ -9,33 +9,21 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import (
-    triton_decode,
-    triton_pdl,
-    triton_sampler,
-)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_pdl, triton_sampler
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
     GEMV_CONFIGS,
     LinearChoice,
 )
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import (
-    DecodeOptions,
-)
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_state import (
-    DecodeState,
-    SamplerTables,
-)
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import (
-    audio_vocab_ids,
-)
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import (
-    generate,
-    get_decode_session,
-)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_state import DecodeState, SamplerTables
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import audio_vocab_ids
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
+from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
-from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs, small_bf16_step1
+from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs
 from layer_cases import rand as _rand
 from layer_cases import rel as _rel
 
@@ -119,7 +107,18 @@ def test_pdl_sampler_equals_plain_launch(config):
 
 @pytest.fixture(scope="module")
 def small_model():
-    return small_bf16_step1()
+    """A random bf16 Step1 of moderate width whose audio ids dominate (rows run to their caps)."""
+    torch.manual_seed(0)
+    dims = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_attention_groups=4,
+                num_hidden_layers=6, vocab_size=C.TEXT_VOCAB_SIZE)
+    with torch.device(CUDA):
+        model = Step1ForCausalLM._from_config(Step1Config(**dims), attn_implementation="sdpa",
+                                              **dtype_kwargs(torch.bfloat16))
+    model = model.eval().requires_grad_(False)
+    with torch.no_grad():
+        model.lm_head.weight[C.VQ02_FIRST_ID:C.VQ06_LAST_ID + 1] *= 8.0
+        model.lm_head.weight[C.EOT_ID] = 0.0
+    return model
 
 
 @pytest.mark.parametrize("linear", ["triton", "auto"])

@@ -10,11 +10,7 @@ import torch
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import (
-    QuantScheme,
-    dequantize,
-    quantize,
-)
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme, dequantize, quantize
 from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS
 from layer_cases import rand as _rand
 from layer_cases import rel as _rel

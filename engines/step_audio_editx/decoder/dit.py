@@ -118,7 +118,6 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         h = cfg.hidden_size
-        self.hidden = h
         self.attn = DiTAttention(h, cfg.num_heads, cfg.head_dim)
         self.mlp = MLP(h, int(h * cfg.mlp_ratio))
         self.conv = CausalConvBlock(h)
@@ -142,7 +141,6 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     def __init__(self, hidden: int, out_channels: int):
         super().__init__()
-        self.hidden = hidden
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.linear = nn.Linear(hidden, out_channels)
         self.fused = True

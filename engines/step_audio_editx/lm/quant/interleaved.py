@@ -32,12 +32,11 @@ from .format import quantize as format_quantize
 from .probe import run_probe
 
 
-# (BLOCK_N, BLOCK_W, num_warps, num_stages): the decode session times these per role (``decode_linears``);
-# the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does not divide a row.
-# The last two: one row per thread and many programs, for the 3,072-row matrices (0.6 TB/s with the others).
 GEMV_AHEAD, GEMV_X2D = 1, 2  # a GEMV configuration's optional 5th number (MODE): see ``gemv``
-# (BLOCK_N, BLOCK_W, num_warps, num_stages[, MODE]): the plain kernel's best two and the fastest of each mode
-# per role at batch 1 on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04: x read in the words' layout
+# (BLOCK_N, BLOCK_W, num_warps, num_stages[, MODE]): the decode session times these per role
+# (``decode_linears``); the defaults serve ``QuantLinear.forward`` outside it. BLOCK_W is halved where it does
+# not divide a row. The GEMVs: the plain kernel's best two and the fastest of each mode per role at batch 1
+# on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04: x read in the words' layout
 # won q/k/v, o and down for int4 and int8, the look-ahead alone won gate_up)
 GEMV_CONFIGS: tuple[tuple[int, ...], ...] = (
     (16, 64, 4, 1), (64, 64, 4, 1), (64, 64, 4, 1, GEMV_AHEAD), (32, 64, 4, 1, GEMV_AHEAD),
@@ -171,24 +170,19 @@ if HAS_TRITON:
             else:
                 words, s = _il_tile(p_ptr, s_ptr, rn, nmask, wi, W, stride_p, stride_s, GW)
             part = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
-            xs = tl.zeros([BLOCK_W], tl.float32)
             if X2D:  # x loaded per row in the words' own 2-D layout: no shuffle through shared memory per field
-                xs2 = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
-                for j in tl.static_range(PER):
-                    rk = _columns(wi, j, GROUP, GW)[None, :] + 0 * rn[:, None]
-                    a = tl.load(x_ptr + rk)
-                    a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
-                    part += _unit_field(words, j, BITS) * a
-                    xs2 += a
-                acc += s.to(tl.float32) * (part - 1.5 * xs2)
+                xs = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
             else:
-                for j in tl.static_range(PER):
-                    rk = _columns(wi, j, GROUP, GW)
-                    a = tl.load(x_ptr + rk)
-                    a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
-                    part += _unit_field(words, j, BITS) * a[None, :]
-                    xs += a
-                acc += s.to(tl.float32) * (part - 1.5 * xs[None, :])
+                xs = tl.zeros([BLOCK_W], tl.float32)
+            for j in tl.static_range(PER):
+                rk = _columns(wi, j, GROUP, GW)
+                if X2D:
+                    rk = rk[None, :] + 0 * rn[:, None]
+                a = tl.load(x_ptr + rk)
+                a = _prologue(a, x_ptr, rk, rk, rk < K, factor, norm_ptr, K, PROLOGUE).to(tl.float32)
+                part += _unit_field(words, j, BITS) * a  # a row vector broadcasts over the rows
+                xs += a
+            acc += s.to(tl.float32) * (part - 1.5 * xs)
         out = (tl.sum(acc, 1) * (ONE << BITS)).to(out_ptr.dtype.element_ty)
         _store_out(out_ptr, rn, nmask, out, RESIDUAL)
 
