@@ -21,7 +21,9 @@ can be read off. Nothing else in the pack ever executes downloaded code.
 launched plainly (the path before programmatic dependent launch), then with PDL (``lm/triton_pdl``) running
 the same matmul kernels as the plain launch (the PDL effect alone: the ids must be identical), then with PDL
 and its own timed kernel choice (the shipped default; other kernels sum in another order, so bf16 ids may
-differ). Each PDL row says whether its ids equal the plain launch's.
+differ). Each PDL row says whether its ids equal the plain launch's. ``--compare-merge`` does the same for
+the attention merge reading its partials ahead (``DecodeOptions.merge_ahead``; the same arithmetic, so with
+the same matmul kernels the ids must be identical).
 
     python bench/bench_generation.py --out gen.json --markdown gen.md          # GPU, full size
     python bench/bench_generation.py --tiny --out /tmp/gen_tiny.json          # CPU smoke check (seconds)
@@ -251,6 +253,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefill-study", action="store_true")
     parser.add_argument("--compare-pdl", action="store_true",
                         help="time the fast path with programmatic dependent launch off, then on, per batch size")
+    parser.add_argument("--compare-merge", action="store_true",
+                        help="time the fast path with the attention merge reading one partial at a time (before), "
+                             "then four ahead (same matmul kernels, then its own timed choice), per batch size")
     parser.add_argument("--profile", default="", help="comma list of batch sizes whose fast call is profiled")
     parser.add_argument("--baseline-remote-code", type=Path, default=None,
                         help="OPT-IN: an official model folder whose remote code is loaded and timed "
@@ -265,6 +270,20 @@ def _sampling_label(args) -> str:
     if args.greedy:
         return "greedy"
     return "T 0.7 top-k 50 + guard (first official path)" if args.original_sampling else "T 0.7 (current official)"
+
+
+def comparison_modes(args) -> list[tuple[dict | None, str, bool]]:
+    """(DecodeOptions fields or None for the default session, label, reuse the first row's matmul kernels)."""
+    if args.compare_pdl and args.compare_merge:
+        raise SystemExit("--compare-pdl and --compare-merge are two separate runs")
+    if args.compare_pdl:
+        return [(dict(pdl=False), "fast, PDL off (before)", False),
+                (dict(pdl=True), "fast, PDL on, same kernels as off", True), (dict(pdl=True), "fast, PDL on", False)]
+    if args.compare_merge:
+        return [(dict(merge_ahead=False), "fast, before (merge reads one partial at a time)", False),
+                (dict(merge_ahead=True), "fast, merge reads ahead, same kernels", True),
+                (dict(merge_ahead=True), "fast, merge reads ahead", False)]
+    return [(None, "fast", False)]
 
 
 def main(argv: list[str] | None = None) -> list[RunResult]:
@@ -297,24 +316,23 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
                 info["name"], device, dtype, weights / BYTES_PER_GIB, step_bytes / BYTES_PER_GIB, attn)
     results: list[RunResult] = []
     study = prefill_study(model, device, args.seed) if args.prefill_study and device.type == "cuda" else None
-    modes = ((False, "fast, PDL off (before)"), (True, "fast, PDL on, same kernels as off"),
-             (True, "fast, PDL on")) if args.compare_pdl else ((None, "fast"),)
+    modes = comparison_modes(args)
     for batch in batch_sizes:
         prompts = random_prompts(batch, prompt_tokens, args.seed + batch)
         kept: list = []
-        plain_choice: dict = {}
-        for pdl, label in modes:
-            if pdl is not None:
-                session = get_decode_session(model, DecodeOptions(linear=args.linear, pdl=pdl))
-                if pdl and len(kept) == 1:
-                    session._linear_choice.update(plain_choice)
+        first_choice: dict = {}
+        for options, label, same_kernels in modes:
+            if options is not None:
+                session = get_decode_session(model, DecodeOptions(linear=args.linear, **options))
+                if same_kernels:
+                    session._linear_choice.update(first_choice)
             fast = time_call(model, prompts, new_tokens, config, True, device, step_bytes, label, kept)
             if not fast.error:
                 fast.path = f"{label} ({get_decode_session(model).mode})"
-            if pdl and len(kept) >= 2:
+            if options is not None and len(kept) >= 2:
                 fast.same_tokens_as_previous = kept[0] == kept[-1]
-            if pdl is False:
-                plain_choice = dict(get_decode_session(model)._linear_choice)
+            if len(kept) == 1:
+                first_choice = dict(get_decode_session(model)._linear_choice)
             logger.info("%s", fast)
             results.append(fast)
     profiles = {}
@@ -339,7 +357,7 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     compared = [f"{r.path} batch {r.batch_size}: {r.same_tokens_as_previous}" for r in results
                 if r.same_tokens_as_previous is not None]
     if compared:
-        table += "\n\nSame tokens with PDL on as with PDL off: " + ", ".join(compared)
+        table += f"\n\nSame tokens as the first row ({modes[0][1]}): " + ", ".join(compared)
     header = (f"Step1 generation ({'tiny' if args.tiny else 'full size'}, random weights "
               f"{weights / BYTES_PER_GIB:.2f} GiB, {str(dtype).removeprefix('torch.')}) on {info['name']} ({device}), "
               f"{info['date']}; prompt {prompt_tokens} tokens; sampling {_sampling_label(args)}"

@@ -1,16 +1,24 @@
-"""What the GPU kernel tests share: seeded random tensors, the relative error they compare with, and one
+"""What the GPU kernel tests share: seeded random tensors, the relative error they compare with, one
 decode layer's matmul roles driven the way the decode step drives them (qkv from the normed residual,
-then down from the SwiGLU product added into the residual), on full-width Step1 shapes."""
+then down from the SwiGLU product added into the residual) on full-width Step1 shapes, and a small random
+bf16 Step1 whose rows run to their caps (for whole generations)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import LinearChoice, ResidualStream
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
+from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
 
 HIDDEN, QKV_ROWS, INNER = 3072, 3584, 8192  # Step1's width, fused q/k/v rows, MLP width
 EPS = 1e-5
+SHAPE = ref_ops.AttentionShape(num_heads=48, num_groups=4, head_dim=64)  # Step1's heads
 
 
 def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16, device: str = "cuda") -> torch.Tensor:
@@ -44,3 +52,52 @@ class LayerInputs:
         stream.residual_linear(self.gate_up, down, choice, swiglu=True)
         normed = stream.norm(self.norm)
         return projected, stream.resid, normed
+
+
+@dataclass
+class AttentionInputs:
+    """One decode step's attention inputs: caches of ``cache`` slots, the fused qkv rows, per-row lengths (row
+    1 does not run when there are more than two rows) and the ALiBi slopes."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    qkv: torch.Tensor
+    kv_len: torch.Tensor
+    slopes: torch.Tensor
+
+    @classmethod
+    def make(cls, lengths: list[int], cache: int, dtype: torch.dtype = torch.bfloat16) -> "AttentionInputs":
+        rows = len(lengths)
+        kv_len = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+        if rows > 2:
+            kv_len[1] = 0  # a row that no longer runs
+        return cls(rand(rows, SHAPE.num_groups, cache, SHAPE.head_dim, dtype=dtype, seed=4),
+                   rand(rows, SHAPE.num_groups, cache, SHAPE.head_dim, dtype=dtype, seed=5),
+                   rand(rows, (SHAPE.num_heads + 2 * SHAPE.num_groups) * SHAPE.head_dim, dtype=dtype, seed=6) * 3,
+                   kv_len, alibi_slopes(SHAPE.num_heads, "cuda"))
+
+    def reference(self) -> torch.Tensor:
+        return ref_ops.decode_attention(self.qkv, self.keys.clone(), self.values.clone(), self.kv_len, self.slopes,
+                                        SHAPE)
+
+    def run(self, workspace, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(output, keys, values) of the Triton kernel on copies of the caches (it writes the new K/V)."""
+        keys, values = self.keys.clone(), self.values.clone()
+        out = triton_decode.decode_attention(self.qkv, keys, values, self.kv_len, self.slopes, SHAPE, workspace,
+                                             **options)
+        return out, keys, values
+
+
+def small_step1(device: str = "cuda") -> Step1ForCausalLM:
+    """A random bf16 Step1 of moderate width whose audio ids dominate (rows run to their caps)."""
+    torch.manual_seed(0)
+    dims = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_attention_groups=4,
+                num_hidden_layers=6, vocab_size=C.TEXT_VOCAB_SIZE)
+    with torch.device(device):
+        model = Step1ForCausalLM._from_config(Step1Config(**dims), attn_implementation="sdpa",
+                                              **dtype_kwargs(torch.bfloat16))
+    model = model.eval().requires_grad_(False)
+    with torch.no_grad():
+        model.lm_head.weight[C.VQ02_FIRST_ID:C.VQ06_LAST_ID + 1] *= 8.0
+        model.lm_head.weight[C.EOT_ID] = 0.0
+    return model

@@ -10,7 +10,6 @@ import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_pdl, triton_sampler
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
     GEMV_CONFIGS,
@@ -20,17 +19,14 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import 
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_state import DecodeState, SamplerTables
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import audio_vocab_ids
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
-from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
-from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs
+from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, SHAPE, AttentionInputs, LayerInputs, small_step1
 from layer_cases import rand as _rand
 from layer_cases import rel as _rel
 
 CUDA = torch.device("cuda")
 pytestmark = pytest.mark.skipif(not (triton_decode.available() and triton_pdl.capable(CUDA)),
                                 reason="needs CUDA, triton with grid dependency control and an sm_90+ GPU")
-SHAPE = ref_ops.AttentionShape(num_heads=48, num_groups=4, head_dim=64)
 # every configuration with its fused prologue, and each kernel once without (compile time on the GPU)
 KERNELS = [LinearChoice("dot", c, True) for c in DOT_CONFIGS] + [LinearChoice("gemv", c, True) for c in GEMV_CONFIGS] \
     + [LinearChoice("dot", DOT_CONFIGS[0], False), LinearChoice("gemv", GEMV_CONFIGS[0], False)]
@@ -60,20 +56,12 @@ def test_pdl_matmuls_equal_plain_launch_and_reference(choice, rows):
 @pytest.mark.parametrize("rows", [1, 8, 16])
 def test_pdl_attention_norm_silu_equal_plain_launch(rows):
     length = 1100
-    keys = _rand(rows, SHAPE.num_groups, length, SHAPE.head_dim, seed=4)
-    values = _rand(rows, SHAPE.num_groups, length, SHAPE.head_dim, seed=5)
-    qkv = _rand(rows, (SHAPE.num_heads + 2 * SHAPE.num_groups) * SHAPE.head_dim, seed=6) * 3
-    lengths = [1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows]
-    kv_len = torch.tensor(lengths, dtype=torch.int32, device=CUDA)
-    if rows > 2:
-        kv_len[1] = 0  # a row that no longer runs
-    slopes = alibi_slopes(SHAPE.num_heads, CUDA)
+    case = AttentionInputs.make([1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows],
+                                length)
     ws = triton_decode.AttentionWorkspace(rows, SHAPE, length, CUDA)
-    expected = ref_ops.decode_attention(qkv, keys.clone(), values.clone(), kv_len, slopes, SHAPE)
     outs = []
     for pdl in (False, True, True):  # twice with PDL: the merge counters re-arm
-        k, v = keys.clone(), values.clone()
-        out = triton_decode.decode_attention(qkv, k, v, kv_len, slopes, SHAPE, ws, pdl=pdl)
+        out, k, v = case.run(ws, pdl=pdl)
         resid, delta = _rand(rows, 3072, seed=1), _rand(rows, 3072, seed=2)
         normed = triton_decode.add_rms_norm(resid, delta, 1 + 0.1 * _rand(3072, seed=3), 1e-5, pdl=pdl)
         silu = triton_decode.silu_mul(_rand(rows, 2 * 8192, seed=12), pdl=pdl)
@@ -83,7 +71,7 @@ def test_pdl_attention_norm_silu_equal_plain_launch(rows):
     for dependent in outs[1:]:
         for a, b in zip(outs[0], dependent):
             assert torch.equal(a, b)
-    assert _rel(outs[1][0], expected) < 2e-2
+    assert _rel(outs[1][0], case.reference()) < 2e-2
 
 
 @pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig.original_path(),
@@ -107,18 +95,7 @@ def test_pdl_sampler_equals_plain_launch(config):
 
 @pytest.fixture(scope="module")
 def small_model():
-    """A random bf16 Step1 of moderate width whose audio ids dominate (rows run to their caps)."""
-    torch.manual_seed(0)
-    dims = dict(hidden_size=1024, intermediate_size=2816, num_attention_heads=16, num_attention_groups=4,
-                num_hidden_layers=6, vocab_size=C.TEXT_VOCAB_SIZE)
-    with torch.device(CUDA):
-        model = Step1ForCausalLM._from_config(Step1Config(**dims), attn_implementation="sdpa",
-                                              **dtype_kwargs(torch.bfloat16))
-    model = model.eval().requires_grad_(False)
-    with torch.no_grad():
-        model.lm_head.weight[C.VQ02_FIRST_ID:C.VQ06_LAST_ID + 1] *= 8.0
-        model.lm_head.weight[C.EOT_ID] = 0.0
-    return model
+    return small_step1()
 
 
 @pytest.mark.parametrize("linear", ["triton", "auto"])

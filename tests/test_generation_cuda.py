@@ -9,7 +9,6 @@ import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
     GEMV_CONFIGS,
@@ -21,13 +20,12 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import a
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
-from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, LayerInputs
+from layer_cases import EPS, HIDDEN, INNER, QKV_ROWS, SHAPE, AttentionInputs, LayerInputs
 from layer_cases import rand as _rand
 from layer_cases import rel as _rel
 
 pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="needs CUDA and triton")
 CUDA = torch.device("cuda")
-SHAPE = ref_ops.AttentionShape(num_heads=48, num_groups=4, head_dim=64)
 
 
 
@@ -52,20 +50,14 @@ def test_norm_and_silu_kernels_match_reference(dtype):
 @pytest.mark.parametrize("fused_merge", [True, False])
 def test_decode_attention_kernel_matches_reference(dtype, rows, fused_merge):
     length = 1100
-    keys = _rand(rows, SHAPE.num_groups, length, SHAPE.head_dim, dtype=dtype, seed=4)
-    values = _rand(rows, SHAPE.num_groups, length, SHAPE.head_dim, dtype=dtype, seed=5)
-    qkv = _rand(rows, (SHAPE.num_heads + 2 * SHAPE.num_groups) * SHAPE.head_dim, dtype=dtype, seed=6) * 3
-    lengths = [1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows]
-    kv_len = torch.tensor(lengths, dtype=torch.int32, device=CUDA)
-    if rows > 2:
-        kv_len[1] = 0  # a row that no longer runs
-    slopes = alibi_slopes(SHAPE.num_heads, CUDA)
+    case = AttentionInputs.make([1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows],
+                                length, dtype)
     ws = triton_decode.AttentionWorkspace(rows, SHAPE, length, CUDA)
-    expected = ref_ops.decode_attention(qkv, keys.clone(), values.clone(), kv_len, slopes, SHAPE)
+    expected = case.reference()
     for repeat in range(3):  # the merge counters must re-arm themselves
-        k1, v1, k2, v2 = keys.clone(), values.clone(), keys.clone(), values.clone()
-        out = triton_decode.decode_attention(qkv, k1, v1, kv_len, slopes, SHAPE, ws, fused_merge=fused_merge)
-        ref_ops.decode_attention(qkv, k2, v2, kv_len, slopes, SHAPE)
+        out, k1, v1 = case.run(ws, fused_merge=fused_merge)
+        k2, v2 = case.keys.clone(), case.values.clone()
+        ref_ops.decode_attention(case.qkv, k2, v2, case.kv_len, case.slopes, SHAPE)
         assert torch.equal(k1, k2) and torch.equal(v1, v2)  # the new key/value landed in the same slots
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         assert _rel(out, expected) < tol, (repeat, _rel(out, expected))

@@ -28,7 +28,7 @@ POINTERS = {
 }
 FLOATS = ("eps", "scale", "inv_temperature")
 SAMPLER_OUT = {"out_ptr": "*i64"}  # the sampler's out_ptr holds token ids
-ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128)
+ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128, MERGE_AHEAD=True)
 MATMUL = dict(PROLOGUE=1, RESIDUAL=True)
 QUANT = dict(BITS=4, GROUP=128, **MATMUL)
 
@@ -39,6 +39,9 @@ CASES = {
     "attention_split": (triton_decode._attn_split_kernel,
                         dict(ATTENTION, BLOCK_N=64, PRECISION="tf32", FUSED_MERGE=True, DIM_LINES=1, LINE=64),
                         True, {}),
+    "attention_split_before": (triton_decode._attn_split_kernel,  # the path before the merge look-ahead
+                               dict(ATTENTION, MERGE_AHEAD=False, BLOCK_N=64, PRECISION="tf32", FUSED_MERGE=True,
+                                    DIM_LINES=1, LINE=64), True, {}),
     "attention_merge": (triton_decode._attn_merge_kernel, ATTENTION, False, {}),
     "gemv": (triton_decode._gemv_kernel, dict(MATMUL, BLOCK_N=8, BLOCK_K=512, EVEN=True, LINE=64), True, {}),
     "skinny_linear": (triton_decode._skinny_linear_kernel,

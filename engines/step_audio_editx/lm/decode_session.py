@@ -72,6 +72,7 @@ class DecodeOptions:
     use_triton: bool | None = None  # None: on CUDA when triton imports
     linear: str = "auto"  # "auto": time cuBLAS and the Triton matmuls per matrix; "cublas"; "triton"
     pdl: bool | None = None  # programmatic dependent launch (triton_pdl); None: where supported, from batch 2
+    merge_ahead: bool = True  # attention's merge reads partials ahead (same arithmetic); False: the path before
 
 
 @dataclass
@@ -214,7 +215,8 @@ class DecodeSession:
             keys, values = keys[:rows], values[:rows]
             qkv = stream.normed_linear(w.input_norms[i], w.qkv[i], choice.get("qkv", cublas))
             if triton:
-                attn = triton_decode.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace, pdl=pdl)
+                attn = triton_decode.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace,
+                                                      pdl=pdl, merge_ahead=self.options.merge_ahead)
             else:
                 attn = ref_ops.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, kv_limit)
             stream.residual_linear(attn, w.o[i], choice.get("o", cublas), swiglu=False)

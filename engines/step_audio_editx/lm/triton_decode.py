@@ -122,10 +122,35 @@ if HAS_TRITON:
     # --- attention --------------------------------------------------------------------------------
 
     @triton.jit
+    def _merge_load(part_o_ptr, part_ml_ptr, slots, s, n_valid, d, hmask, hdmask, DIM: tl.constexpr):
+        """Partial ``s`` of a merge: (m, l, o, valid); past ``n_valid`` nothing is read and ``valid`` is False."""
+        valid = s < n_valid
+        slot = slots + s
+        m_s = tl.load(part_ml_ptr + slot * 2, mask=hmask & valid, other=float("-inf"), cache_modifier=".cg")
+        l_s = tl.load(part_ml_ptr + slot * 2 + 1, mask=hmask & valid, other=0.0, cache_modifier=".cg")
+        o_s = tl.load(part_o_ptr + slot[:, None] * DIM + d[None, :], mask=hdmask & valid, other=0.0,
+                      cache_modifier=".cg")
+        return m_s, l_s, o_s, valid
+
+    @triton.jit
+    def _merge_fold(m_i, l_i, acc, m_s, l_s, o_s, valid):
+        """Fold one partial into the running (max, sum, output); an invalid one leaves all three untouched.
+        The fused multiply-adds are spelled out: left to the compiler, ``x * a + y * c`` fuses either product
+        depending on the code around it (one bit apart); this is the rounding of the one-at-a-time loop."""
+        m_new = tl.maximum(m_i, m_s)
+        a = tl.exp(m_i - m_new)
+        c = tl.exp(m_s - m_new)
+        l_new = tl.fma(l_i, a, l_s * c)
+        acc_new = tl.fma(acc, a[:, None], o_s * c[:, None])
+        return (tl.where(valid, m_new, m_i), tl.where(valid, l_new, l_i), tl.where(valid, acc_new, acc))
+
+    @triton.jit
     def _attn_merge(b, g, cur, qkv_row, part_o_ptr, part_ml_ptr, out_ptr, stride_out, n_splits, scale,
                     HEADS: tl.constexpr, GROUPS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-                    QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr):
-        """Merge the chunk partials of (row b, group g) with the new token's own term; write [QH, D]."""
+                    QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr, AHEAD: tl.constexpr):
+        """Merge the chunk partials of (row b, group g) with the new token's own term; write [QH, D]. The
+        partials are folded one after another in split order. AHEAD: each one's loads are issued four
+        partials early (otherwise every fold waits for an L2 round trip); the arithmetic is the same."""
         d = tl.arange(0, DIM_PAD)
         dmask = d < DIM
         hq = tl.arange(0, QH_PAD)
@@ -139,17 +164,38 @@ if HAS_TRITON:
         l_i = tl.full([QH_PAD], 1.0, tl.float32)
         acc = tl.zeros([QH_PAD, DIM_PAD], tl.float32) + v_new[None, :]
         n_valid = (tl.maximum(cur, 0) + CHUNK - 1) // CHUNK
-        for s in range(0, n_valid):
-            slot = (b * HEADS + heads) * n_splits + s
-            m_s = tl.load(part_ml_ptr + slot * 2, mask=hmask, other=0.0, cache_modifier=".cg")
-            l_s = tl.load(part_ml_ptr + slot * 2 + 1, mask=hmask, other=0.0, cache_modifier=".cg")
-            o_s = tl.load(part_o_ptr + slot[:, None] * DIM + d[None, :], mask=hdmask, other=0.0, cache_modifier=".cg")
-            m_new = tl.maximum(m_i, m_s)
-            a = tl.exp(m_i - m_new)
-            c = tl.exp(m_s - m_new)
-            l_i = l_i * a + l_s * c
-            acc = acc * a[:, None] + o_s * c[:, None]
-            m_i = m_new
+        slots = (b * HEADS + heads) * n_splits
+        if AHEAD:  # the next four partials are in flight while the current four are folded
+            m0, l0, o0, v0 = _merge_load(part_o_ptr, part_ml_ptr, slots, 0, n_valid, d, hmask, hdmask, DIM)
+            m1, l1, o1, v1 = _merge_load(part_o_ptr, part_ml_ptr, slots, 1, n_valid, d, hmask, hdmask, DIM)
+            m2, l2, o2, v2 = _merge_load(part_o_ptr, part_ml_ptr, slots, 2, n_valid, d, hmask, hdmask, DIM)
+            m3, l3, o3, v3 = _merge_load(part_o_ptr, part_ml_ptr, slots, 3, n_valid, d, hmask, hdmask, DIM)
+            for s in range(0, n_valid, 4):
+                n0, k0, p0, w0 = _merge_load(part_o_ptr, part_ml_ptr, slots, s + 4, n_valid, d, hmask, hdmask, DIM)
+                n1, k1, p1, w1 = _merge_load(part_o_ptr, part_ml_ptr, slots, s + 5, n_valid, d, hmask, hdmask, DIM)
+                n2, k2, p2, w2 = _merge_load(part_o_ptr, part_ml_ptr, slots, s + 6, n_valid, d, hmask, hdmask, DIM)
+                n3, k3, p3, w3 = _merge_load(part_o_ptr, part_ml_ptr, slots, s + 7, n_valid, d, hmask, hdmask, DIM)
+                m_i, l_i, acc = _merge_fold(m_i, l_i, acc, m0, l0, o0, v0)
+                m_i, l_i, acc = _merge_fold(m_i, l_i, acc, m1, l1, o1, v1)
+                m_i, l_i, acc = _merge_fold(m_i, l_i, acc, m2, l2, o2, v2)
+                m_i, l_i, acc = _merge_fold(m_i, l_i, acc, m3, l3, o3, v3)
+                m0, l0, o0, v0 = n0, k0, p0, w0
+                m1, l1, o1, v1 = n1, k1, p1, w1
+                m2, l2, o2, v2 = n2, k2, p2, w2
+                m3, l3, o3, v3 = n3, k3, p3, w3
+        else:  # the path before the look-ahead: each partial loaded when its turn comes
+            for s in range(0, n_valid):
+                slot = (b * HEADS + heads) * n_splits + s
+                m_s = tl.load(part_ml_ptr + slot * 2, mask=hmask, other=0.0, cache_modifier=".cg")
+                l_s = tl.load(part_ml_ptr + slot * 2 + 1, mask=hmask, other=0.0, cache_modifier=".cg")
+                o_s = tl.load(part_o_ptr + slot[:, None] * DIM + d[None, :], mask=hdmask, other=0.0,
+                              cache_modifier=".cg")
+                m_new = tl.maximum(m_i, m_s)
+                a = tl.exp(m_i - m_new)
+                c = tl.exp(m_s - m_new)
+                l_i = l_i * a + l_s * c
+                acc = acc * a[:, None] + o_s * c[:, None]
+                m_i = m_new
         out = acc / l_i[:, None]
         tl.store(out_ptr + b * stride_out + heads[:, None] * DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=hdmask)
@@ -160,7 +206,8 @@ if HAS_TRITON:
                            HEADS: tl.constexpr, GROUPS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                            QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr,
                            BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, FUSED_MERGE: tl.constexpr,
-                           PDL: tl.constexpr, DIM_LINES: tl.constexpr, LINE: tl.constexpr):
+                           PDL: tl.constexpr, DIM_LINES: tl.constexpr, LINE: tl.constexpr,
+                           MERGE_AHEAD: tl.constexpr):
         pair = tl.program_id(0)
         split = tl.program_id(1)
         b = pair // GROUPS
@@ -226,21 +273,21 @@ if HAS_TRITON:
                 done = tl.atomic_add(counter_ptr + pair, 1)  # acq_rel: the partials above are published
                 if done == n_parts - 1:  # the last reporter merges and re-arms the counter
                     _attn_merge(b, g, cur, qkv_row, part_o_ptr, part_ml_ptr, out_ptr, stride_out, n_splits, scale,
-                                HEADS, GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK)
+                                HEADS, GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK, MERGE_AHEAD)
                     tl.store(counter_ptr + pair, 0)
 
     @triton.jit
     def _attn_merge_kernel(qkv_ptr, kv_len_ptr, part_o_ptr, part_ml_ptr, out_ptr,
                            stride_qkv, stride_out, n_splits, scale,
                            HEADS: tl.constexpr, GROUPS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-                           QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr):
+                           QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr, MERGE_AHEAD: tl.constexpr):
         pair = tl.program_id(0)
         b = pair // GROUPS
         g = pair % GROUPS
         kv_len = tl.load(kv_len_ptr + b)
         if kv_len > 0:
             _attn_merge(b, g, kv_len - 1, qkv_ptr + b * stride_qkv, part_o_ptr, part_ml_ptr, out_ptr, stride_out,
-                        n_splits, scale, HEADS, GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK)
+                        n_splits, scale, HEADS, GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK, MERGE_AHEAD)
         else:
             d = tl.arange(0, DIM_PAD)
             hq = tl.arange(0, QH_PAD)
@@ -414,14 +461,15 @@ class AttentionWorkspace:
 
 def decode_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kv_len: torch.Tensor,
                      slopes: torch.Tensor, shape: AttentionShape, workspace: AttentionWorkspace,
-                     fused_merge: bool = True, pdl: bool = False) -> torch.Tensor:
+                     fused_merge: bool = True, pdl: bool = False, merge_ahead: bool = True) -> torch.Tensor:
     """Fused ``decode_ops.decode_attention``: [B, (H+2G)D] -> [B, H D]; writes the new K/V in place.
-    ``pdl``: launched as a programmatic dependent (``triton_pdl``; only with the fused merge)."""
+    ``pdl``: launched as a programmatic dependent (``triton_pdl``; only with the fused merge).
+    ``merge_ahead``: the merge reads its partials four ahead (same arithmetic; False: the path before)."""
     batch = qkv.shape[0]
     heads, groups, dim, per_group = shape.num_heads, shape.num_groups, shape.head_dim, shape.heads_per_group
     out = torch.empty(batch, heads * dim, dtype=qkv.dtype, device=qkv.device)
     common = dict(HEADS=heads, GROUPS=groups, DIM=dim, DIM_PAD=max(MIN_DOT_ROWS, _pow2(dim)), QH=per_group,
-                  QH_PAD=max(MIN_DOT_ROWS, _pow2(per_group)), CHUNK=workspace.chunk)
+                  QH_PAD=max(MIN_DOT_ROWS, _pow2(per_group)), CHUNK=workspace.chunk, MERGE_AHEAD=merge_ahead)
     pdl = pdl and fused_merge  # the separate merge kernel is an ordinary launch: keep the split one ordinary too
     line = triton_pdl.line_elements(keys.dtype)
     _attn_split_kernel[(batch * groups, workspace.n_splits)](
