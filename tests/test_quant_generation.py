@@ -66,8 +66,8 @@ INTERPRETER_CHECK = textwrap.dedent("""
     import numpy as np
     import triton.runtime.interpreter as interp
     _patch = interp._patch_lang_tensor
-    def _numpy2_index(tensor):  # triton 3.5's interpreter calls int() on 1-element arrays (numpy 2 refuses)
-        _patch(tensor)
+    def _numpy2_index(tensor, *scope):  # triton 3.5's interpreter calls int() on 1-element arrays (numpy 2
+        _patch(tensor, *scope)          # refuses); 3.6 passes a patch scope too
         tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
     interp._patch_lang_tensor = _numpy2_index
     import torch
