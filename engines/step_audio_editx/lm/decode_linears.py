@@ -54,7 +54,7 @@ class LinearChoice:
     """How one role runs: ``kernel`` cublas / dot / gemv; ``fused``: the norm or SwiGLU inside the kernel."""
 
     kernel: str = "cublas"
-    config: tuple[int, int, int, int] | None = None
+    config: tuple[int, ...] | None = None  # kernel-specific numbers (see its CONFIGS)
     fused: bool = False
 
     def __str__(self) -> str:

@@ -271,7 +271,7 @@ def _prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
 
 
 def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
-         config: tuple[int, int, int, int], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+         config: tuple[int, ...], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
          swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``f(x) @ W^T`` for ONE row of interleaved weights; config (BLOCK_N, BLOCK_W, warps, stages[, MODE]),
     MODE 1: the next tile loaded ahead, 2: that and x read in the words' layout (``X2D``)."""
