@@ -13,6 +13,7 @@ import torch
 
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.token2wav import Token2Wav, Token2WavInput
+from decoder_cases import decoder_clips
 
 pytestmark = pytest.mark.parity
 
@@ -26,30 +27,14 @@ def folder(parity):
     return parity.editx_dir / C.COSYVOICE_SUBDIR
 
 
-def _clips(parity, gen_lengths: tuple[int, int, int]) -> list[Token2WavInput]:
-    """Three clips of different generated AND prompt lengths (and speakers) from the fixture inputs."""
-    z = parity.npz("token2wav")
-    gen = z["generated_ids_with_offsets"].tolist()
-    prompt = z["prompt_vq0206_with_offsets"].tolist()
-    mel = torch.from_numpy(z["prompt_mel"])
-    spk = torch.from_numpy(z["prompt_spk_embedding"])
-    short_prompt = prompt[: C.TOKENS_PER_GROUP * max(1, len(prompt) // (2 * C.TOKENS_PER_GROUP))]
-    n0, n1, n2 = (min(n, len(gen) - 2) for n in gen_lengths)
-    return [
-        Token2WavInput(gen[:n0], prompt, mel, spk),
-        Token2WavInput(gen[:n1], prompt, mel, spk.flip(0)),
-        Token2WavInput(gen[2: 2 + n2], short_prompt, mel[: mel.shape[0] // 2 + 1], spk),
-    ]
-
-
 @pytest.fixture(scope="module")
 def items(parity) -> list[Token2WavInput]:
-    return _clips(parity, (1000, 41, 23))
+    return decoder_clips(parity, (1000, 41, 23))
 
 
 @pytest.fixture(scope="module")
 def small_items(parity) -> list[Token2WavInput]:
-    return _clips(parity, (13, 9, 6))  # ragged tails of 3, 4 and 1 ids
+    return decoder_clips(parity, (13, 9, 6))  # ragged tails of 3, 4 and 1 ids
 
 
 def _gens():

@@ -1,7 +1,8 @@
 """The flow decoder's fused norms on the GPU against the eager ops they replace: the gated add equals
 ``x + gate * y`` bit for bit; the LayerNorms (plain + modulation, and the affine per-head one) agree with
 ``F.layer_norm`` up to the last bit of a few bf16 values (float32 sums in another order); a whole DiT
-forward stays as close to the float32 model as the eager one. Skips without CUDA and Triton."""
+forward stays as close to the float32 model as the eager one; its causal conv runs in the [B, T, C] layout
+(cuDNN's channels-last kernels, no layout conversions) and matches conv1d. Skips without CUDA and Triton."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import DiTConfig
-from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import DiT
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import DiT, causal_conv_channels_last
 from layer_cases import rand, rel
 
 pytestmark = pytest.mark.skipif(fused_norms.triton is None or not torch.cuda.is_available(),
@@ -71,3 +72,19 @@ def test_dit_forward_with_fused_norms_stays_as_close_to_float32_as_eager():
             outs[fused] = model16(inputs[0], inputs[1], spks, inputs[2], t).float()
     assert rel(outs[True], outs[False]) < 2e-2
     assert rel(outs[True], want) < 1.2 * rel(outs[False], want) + 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_channels_last_causal_conv_matches_conv1d_without_layout_kernels(dtype):
+    x = rand(4, 333, 512, seed=20, dtype=dtype)
+    conv = torch.nn.Conv1d(512, 512, 3).cuda().to(dtype)
+    with torch.no_grad():
+        want = conv(F.pad(x.transpose(1, 2), (2, 0))).transpose(1, 2)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            got = causal_conv_channels_last(x, conv.weight, conv.bias)
+            torch.cuda.synchronize()
+    assert got.shape == (4, 333, 512) and got.is_contiguous()
+    assert rel(got, want) < (2e-3 if dtype == torch.float32 else 1e-2)  # cuDNN may take TF32 in both
+    assert rel(got[:, :1], want[:, :1]) < 1e-2  # the first frame sees the causal zeros, not the next frames
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert not [n for n in names if "nchwToNhwc" in n or "nhwcToNchw" in n], names

@@ -26,6 +26,7 @@ from .attention import KeyPadding
 from .config import FlowConfig
 from .conformer import UpsampleConformerEncoder
 from .dit import DiT
+from .flow_graph import GraphedEstimator
 from .embedding import DualCodebookEmbedding
 
 
@@ -36,6 +37,7 @@ class CausalConditionalCFM(nn.Module):
         super().__init__()
         self.estimator = estimator
         self.inference_cfg_rate = inference_cfg_rate
+        self.cuda_graph = True  # on CUDA the steps after the first replay one graph (``flow_graph``)
 
     @staticmethod
     def time_span(n_timesteps: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -67,9 +69,10 @@ class CausalConditionalCFM(nn.Module):
         spks_in = torch.cat([spks, torch.zeros_like(spks)], dim=0)
         cond_in = torch.cat([cond, torch.zeros_like(cond)], dim=0)
         padding_in = None if padding is None else padding.repeat(2)
+        estimator = GraphedEstimator(self.estimator, mu_in, spks_in, cond_in, padding_in, self.cuda_graph)
         x = noise
         for step in tqdm(range(1, n_timesteps + 1), desc="flow matching", disable=not progress, leave=False):
-            v = self.estimator(torch.cat([x, x], dim=0), mu_in, spks_in, cond_in, t, padding_in).to(x.dtype)
+            v = estimator(torch.cat([x, x], dim=0), t).to(x.dtype)
             v_cond, v_uncond = v[:b], v[b:]
             x = x + dt * ((1.0 + rate) * v_cond - rate * v_uncond)
             t = t + dt

@@ -43,8 +43,8 @@ from torch import nn
 
 from .config import HiFTConfig
 from .errors import DecoderConfigError
+from .snake import Snake
 
-SNAKE_EPS = 1e-9  # Snake: x + sin^2(alpha x) / (alpha + eps)
 CONV_PRE_KERNEL = 7
 CONV_POST_KERNEL = 7
 F0_CONV_KERNEL = 3
@@ -67,16 +67,6 @@ def periodic_hann(n: int) -> torch.Tensor:
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask
-
-
-class Snake(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.ones(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha[None, :, None]
-        return x + (1.0 / (alpha + SNAKE_EPS)) * torch.sin(x * alpha).pow(2)
 
 
 class ResBlock(nn.Module):
