@@ -24,6 +24,10 @@ def test_cpu_helpers_are_the_eager_ops():
     strided = x.transpose(0, 1)  # a view, as the conv block hands its norm
     assert torch.equal(fused_norms.layer_norm(strided, weight, bias, 1e-5),
                        F.layer_norm(strided, (32,), weight, bias, 1e-5))
+    pre = torch.randn(32, generator=gen)  # a conv's bias left to the norm, then Mish; a bias left to the add
+    assert torch.equal(fused_norms.layer_norm(x, weight, bias, 1e-5, pre_bias=pre, mish=True),
+                       F.mish(F.layer_norm(x + pre, (32,), weight, bias, 1e-5)))
+    assert torch.equal(fused_norms.gated_add(x, gate, y, y_bias=pre), x + gate * (y + pre))
 
 
 def test_set_fused_norms_reaches_every_fused_module():

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import DiTConfig
-from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import DiT, causal_conv_channels_last
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import (CausalConvBlock, DiT,
+                                                                          causal_conv_channels_last)
 from layer_cases import rand, rel
 
 pytestmark = pytest.mark.skipif(fused_norms.triton is None or not torch.cuda.is_available(),
@@ -75,16 +76,44 @@ def test_dit_forward_with_fused_norms_stays_as_close_to_float32_as_eager():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_channels_last_causal_conv_matches_conv1d_without_layout_kernels(dtype):
+def test_channels_last_causal_conv_matches_conv1d_without_copies(dtype):
     x = rand(4, 333, 512, seed=20, dtype=dtype)
     conv = torch.nn.Conv1d(512, 512, 3).cuda().to(dtype)
     with torch.no_grad():
         want = conv(F.pad(x.transpose(1, 2), (2, 0))).transpose(1, 2)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            got = causal_conv_channels_last(x, conv.weight, conv.bias)
+            got = causal_conv_channels_last(x, conv.weight)
             torch.cuda.synchronize()
-    assert got.shape == (4, 333, 512) and got.is_contiguous()
+    assert got.shape == (4, 333, 512) and got.stride()[1:] == (512, 1)  # rows contiguous per entry: read in place
+    got = got + conv.bias
     assert rel(got, want) < (2e-3 if dtype == torch.float32 else 1e-2)  # cuDNN may take TF32 in both
     assert rel(got[:, :1], want[:, :1]) < 1e-2  # the first frame sees the causal zeros, not the next frames
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert not [n for n in names if "nchwToNhwc" in n or "nhwcToNchw" in n], names
+    assert sum("elementwise" in n for n in names) <= 1, names  # the filters' layout; nothing the size of x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_norm_and_gated_add_read_conv_views_and_take_the_bias_like_the_separate_ops(dtype):
+    full = rand(3, 301, 512, seed=21, dtype=dtype) * 2
+    view = full[:, :299]  # rows contiguous per entry, entries 301 rows apart: the conv's output view
+    weight, bias = 1 + 0.1 * rand(512, seed=22, dtype=dtype), 0.1 * rand(512, seed=23, dtype=dtype)
+    pre, gate = rand(512, seed=24, dtype=dtype), rand(1, 1, 512, seed=25, dtype=dtype)
+    biased = view + pre  # PyTorch's separate bias add after cuDNN's conv
+    got = fused_norms.layer_norm(view, weight, bias, 1e-5, pre_bias=pre, mish=True)
+    want = F.mish(fused_norms.layer_norm(biased.contiguous(), weight, bias, 1e-5))
+    assert got.is_contiguous() and torch.equal(got, want)
+    x = rand(3, 299, 512, seed=26, dtype=dtype)
+    assert torch.equal(fused_norms.gated_add(x, gate, view, y_bias=pre), x + gate * biased)
+    assert torch.equal(fused_norms.gated_add(x, gate, view), x + gate * view)
+
+
+def test_conv_block_fused_path_matches_the_eager_block():
+    torch.manual_seed(1)
+    block = CausalConvBlock(512).cuda().to(torch.bfloat16).eval()
+    x = rand(4, 257, 512, seed=27)
+    with torch.no_grad():
+        fused = block(x)
+        block.fused = False
+        eager = block(x)
+    assert rel(fused, eager) < 1e-2

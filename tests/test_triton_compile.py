@@ -1,9 +1,9 @@
-"""Every Triton kernel of the decode path (and the flow decoder's fused norms) compiles to GPU machine code, here, without a GPU: Triton builds a
-cubin for a named target (its bundled ptxas), so CI catches a kernel that no longer compiles (a name that
-does not resolve after a move, a type error in a shared helper) before anyone holds a GPU. Targets: sm_90
-(the H100 / H200 the numbers are measured on, programmatic dependent launch on) and sm_80 (Ampere: the
-README's claim that nothing in the kernels is Hopper-only; no PDL there). Numerics are tested on the GPU
-(``*_cuda.py``) and, for the sampler, in Triton's interpreter."""
+"""Every Triton kernel of the decode path (and the flow decoder's fused norms, the vocoder's Snake) compiles to
+GPU machine code, here, without a GPU: Triton builds a cubin for a named target (its bundled ptxas), so CI
+catches a kernel that no longer compiles (a name that does not resolve after a move, a type error in a shared
+helper) before anyone holds a GPU. Targets: sm_90 (the H100 / H200 the numbers are measured on, programmatic
+dependent launch on) and sm_80 (Ampere: the README's claim that nothing in the kernels is Hopper-only; no PDL
+there). Numerics are tested on the GPU (``*_cuda.py``) and, for the sampler, in Triton's interpreter."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
 
-from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels  # noqa: E402
 
@@ -24,13 +24,15 @@ POINTERS = {
     "work_ptr": "*fp32", "kth_ptr": "*fp32", "ids_ptr": "*i64", "hashed_ptr": "*i64", "masks_ptr": "*i1",
     "seeds_ptr": "*i64", "tokens_ptr": "*i64", "pos_ptr": "*i64", "n_gen_ptr": "*i64", "caps_ptr": "*i64",
     "active_ptr": "*i1", "hist_ptr": "*i64", "rows_ptr": "*i64", "b_ptr": "*bf16", "shift_ptr": "*bf16",
-    "scale_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*bf16",
+    "scale_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*bf16", "pre_ptr": "*bf16", "bias_ptr": "*bf16",
+    "alpha_ptr": "*bf16", "inv_ptr": "*bf16",
 }
 FLOATS = ("eps", "scale", "inv_temperature")
 SAMPLER_OUT = {"out_ptr": "*i64"}  # the sampler's out_ptr holds token ids
 ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128, MERGE_AHEAD=True)
 MATMUL = dict(PROLOGUE=1, RESIDUAL=True)
 QUANT = dict(BITS=4, GROUP=128, **MATMUL)
+DIT_NORM = dict(AFFINE=False, MODULATE=False, PRE_BIAS=False, MISH=False, BLOCK_ROWS=16, BLOCK_W=512)
 
 # (kernel, its constexprs but PDL; takes PDL, pointer overrides)
 CASES = {
@@ -72,11 +74,14 @@ CASES = {
                              False, {}),
     "interleaved_dot": (interleaved._il_dot_kernel,
                         dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_W=32, PRECISION="tf32"), False, {}),
-    "dit_modulated_norm": (fused_norms._norm_kernel, dict(AFFINE=False, MODULATE=True, BLOCK_ROWS=16, BLOCK_W=512),
+    "dit_modulated_norm": (fused_norms._norm_kernel, dict(DIT_NORM, MODULATE=True), False, {}),
+    "dit_head_norm": (fused_norms._norm_kernel, dict(DIT_NORM, AFFINE=True, BLOCK_ROWS=128, BLOCK_W=64), False, {}),
+    "dit_conv_norm_mish": (fused_norms._norm_kernel, dict(DIT_NORM, AFFINE=True, PRE_BIAS=True, MISH=True),
                            False, {}),
-    "dit_head_norm": (fused_norms._norm_kernel, dict(AFFINE=True, MODULATE=False, BLOCK_ROWS=128, BLOCK_W=64),
-                      False, {}),
-    "dit_gated_add": (fused_norms._gated_add_kernel, dict(BLOCK=2048), False, {}),
+    "dit_gated_add": (fused_norms._gated_add_kernel, dict(Y_BIAS=False, BLOCK=2048), False, {}),
+    "dit_gated_add_bias": (fused_norms._gated_add_kernel, dict(Y_BIAS=True, BLOCK=2048), False, {}),
+    "hift_snake": (snake._snake_kernel, dict(BLOCK=1024), False,
+                   {"x_ptr": "*fp32", "alpha_ptr": "*fp32", "inv_ptr": "*fp32", "out_ptr": "*fp32"}),
 }
 TARGETS = {"sm_90": 90, "sm_80": 80}
 

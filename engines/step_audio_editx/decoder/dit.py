@@ -78,19 +78,23 @@ class DiTAttention(nn.Module):
         return self.proj(out.reshape(b, t, self.heads * self.head_dim))
 
 
-def causal_conv_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The left-padded conv1d on ``x [B, T, C]`` without leaving that layout: ``[B, T, C_out]``, contiguous.
+def causal_conv_channels_last(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The left-padded conv1d (no bias) on ``x [B, T, C]`` without leaving that layout: ``[B, T, C_out]``, a view
+    whose rows are contiguous per batch entry (``fused_norms`` reads it in place).
 
     Why: conv1d wants ``[B, C, T]``; the transposed views cost a strided copy in, cuDNN's two layout
-    conversions and a strided result that every later op copies again (~30 % of a batched flow call on the
-    H200). A ``[B, T, C]`` tensor IS a channels-last ``[B, C, 1, T]`` image, which cuDNN's NHWC kernels read
-    as it lies; the only copy left is the causal padding along time.
+    conversions and a strided result that every later op copied again (~30 % of a batched flow call on the
+    H200). A contiguous ``[B, T, C]`` tensor IS a channels-last ``[B, C, 1, T]`` image, which cuDNN's NHWC
+    kernels read as it lies. The conv pads both ends itself and the first ``T`` outputs are the causal ones,
+    so nothing is copied; the bias is left to the kernel that reads the result (cuDNN's path adds it in a
+    separate pass, rounded the same way).
     """
     b, t, _ = x.shape
-    out_channels, _, kernel = weight.shape
-    image = F.pad(x, (0, 0, kernel - 1, 0)).unsqueeze(1).permute(0, 3, 1, 2)  # [B, C, 1, T + k - 1], NHWC
+    kernel = weight.shape[-1]
+    image = x.contiguous().unsqueeze(1).permute(0, 3, 1, 2)  # [B, C, 1, T], NHWC in memory
     filters = weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # [C_out, C, 1, k]
-    return F.conv2d(image, filters, bias).permute(0, 2, 3, 1).reshape(b, t, out_channels)
+    out = F.conv2d(image, filters, padding=(0, kernel - 1))  # [B, C_out, 1, T + k - 1], NHWC in memory
+    return out.permute(0, 2, 3, 1)[:, 0, :t]
 
 
 class CausalConvBlock(nn.Module):
@@ -110,15 +114,23 @@ class CausalConvBlock(nn.Module):
         self.fused = True
 
     def _conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and x.is_cuda:
-            return causal_conv_channels_last(x, conv.weight, conv.bias)
         return conv(F.pad(x.transpose(1, 2), (self.kernel - 1, 0))).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._conv(self.block[1], x)
-        norm = self.block[3]
-        x = fused_norms.layer_norm(x, norm.weight, norm.bias, norm.eps, self.fused)
-        return self._conv(self.block[6], self.block[4](x))
+        y, bias = self.unbiased(x)
+        return y if bias is None else y + bias
+
+    def unbiased(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output without the last conv's bias, and that bias (None: already added). On CUDA the
+        convs stay in the [B, T, C] layout, the first conv's bias and the Mish ride on the norm kernel, and
+        the last bias is left to the gated residual add (``DiTBlock``): one pass each, same roundings."""
+        first, norm, last = self.block[1], self.block[3], self.block[6]
+        if self.fused and x.is_cuda and fused_norms.triton is not None:
+            h = causal_conv_channels_last(x, first.weight)
+            h = fused_norms.layer_norm(h, norm.weight, norm.bias, norm.eps, pre_bias=first.bias, mish=True)
+            return causal_conv_channels_last(h, last.weight), last.bias
+        h = fused_norms.layer_norm(self._conv(first, x), norm.weight, norm.bias, norm.eps, self.fused)
+        return self._conv(last, self.block[4](h)), None
 
 
 class MLP(nn.Module):
@@ -150,7 +162,8 @@ class DiTBlock(nn.Module):
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          shift_conv, scale_conv, gate_conv) = self.adaLN_modulation(c).chunk(MODULATIONS_PER_BLOCK, dim=-1)
         x = fused_norms.gated_add(x, gate_msa, self.attn(self._norm(x, shift_msa, scale_msa), padding), self.fused)
-        x = fused_norms.gated_add(x, gate_conv, self.conv(self._norm(x, shift_conv, scale_conv)), self.fused)
+        conv, conv_bias = self.conv.unbiased(self._norm(x, shift_conv, scale_conv))
+        x = fused_norms.gated_add(x, gate_conv, conv, self.fused, y_bias=conv_bias)
         x = fused_norms.gated_add(x, gate_mlp, self.mlp(self._norm(x, shift_mlp, scale_mlp)), self.fused)
         return x
 
