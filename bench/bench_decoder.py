@@ -24,6 +24,8 @@ The HiFT block of the official yaml is not public (the real ``hift.pt`` is 117 M
 reconstruction 83 MB of weights), so ``--yaml path/to/CosyVoice-300M-25Hz/cosyvoice.yaml`` takes the
 dims from a real file instead (weights stay random).
 
+``--no-flow-graph`` runs every Euler step eagerly (on CUDA the steps after the first replay one graph).
+
 GPU: ``python bench/bench_decoder.py --device cuda --json out.json --markdown out.md --attn-check``
 CPU smoke test with tiny dims: ``python bench/bench_decoder.py --tiny``
 """
@@ -177,6 +179,7 @@ def measure(cfg: CosyVoiceConfig, flow_state: dict, hift_state: dict, device: to
     """Time prepare / flow / HiFT for one dtype and batch; errors against ``reference`` (the fp32 outputs)."""
     t2w = Token2Wav.build(cfg, flow_state, hift_state, device=device, dtype=DTYPES[name],
                           attn_implementation=args.attn, hift_dtype=DTYPES[name])
+    t2w.flow.decoder.cuda_graph = not args.no_flow_graph
     items, cfm, sine = make_inputs(t2w, batch, args.seconds, args.prompt_seconds, args.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -323,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attn", default="auto", help="attention implementation for the runs")
     parser.add_argument("--attn-check", action="store_true", help="compare every available DiT attention backend")
     parser.add_argument("--profile-flow", action="store_true", help="profile one flow call per batch and dtype")
+    parser.add_argument("--no-flow-graph", action="store_true",
+                        help="run every Euler step eagerly (the flow's CUDA graph off: decoder/flow_graph.py)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,12 +1,15 @@
 """The flow decoder's fused norms off CUDA: the helpers run exactly the eager ops the DiT ran before (the
 Triton kernels are tested on the GPU in ``test_decoder_fused_norms_cuda.py``), and ``DiT.set_fused_norms``
-reaches every module that has a fused path."""
+reaches every module that has a fused path; a device the Triton probe cannot run on keeps the torch ops."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 import torch.nn.functional as F
-from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, triton_support
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import DiTConfig
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import DiT
 
@@ -37,3 +40,14 @@ def test_set_fused_norms_reaches_every_fused_module():
     assert len(flagged) == 2 * 3 + 1 and all(m.fused for m in flagged)  # per block: itself, attention, conv
     model.set_fused_norms(False)
     assert not any(m.fused for m in flagged)
+
+
+def test_no_triton_kernels_off_cuda():
+    assert not triton_support.kernels_run_on(torch.device("cpu"))
+
+
+@pytest.mark.skipif(triton_support.triton is None, reason="needs the triton package")
+def test_a_device_the_probe_cannot_run_on_keeps_the_torch_ops(caplog):
+    with caplog.at_level(logging.WARNING):  # Triton cannot launch on CPU tensors: the failure path of an old card
+        assert triton_support._probe(torch.device("cpu")) is False
+    assert "PyTorch's own ops run there instead" in caplog.text

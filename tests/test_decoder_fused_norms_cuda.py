@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, triton_support
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.config import DiTConfig
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder.dit import (CausalConvBlock, DiT,
                                                                           causal_conv_channels_last)
@@ -117,3 +117,8 @@ def test_conv_block_fused_path_matches_the_eager_block():
         block.fused = False
         eager = block(x)
     assert rel(fused, eager) < 1e-2
+
+
+def test_the_probe_lets_this_gpu_run_the_kernels():
+    assert triton_support.kernels_run_on(torch.device("cuda"))
+    assert triton_support.kernels_run_on(torch.device("cuda", torch.cuda.current_device()))

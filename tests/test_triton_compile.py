@@ -11,7 +11,7 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
 
-from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake, triton_support  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels  # noqa: E402
 
@@ -80,6 +80,7 @@ CASES = {
                            False, {}),
     "dit_gated_add": (fused_norms._gated_add_kernel, dict(Y_BIAS=False, BLOCK=2048), False, {}),
     "dit_gated_add_bias": (fused_norms._gated_add_kernel, dict(Y_BIAS=True, BLOCK=2048), False, {}),
+    "decoder_probe": (triton_support._probe_kernel, dict(BLOCK=64), False, {"x_ptr": "*fp16", "out_ptr": "*fp16"}),
     "hift_snake": (snake._snake_kernel, dict(BLOCK=1024), False,
                    {"x_ptr": "*fp32", "alpha_ptr": "*fp32", "inv_ptr": "*fp32", "out_ptr": "*fp32"}),
 }

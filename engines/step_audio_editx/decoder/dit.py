@@ -125,7 +125,7 @@ class CausalConvBlock(nn.Module):
         convs stay in the [B, T, C] layout, the first conv's bias and the Mish ride on the norm kernel, and
         the last bias is left to the gated residual add (``DiTBlock``): one pass each, same roundings."""
         first, norm, last = self.block[1], self.block[3], self.block[6]
-        if self.fused and x.is_cuda and fused_norms.triton is not None:
+        if self.fused and fused_norms.kernels_run_on(x.device):
             h = causal_conv_channels_last(x, first.weight)
             h = fused_norms.layer_norm(h, norm.weight, norm.bias, norm.eps, pre_bias=first.bias, mish=True)
             return causal_conv_channels_last(h, last.weight), last.bias

@@ -17,32 +17,18 @@ order than PyTorch's, so a normalised value can differ from ``F.layer_norm``'s i
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-try:  # triton ships with CUDA builds of torch
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - CPU-only installs
-    triton = tl = None
-
-if triton is not None:  # libdevice: the CUDA math library's functions, as PyTorch's own kernels call them
-    try:
-        from triton.language.extra import libdevice as device_math
-    except ImportError:  # pragma: no cover - older triton
-        device_math = tl
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no libdevice
-        device_math = tl
+from .triton_support import device_math, kernels_run_on, tl, triton
 
 TILE_ELEMENTS = 8192  # elements per program: 16 rows of the DiT's 512 channels, 128 of a 64-wide head
 GATED_BLOCK = 2048
 
 
 def runs_fused(x: torch.Tensor) -> bool:
-    """The Triton kernels take this tensor (CUDA, contiguous rows); otherwise the torch ops run."""
-    return triton is not None and x.is_cuda and x.is_contiguous()
+    """The Triton kernels take this tensor (contiguous, on a GPU that runs them); otherwise the torch ops run."""
+    return x.is_contiguous() and kernels_run_on(x.device)
 
 
 if triton is not None:
@@ -151,7 +137,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     per-channel bias added to ``x`` first (a conv's, left out of the conv); ``mish``: Mish of the result. The
     kernel reads ``x`` in place when its rows are contiguous per batch entry (``_row_segments``)."""
     width = x.shape[-1]
-    if (fused and x.is_cuda and triton is not None and (weight is None) == (bias is None)
+    if (fused and kernels_run_on(x.device) and (weight is None) == (bias is None)
             and (pre_bias is None or _vector(pre_bias, width))):
         return _norm(x, eps, weight=weight, bias=bias, pre_bias=pre_bias, mish=mish)
     out = F.layer_norm(x if pre_bias is None else x + pre_bias, (width,), weight, bias, eps)

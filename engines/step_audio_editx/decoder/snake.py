@@ -9,27 +9,15 @@ bit (``tests/test_decoder_snake_cuda.py``).
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
-try:  # triton ships with CUDA builds of torch
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - CPU-only installs
-    triton = tl = None
+from .triton_support import device_math, kernels_run_on, tl, triton
 
 SNAKE_EPS = 1e-9
 SNAKE_BLOCK = 1024  # elements per program
 
 if triton is not None:
-    try:
-        from triton.language.extra import libdevice as _math
-    except ImportError:  # pragma: no cover - older triton
-        _math = tl
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no libdevice
-        _math = tl
 
     @triton.jit
     def _snake_kernel(x_ptr, alpha_ptr, inv_ptr, out_ptr, n, length, channels, BLOCK: tl.constexpr):
@@ -39,7 +27,7 @@ if triton is not None:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0)
         a = tl.load(alpha_ptr + c, mask=mask, other=0.0)
         inv = tl.load(inv_ptr + c, mask=mask, other=0.0)
-        s = _math.sin((x.to(tl.float32) * a.to(tl.float32)).to(x.dtype).to(tl.float32)).to(x.dtype)
+        s = device_math.sin((x.to(tl.float32) * a.to(tl.float32)).to(x.dtype).to(tl.float32)).to(x.dtype)
         sq = (s.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
         t = (inv.to(tl.float32) * sq.to(tl.float32)).to(x.dtype)
         tl.store(out_ptr + offs, (x.to(tl.float32) + t.to(tl.float32)).to(x.dtype), mask=mask)
@@ -48,7 +36,7 @@ if triton is not None:
 def snake(x: torch.Tensor, alpha: torch.Tensor, eps: float = SNAKE_EPS) -> torch.Tensor:
     """Snake over ``x [B, C, T]`` with one ``alpha`` per channel ``[C]``."""
     inv = 1.0 / (alpha + eps)  # the eager op, so the kernel multiplies by the very same values
-    if triton is not None and x.is_cuda and x.is_contiguous() and x.dim() == 3 and alpha.dtype == x.dtype:
+    if x.dim() == 3 and x.is_contiguous() and alpha.dtype == x.dtype and kernels_run_on(x.device):
         out = torch.empty_like(x)
         n = x.numel()
         if n:

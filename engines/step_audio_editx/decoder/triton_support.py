@@ -1,0 +1,69 @@
+"""Triton for the decoder's kernels (``fused_norms``, ``snake``): the import, libdevice, and whether a GPU runs them.
+
+Why a probe: Triton compiles only for the cards it supports, and a CUDA build of torch brings Triton along
+whatever the card. Older cards would fail inside the flow; instead, one tiny kernel is compiled, run and
+checked once per GPU, and where that fails the decoder keeps PyTorch's own ops there (said once in the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+try:  # triton ships with CUDA builds of torch
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - CPU-only installs
+    triton = tl = None
+
+PROBE_SIZE = 64  # elements of the probe kernel's one block
+PROBE_TOLERANCE = 1e-2
+_RUNS: dict[int, bool] = {}  # CUDA device index -> the probe passed
+
+if triton is not None:  # libdevice: the CUDA math library's functions, as PyTorch's own kernels call them
+    try:
+        from triton.language.extra import libdevice as device_math
+    except ImportError:  # pragma: no cover - older triton
+        device_math = tl
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no libdevice
+        device_math = tl
+
+    @triton.jit
+    def _probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs, (device_math.sin(x) * 2.0).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def kernels_run_on(device: torch.device) -> bool:
+    """Whether the decoder's Triton kernels run on ``device`` (False off CUDA, without Triton, or where the probe
+    failed). Asked while a CUDA graph is being captured before any probe, it answers False: a probe cannot run
+    inside a capture."""
+    if triton is None or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _RUNS:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        _RUNS[index] = _probe(torch.device("cuda", index))
+    return _RUNS[index]
+
+
+def _probe(device: torch.device) -> bool:
+    try:
+        x = torch.linspace(-3.0, 3.0, PROBE_SIZE, device=device, dtype=torch.float16)
+        out = torch.empty_like(x)
+        _probe_kernel[(1,)](x, out, x.numel(), BLOCK=PROBE_SIZE)
+        if torch.allclose(out.float(), torch.sin(x.float()) * 2.0, atol=PROBE_TOLERANCE):
+            return True
+        reason = "its probe computed wrong values"
+    except Exception as exc:  # a card or driver Triton cannot compile for
+        reason = f"{type(exc).__name__}: {exc}"
+    logger.warning("The flow decoder's and vocoder's Triton kernels do not run on %s (%s); PyTorch's own ops run "
+                   "there instead (same results, slower)", device, reason)
+    return False
