@@ -1,5 +1,7 @@
 """Fused DiT norms (Triton on CUDA, the eager torch ops elsewhere): LayerNorm + adaLN modulation in one pass,
-the per-head q / k LayerNorm over many short rows, and the gated residual add.
+the per-head q / k LayerNorm over many short rows, the conv block's LayerNorm with the conv's bias before it
+and the Mish after it, and the gated residual add (with the last conv's bias). Both read a conv's output view
+in place (rows contiguous per clip, ``_row_segments``): ``dit.causal_conv_channels_last`` leaves no copy.
 
 Why: one flow call for 16 clips of 10 s spends 28 % of its GPU time in PyTorch's LayerNorm (130 us per call
 on [32 rows x ~1,000 frames, 512] bf16, where reading and writing the tensor takes ~16 us; the q / k norms
@@ -8,9 +10,10 @@ modulation and the gates, each a full pass over the activations (``bench_decoder
 H200, 2026-12-04). Here each is one pass.
 
 Rounding: every elementwise result is rounded to the activation dtype where the eager op rounds it
-(``x * (1 + scale) + shift`` and ``x + gate * y`` as three and two rounded ops) and no multiply-add is
-fused into one rounding (``enable_fp_fusion=False``), so the modulation and the gated add equal the eager
-ops bit for bit. The LayerNorm's mean and variance are float32 sums in another
+(``x * (1 + scale) + shift`` and ``x + gate * y`` as three and two rounded ops; a conv's bias as PyTorch's
+separate add after cuDNN's conv; Mish with libdevice's functions, as PyTorch's kernel) and no multiply-add is
+fused into one rounding (``enable_fp_fusion=False``), so the modulation, the biases, the Mish and the gated
+add equal the eager ops bit for bit. The LayerNorm's mean and variance are float32 sums in another
 order than PyTorch's, so a normalised value can differ from ``F.layer_norm``'s in its last bf16 bit
 (``tests/test_decoder_fused_norms*.py``).
 """
@@ -100,7 +103,8 @@ def _norm(x: torch.Tensor, eps: float, weight: torch.Tensor | None = None, bias:
           pre_bias: torch.Tensor | None = None, mish: bool = False) -> torch.Tensor:
     segments = _row_segments(x)
     if segments is None:
-        x, segments = x.contiguous(), _row_segments(x.contiguous())
+        x = x.contiguous()
+        segments = _row_segments(x)
     width = x.shape[-1]
     rows = x.numel() // width
     block_w = triton.next_power_of_2(width)
