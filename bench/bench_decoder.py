@@ -24,6 +24,8 @@ The HiFT block of the official yaml is not public (the real ``hift.pt`` is 117 M
 reconstruction 83 MB of weights), so ``--yaml path/to/CosyVoice-300M-25Hz/cosyvoice.yaml`` takes the
 dims from a real file instead (weights stay random).
 
+``--new-lengths N`` also decodes N clip lengths the process has not seen, each twice: the first call's extra
+time is what a new request's shape costs (every real request has a new length).
 ``--no-flow-graph`` runs every Euler step eagerly (on CUDA the steps after the first replay one graph).
 
 GPU: ``python bench/bench_decoder.py --device cuda --json out.json --markdown out.md --attn-check``
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -203,10 +206,30 @@ def measure(cfg: CosyVoiceConfig, flow_state: dict, hift_state: dict, device: to
             "e2e_f0_hz": errors(outputs["f0"], reference["f0"]),
         }
     logger.info("B=%d %s: flow %.1f ms, HiFT %.1f ms", batch, name, t_flow["median_ms"], t_hift["median_ms"])
+    if args.new_lengths:
+        row["new_length"] = new_length_costs(t2w, batch, args, device)
+        logger.info("B=%d %s, lengths not decoded before: %s", batch, name, row["new_length"])
     if args.profile_flow and device.type == "cuda":
         row["flow_profile"] = profile_flow(t2w, prepared, cfm, device)
         logger.info("B=%d %s flow profile:\n%s", batch, name, row["flow_profile"]["table"])
     return row, outputs
+
+
+def new_length_costs(t2w: Token2Wav, batch: int, args: argparse.Namespace, device: torch.device) -> dict:
+    """Flow and HiFT ms at ``--new-lengths`` clip lengths this process has not decoded before (one token group
+    longer each), each against a second call at the same length: what the shape of a new request costs on top
+    (cuDNN plans per conv shape, the allocator), which every real request pays."""
+    times: dict[str, list[float]] = {"flow_new_ms": [], "flow_again_ms": [], "hift_new_ms": [], "hift_again_ms": []}
+    for i in range(1, args.new_lengths + 1):
+        items, cfm, sine = make_inputs(t2w, batch, args.seconds + i * C.GROUP_SECONDS, args.prompt_seconds,
+                                       args.seed + i)
+        for when in ("new", "again"):
+            prepared = t2w.prepare(items)
+            t_flow, mels = timed(lambda: t2w.run_flow(prepared, cfm_noise=cfm), device, 0, 1)
+            t_hift, _ = timed(lambda: t2w.run_vocoder(mels, sine_noise=sine), device, 0, 1)
+            times[f"flow_{when}_ms"].append(t_flow["median_ms"])
+            times[f"hift_{when}_ms"].append(t_hift["median_ms"])
+    return {key: statistics.median(values) for key, values in times.items()} | {"lengths": args.new_lengths}
 
 
 def profile_flow(t2w: Token2Wav, prepared, cfm: list, device: torch.device) -> dict:
@@ -283,6 +306,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['batch']} | {r['dtype']} | {r['dit_attn']} / {r['conformer_attn']} | "
                      f"{r['prepare']['median_ms']:.1f} | {r['flow']['median_ms']:.1f} | {r['hift']['median_ms']:.1f} | "
                      f"{r['total_ms']:.1f} | {r['x_realtime']:.1f} | {r['peak_gib']:.2f} |")
+    fresh = [r for r in report["runs"] if "new_length" in r]
+    if fresh:
+        lines += ["", (f"Clip lengths not decoded before in the process ({fresh[0]['new_length']['lengths']} lengths, "
+                       "medians), each against a second call at the same length"), "",
+                  "| B | dtype | flow ms new / again | HiFT ms new / again |", "|---|---|---|---|"]
+        for r in fresh:
+            n = r["new_length"]
+            lines.append(f"| {r['batch']} | {r['dtype']} | {n['flow_new_ms']:.1f} / {n['flow_again_ms']:.1f} | "
+                         f"{n['hift_new_ms']:.1f} / {n['hift_again_ms']:.1f} |")
     errs = [r for r in report["runs"] if "error_vs_fp32" in r]
     if errs:
         lines += ["", ("Error against fp32 (same weights and noise): max abs / mean abs / SNR dB; for waveforms also "
@@ -326,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attn", default="auto", help="attention implementation for the runs")
     parser.add_argument("--attn-check", action="store_true", help="compare every available DiT attention backend")
     parser.add_argument("--profile-flow", action="store_true", help="profile one flow call per batch and dtype")
+    parser.add_argument("--new-lengths", type=int, default=0,
+                        help="also decode this many clip lengths not seen before, each twice (per-shape costs)")
     parser.add_argument("--no-flow-graph", action="store_true",
                         help="run every Euler step eagerly (the flow's CUDA graph off: decoder/flow_graph.py)")
     parser.add_argument("--warmup", type=int, default=None)
