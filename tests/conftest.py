@@ -48,6 +48,7 @@ def _register_helper_module(name: str) -> None:
 _register_helper_module("comfyui_harness")  # the real ComfyUI server of the HTTP-API and browser tests
 _register_helper_module("node_doubles")  # fake engine and AUDIO inputs of the node tests
 _register_helper_module("layer_cases")  # one decode layer's matmul roles, as the GPU kernel tests drive them
+_register_helper_module("interpreted")  # kernel checks run by Triton's CPU interpreter in a child process
 _register_helper_module("decoder_cases")  # token2wav clips of the parity fixture for padded batches
 DEFAULT_PARITY_DIR = REPO_ROOT.parent / "shared" / "parity" / "A"
 

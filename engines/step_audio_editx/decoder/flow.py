@@ -69,7 +69,8 @@ class CausalConditionalCFM(nn.Module):
         spks_in = torch.cat([spks, torch.zeros_like(spks)], dim=0)
         cond_in = torch.cat([cond, torch.zeros_like(cond)], dim=0)
         padding_in = None if padding is None else padding.repeat(2)
-        estimator = GraphedEstimator(self.estimator, mu_in, spks_in, cond_in, padding_in, self.cuda_graph)
+        estimator = GraphedEstimator(self.estimator, mu_in, spks_in, cond_in, padding_in,
+                                     self.cuda_graph and n_timesteps > 1)  # one step: nothing would replay
         x = noise
         for step in tqdm(range(1, n_timesteps + 1), desc="flow matching", disable=not progress, leave=False):
             v = estimator(torch.cat([x, x], dim=0), t).to(x.dtype)

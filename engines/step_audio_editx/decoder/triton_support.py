@@ -7,12 +7,11 @@ checked once per GPU, and where that fails the decoder keeps PyTorch's own ops t
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 
-logger = logging.getLogger(__name__)
+from ..kernel_probe import run_probe
 
 try:  # triton ships with CUDA builds of torch
     import triton
@@ -55,15 +54,13 @@ def kernels_run_on(device: torch.device) -> bool:
 
 
 def _probe(device: torch.device) -> bool:
-    try:
+    def check() -> str | None:
         x = torch.linspace(-3.0, 3.0, PROBE_SIZE, device=device, dtype=torch.float16)
         out = torch.empty_like(x)
         _probe_kernel[(1,)](x, out, x.numel(), BLOCK=PROBE_SIZE)
         if torch.allclose(out.float(), torch.sin(x.float()) * 2.0, atol=PROBE_TOLERANCE):
-            return True
-        reason = "its probe computed wrong values"
-    except Exception as exc:  # a card or driver Triton cannot compile for
-        reason = f"{type(exc).__name__}: {exc}"
-    logger.warning("The flow decoder's and vocoder's Triton kernels do not run on %s (%s); PyTorch's own ops run "
-                   "there instead (same results, slower)", device, reason)
-    return False
+            return None
+        return "its probe computed wrong values"
+
+    return run_probe(str(device), "The flow decoder's and vocoder's Triton kernels",
+                     "PyTorch's own ops run there instead (same results, slower)", check) is None

@@ -29,7 +29,7 @@ from .. import triton_decode
 from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, unpack
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
-from .probe import run_probe
+from ...kernel_probe import run_probe
 
 
 GEMV_AHEAD, GEMV_X2D = 1, 2  # a GEMV configuration's optional 5th number (MODE): see ``gemv``

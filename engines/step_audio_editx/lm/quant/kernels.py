@@ -27,7 +27,7 @@ from .. import triton_decode
 from .format import QuantScheme
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
-from .probe import run_probe
+from ...kernel_probe import run_probe
 
 
 MAX_KERNEL_ROWS = triton_decode.MIN_DOT_ROWS  # rows a quantized matmul runs in one fused kernel

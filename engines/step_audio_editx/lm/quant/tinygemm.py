@@ -20,7 +20,7 @@ from functools import lru_cache
 import torch
 
 from .format import QuantScheme, dequantize as format_dequantize, pack, quantize as format_quantize, unpack
-from .probe import run_probe
+from ...kernel_probe import run_probe
 
 
 INNER_K_TILES = 8  # tinygemm's k-tiling (2, 4 or 8); 8 is its fastest for K multiple of 128
