@@ -1,4 +1,4 @@
-"""Triton for the decoder's kernels (``fused_norms``, ``snake``): the import, libdevice, and whether a GPU runs them.
+"""Whether a GPU runs the decoder's Triton kernels (``fused_norms``, ``snake``; their import: ``triton_import``).
 
 Why a probe: Triton compiles only for the cards it supports, and a CUDA build of torch brings Triton along
 whatever the card. Older cards would fail inside the flow; instead, one tiny kernel is compiled, run and
@@ -7,29 +7,16 @@ checked once per GPU, and where that fails the decoder keeps PyTorch's own ops t
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..kernel_probe import run_probe
-
-try:  # triton ships with CUDA builds of torch
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - CPU-only installs
-    triton = tl = None
+from ..triton_import import device_math, tl, triton
 
 PROBE_SIZE = 64  # elements of the probe kernel's one block
 PROBE_TOLERANCE = 1e-2
 _RUNS: dict[int, bool] = {}  # CUDA device index -> the probe passed
 
-if triton is not None:  # libdevice: the CUDA math library's functions, as PyTorch's own kernels call them
-    try:
-        from triton.language.extra import libdevice as device_math
-    except ImportError:  # pragma: no cover - older triton
-        device_math = tl
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no libdevice
-        device_math = tl
+if triton is not None:
 
     @triton.jit
     def _probe_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):

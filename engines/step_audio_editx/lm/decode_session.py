@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import EOT_ID, PAD_ID
+from ..triton_import import TRITON_IMPORT_ERROR
 from ..types import Progress, ProgressCallback, SamplingConfig, StopReason
 from . import decode_ops as ref_ops
 from . import triton_decode, triton_pdl, triton_sampler
@@ -104,7 +105,7 @@ class DecodeSession:
         self.use_triton = want_triton and cuda and triton_decode.available()
         if want_triton and cuda and not self.use_triton:
             logger.warning("Triton is unavailable (%s): fast decoding uses torch ops inside the CUDA graph "
-                           "(slower)", triton_decode.TRITON_IMPORT_ERROR)
+                           "(slower)", TRITON_IMPORT_ERROR)
         self.pdl_min_rows: int | None = None  # buckets of at least this many rows launch as PDL; None: none
         if self.use_triton and triton_pdl.capable(self.device):
             if self.options.pdl is None and triton_pdl.supported(self.device):

@@ -25,33 +25,15 @@ wait, the same code; bit-identical results).
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
+from ..triton_import import HAS_TRITON, tl, triton
+from ..triton_import import device_math as _math
 from . import triton_pdl
 from .decode_ops import AttentionShape
 
 logger = logging.getLogger(__name__)
-
-try:  # triton ships with CUDA builds of torch; CPU-only installs have none
-    import triton
-    import triton.language as tl
-
-    TRITON_IMPORT_ERROR: str | None = None
-except Exception as exc:  # pragma: no cover - depends on the install
-    triton = None
-    tl = None
-    TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-HAS_TRITON = triton is not None
-if HAS_TRITON:
-    try:  # the same CUDA math library functions torch calls: bit-identical exp / log / rsqrt
-        from triton.language.extra import libdevice as _math
-    except Exception:  # pragma: no cover - older triton
-        _math = tl
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no libdevice
-        _math = tl
 
 # Attention: keys per split-K chunk, and per inner tile.
 ATTN_BLOCK_N = 64

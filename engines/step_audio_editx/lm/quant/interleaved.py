@@ -30,6 +30,7 @@ from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, unpack
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
 from ...kernel_probe import run_probe
+from ...triton_import import TRITON_IMPORT_ERROR
 
 
 GEMV_AHEAD, GEMV_X2D = 1, 2  # a GEMV configuration's optional 5th number (MODE): see ``gemv``
@@ -100,7 +101,7 @@ def kernel_problem(device: str) -> str | None:
     """Why the interleaved kernels cannot be used on ``device`` (None when a probe of each agrees with the
     torch reference): the decode session then keeps the stored layout and ``kernels``' kernels."""
     if not HAS_TRITON:
-        return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
+        return f"Triton is unavailable ({TRITON_IMPORT_ERROR})"
 
     def probe() -> str | None:
         for bits in (4, 8):

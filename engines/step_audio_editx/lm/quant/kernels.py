@@ -28,6 +28,7 @@ from .format import QuantScheme
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
 from ...kernel_probe import run_probe
+from ...triton_import import TRITON_IMPORT_ERROR
 
 
 MAX_KERNEL_ROWS = triton_decode.MIN_DOT_ROWS  # rows a quantized matmul runs in one fused kernel
@@ -55,7 +56,7 @@ def available(tensor: torch.Tensor) -> bool:
 def kernel_problem(device: str) -> str | None:
     """Why the quantized kernels cannot run on ``device`` (None when a probe matches the torch reference)."""
     if not HAS_TRITON:
-        return f"Triton is unavailable ({triton_decode.TRITON_IMPORT_ERROR})"
+        return f"Triton is unavailable ({TRITON_IMPORT_ERROR})"
 
     def probe() -> str | None:
         scheme = QuantScheme(4)
