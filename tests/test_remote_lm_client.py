@@ -85,6 +85,15 @@ class FakeVLLM:
                 with fake.lock:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                left = False
+
+                def leave() -> None:  # the request stops counting BEFORE its client can see the end and start another
+                    nonlocal left
+                    with fake.lock:
+                        if not left:
+                            left = True
+                            fake.in_flight -= 1
+
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -92,6 +101,8 @@ class FakeVLLM:
                     time.sleep(fake.stall_s)
                     for n, t in enumerate(ids):
                         last = n == len(ids) - 1
+                        if last:
+                            leave()
                         finish = ("stop" if t == C.EOT_ID else "length") if last else None
                         event = {"choices": [{"index": 0, "token_ids": [t], "finish_reason": finish}]}
                         self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
@@ -103,8 +114,7 @@ class FakeVLLM:
                     with fake.lock:
                         fake.disconnects += 1
                 finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
+                    leave()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
