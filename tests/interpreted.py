@@ -19,3 +19,19 @@ def run_interpreted_checks(script: str, names: Sequence[str]) -> None:
     done = subprocess.run([sys.executable, script, *names], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.split() == [f"{name}:ok" for name in names], done.stdout + done.stderr[-2000:]
+
+
+def allow_numpy2_scalars() -> None:
+    """Let Triton 3.5's interpreter take a runtime scalar as a loop bound under numpy 2: it calls ``int()`` on
+    the scalar's 1-element array, which numpy 2 refuses (3.6 passes a patch scope too). Call it in the child
+    process before the kernels run."""
+    import numpy as np
+    import triton.runtime.interpreter as interp
+
+    patch = interp._patch_lang_tensor
+
+    def numpy2_index(tensor, *scope):
+        patch(tensor, *scope)
+        tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
+
+    interp._patch_lang_tensor = numpy2_index

@@ -63,13 +63,10 @@ def test_quantized_modules_replace_exactly_the_seven_projections(quant_model):
 
 
 INTERPRETER_CHECK = textwrap.dedent("""
-    import numpy as np
-    import triton.runtime.interpreter as interp
-    _patch = interp._patch_lang_tensor
-    def _numpy2_index(tensor, *scope):  # triton 3.5's interpreter calls int() on 1-element arrays (numpy 2
-        _patch(tensor, *scope)          # refuses); 3.6 passes a patch scope too
-        tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
-    interp._patch_lang_tensor = _numpy2_index
+    import sys
+    sys.path.insert(0, TESTS_DIR)
+    from interpreted import allow_numpy2_scalars
+    allow_numpy2_scalars()
     import torch
     from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
     from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import kernels, format as fmt
@@ -100,7 +97,8 @@ INTERPRETER_CHECK = textwrap.dedent("""
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("triton"), reason="needs the triton package")
 def test_triton_kernels_equal_dequantize_then_matmul_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], env=env, capture_output=True, text=True,
+    script = f"TESTS_DIR = {str(Path(__file__).parent)!r}\n" + INTERPRETER_CHECK
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     worst = float(done.stdout.split("WORST")[-1])

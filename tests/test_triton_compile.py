@@ -13,7 +13,7 @@ triton = pytest.importorskip("triton", reason="needs Triton (it compiles the ker
 
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake, triton_support  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels, splitk  # noqa: E402
 
 # The pointer arguments' element types by name (every other argument is an int32 or a float32 scalar).
 POINTERS = {
@@ -25,7 +25,7 @@ POINTERS = {
     "seeds_ptr": "*i64", "tokens_ptr": "*i64", "pos_ptr": "*i64", "n_gen_ptr": "*i64", "caps_ptr": "*i64",
     "active_ptr": "*i1", "hist_ptr": "*i64", "rows_ptr": "*i64", "b_ptr": "*bf16", "shift_ptr": "*bf16",
     "scale_ptr": "*bf16", "y_ptr": "*bf16", "gate_ptr": "*bf16", "pre_ptr": "*bf16", "bias_ptr": "*bf16",
-    "alpha_ptr": "*bf16", "inv_ptr": "*bf16",
+    "alpha_ptr": "*bf16", "inv_ptr": "*bf16", "part_ptr": "*fp32",
 }
 FLOATS = ("eps", "scale", "inv_temperature")
 SAMPLER_OUT = {"out_ptr": "*i64"}  # the sampler's out_ptr holds token ids
@@ -74,6 +74,10 @@ CASES = {
                              False, {}),
     "interleaved_dot": (interleaved._il_dot_kernel,
                         dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_W=32, PRECISION="tf32"), False, {}),
+    "int4_splitk": (splitk._splitk_kernel, dict(QUANT, BLOCK_M=16, BLOCK_N=64, BLOCK_W=32, SPLIT=4, PRECISION="tf32",
+                                                GATHER=False), False, {}),
+    "int4_splitk_gather": (splitk._splitk_kernel, dict(QUANT, PROLOGUE=2, BLOCK_M=16, BLOCK_N=32, BLOCK_W=16, SPLIT=4,
+                                                       PRECISION="tf32", GATHER=True), False, {}),
     "dit_modulated_norm": (fused_norms._norm_kernel, dict(DIT_NORM, MODULATE=True), False, {}),
     "dit_head_norm": (fused_norms._norm_kernel, dict(DIT_NORM, AFFINE=True, BLOCK_ROWS=128, BLOCK_W=64), False, {}),
     "dit_conv_norm_mish": (fused_norms._norm_kernel, dict(DIT_NORM, AFFINE=True, PRE_BIAS=True, MISH=True),

@@ -11,7 +11,8 @@ served from L2) and keeps the fastest per role; results are cached per process a
 
 Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
 kernels of ``quant.interleaved`` (the session lays the words out for them once; ``quant.kernels`` reads
-the stored layout) as ``dot`` / ``gemv`` choices with their own configuration lists; the ``cublas``
+the stored layout) as ``dot`` / ``gemv`` choices with their own configuration lists, plus ``splitk``
+(``quant.splitk``) at 2-16 rows on interleaved words; the ``cublas``
 choice then means dequantize-then-``F.linear``, the exact reference used off CUDA and beyond 16 rows.
 """
 
@@ -28,6 +29,7 @@ from . import decode_ops as ref_ops
 from . import matmul_choice_store, triton_decode
 from .quant import interleaved as quant_interleaved
 from .quant import kernels as quant_kernels
+from .quant import splitk as quant_splitk
 from .quant.linear import QuantMatrix
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantM
             **kwargs) -> torch.Tensor:
     """Run a Triton choice; ``pdl``: as a programmatic dependent launch (the dense kernels only)."""
     if isinstance(weight, QuantMatrix):
+        if choice.kernel == "splitk":
+            return quant_splitk.splitk_dot(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
         if weight.interleaved:
             fn = quant_interleaved.gemv if choice.kernel == "gemv" else quant_interleaved.dot
         else:
@@ -146,6 +150,8 @@ def candidates(role: str, rows: int, mode: str, quantized: bool = False,
         if interleaved and rows == 1:
             dots = dots[:1]  # the GEMV wins one row: fewer compiles at session start
         found = [LinearChoice("dot", c, f) for c in dots for f in fusions]
+        if interleaved and rows > 1:  # one row: the GEMV and tinygemm won every role
+            found += [LinearChoice("splitk", c) for c in quant_splitk.CONFIGS]
         if rows == 1:
             found += [LinearChoice("gemv", c, f) for c in gemvs for f in fusions]
         return found
@@ -180,7 +186,9 @@ def role_candidates(mats, role: str, rows: int, mode: str) -> list[LinearChoice]
     quantized = isinstance(mats[0], QuantMatrix)
     if quantized and mats[0].scales_zeros is not None:
         return [TINYGEMM]
-    return candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+    found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+    return [c for c in found if c.kernel != "splitk" or quant_splitk.fits(mats[0].packed.shape[1], mats[0].scheme,
+                                                                           c.config)]
 
 
 def time_candidates(weights, rows: int, mode: str, pdl: bool = False) -> dict[str, dict[LinearChoice, float]]:

@@ -1,0 +1,58 @@
+"""The split-K int4 / int8 kernel (``quant.splitk``) in Triton's CPU interpreter against dequantize-then-matmul,
+so CI checks its index arithmetic without a GPU: the columns a word tile's fields hold in the interleaved
+layout (both ways of reading it), each split's slice of the row, the partial sums added by the last program
+of a block, the norm / SwiGLU prologues and the residual add, and that every call leaves its counters at
+zero. Float32 throughout (the interpreter truncates bf16 casts; ``test_quant_splitk_cuda.py`` covers bf16 on
+the GPU). Runs in a child process: the interpreter is chosen when kernels are decorated."""
+
+from __future__ import annotations
+
+import sys
+
+from interpreted import allow_numpy2_scalars, run_interpreted_checks
+
+CHECKS = ("int4", "int8")
+TOLERANCE = 1e-5  # float32 summation order only
+# (BLOCK_N, BLOCK_W, warps, stages, SPLIT[, GATHER]) for int4; int8 takes twice the words per step
+CASES = ((32, 16, 4, 1, 1), (16, 32, 4, 1, 2), (64, 16, 4, 1, 4), (32, 16, 4, 1, 4, 1), (16, 16, 4, 1, 1, 1))
+
+
+def _check(name: str) -> bool:
+    import torch
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, splitk
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme, dequantize, quantize
+
+    torch.manual_seed(0)
+    bits = int(name[3:])
+    scheme = QuantScheme(bits)
+    n, k = 80, 512  # 80 rows: the last block of 32 / 64 is partly past N
+    packed, scale = quantize(torch.randn(n, k) * 0.02, scheme)
+    w = dequantize(packed, scale, scheme, torch.float32)
+    laid = interleaved.interleave(packed, scheme)
+    norm = 1 + 0.1 * torch.randn(k)
+    worst = 0.0
+    for rows in (1, 5):
+        x, gu, r = torch.randn(rows, k), torch.randn(rows, 2 * k), torch.randn(rows, n)
+        for case in CASES:
+            config = case if bits == 4 else (case[0], case[1] * 2, *case[2:])
+            assert splitk.fits(laid.shape[1], scheme, config)
+            pairs = [(splitk.splitk_dot(x, laid, scale, scheme, config), x @ w.T),
+                     (splitk.splitk_dot(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
+                                        residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
+                     (splitk.splitk_dot(gu, laid, scale, scheme, config, swiglu=True, residual=r.clone()),
+                      r + ref.silu_mul(gu) @ w.T)]
+            worst = max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])
+    counters_clear = all(int(c.abs().sum()) == 0 for _, c in splitk._WORKSPACES[torch.device("cpu")])
+    return worst < TOLERANCE and counters_clear
+
+
+def test_splitk_kernel_in_the_interpreter():
+    run_interpreted_checks(__file__, CHECKS)
+
+
+if __name__ == "__main__":
+    allow_numpy2_scalars()
+    for check in sys.argv[1:]:
+        if _check(check):
+            print(f"{check}:ok")
