@@ -178,15 +178,20 @@ def test_session_lays_int4_out_for_tinygemm_and_moving_the_model_restores_the_st
     x = _rand(1, 3072, seed=1)
     want = x.float() @ q.dequantized().float().T
     weights = fuse_step1_projections(model)
-    assert all(w.scales_zeros is not None for w in (*weights.o, *weights.down))
-    assert all(w.interleaved and w.scales_zeros is None for w in (*weights.qkv, *weights.gate_up))
+    assert all(w.scales_zeros is not None for w in (*weights.qkv, *weights.o, *weights.down))
+    assert all(w.interleaved and w.scales_zeros is None for w in weights.gate_up)
+    attn = model.model.layers[0].self_attn
+    fused = weights.qkv[0].linear(x)  # q, k and v each multiply only their own row tiles, as the fused matmul does
+    assert torch.equal(torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1), fused)
+    own = attn.k_proj.own_scales_zeros
+    assert own is not None and own.shape[1] == attn.k_proj.out_features
     down = model.model.layers[0].mlp.down_proj
     xd = _rand(20, 8192, seed=2)  # prefill-sized: tinygemm as well
     assert down.source is not None and _rel(down(xd), xd.float() @ down.dequantized().float().T) < 5e-3
     assert _rel(q(x), want) < 5e-3
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     model.to("cpu")
-    assert down.source is None
+    assert down.source is None and attn.k_proj.source is None and attn.k_proj.own_scales_zeros is None
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear) and not module.interleaved:
             assert torch.equal(module.weight_packed, before[name + ".weight_packed"].cpu())

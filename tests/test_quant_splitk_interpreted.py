@@ -14,7 +14,8 @@ from interpreted import allow_numpy2_scalars, run_interpreted_checks
 CHECKS = ("int4", "int8")
 TOLERANCE = 1e-5  # float32 summation order only
 # (BLOCK_N, BLOCK_W, warps, stages, SPLIT[, GATHER]) for int4; int8 takes twice the words per step
-CASES = ((32, 16, 4, 1, 1), (16, 32, 4, 1, 2), (64, 16, 4, 1, 4), (32, 16, 4, 1, 4, 1), (16, 16, 4, 1, 1, 1))
+CASES = ((32, 16, 4, 1, 1), (16, 32, 4, 1, 2), (64, 16, 4, 1, 4), (32, 16, 4, 1, 4, 1), (16, 16, 4, 1, 1, 1),
+         (16, 32, 4, 1, 1, 2), (32, 16, 4, 1, 4, 2))  # the last two: CUDA cores, no prologue
 
 
 def _check(name: str) -> bool:
@@ -32,16 +33,18 @@ def _check(name: str) -> bool:
     laid = interleaved.interleave(packed, scheme)
     norm = 1 + 0.1 * torch.randn(k)
     worst = 0.0
-    for rows in (1, 5):
+    for rows in (1, 5, 8):
         x, gu, r = torch.randn(rows, k), torch.randn(rows, 2 * k), torch.randn(rows, n)
         for case in CASES:
             config = case if bits == 4 else (case[0], case[1] * 2, *case[2:])
             assert splitk.fits(laid.shape[1], scheme, config)
             pairs = [(splitk.splitk_dot(x, laid, scale, scheme, config), x @ w.T),
-                     (splitk.splitk_dot(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
-                                        residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
-                     (splitk.splitk_dot(gu, laid, scale, scheme, config, swiglu=True, residual=r.clone()),
-                      r + ref.silu_mul(gu) @ w.T)]
+                     (splitk.splitk_dot(x, laid, scale, scheme, config, residual=r.clone()), r + x @ w.T)]
+            if config[5:] != (splitk.CUDA_CORES,):
+                pairs += [(splitk.splitk_dot(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
+                                             residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
+                          (splitk.splitk_dot(gu, laid, scale, scheme, config, swiglu=True, residual=r.clone()),
+                           r + ref.silu_mul(gu) @ w.T)]
             worst = max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])
     counters_clear = all(int(c.abs().sum()) == 0 for _, c in splitk._WORKSPACES[torch.device("cpu")])
     return worst < TOLERANCE and counters_clear

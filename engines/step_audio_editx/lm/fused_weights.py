@@ -95,12 +95,13 @@ def _fuse_quant(modules: list[QuantLinear], tinygemm: bool) -> QuantMatrix:
 
 
 def _laid_out(modules: list[QuantLinear], matrix: QuantMatrix, tinygemm: bool) -> QuantMatrix:
-    """int4 o and down in PyTorch's tinygemm layout where it runs (bf16 on Ampere+, ``quant.tinygemm``), the
-    rest interleaved for our Triton kernels. Measured per role on the H200 (``bench/bench_quant_kernels.py``,
-    2026-12-04): tinygemm runs down in 9.6 us against our best 15.5 (batch 1) and 31.9 against 59.0 (batch
-    16), o in 4.8 against 5.9 (its residual add rides on the next norm kernel); for q/k/v and gate_up the
-    margin (6.0 / 16.2 against 8.1 / 18.1 with the norm inside) is about the separate norm kernel tinygemm
-    needs (and q/k/v would lose the row slicing the plain forward uses), so they stay ours."""
+    """int4 q/k/v, o and down in PyTorch's tinygemm layout where it runs (bf16 on Ampere+, ``quant.tinygemm``),
+    gate_up interleaved for our Triton kernels. One matrix has one layout for every batch size; measured per
+    role on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04, us at 1 / 2 / 8 / 16 rows): down tinygemm
+    9.6 / 10.3 / 18.6 / 31.9 against ours 15.2 / 29.6 / 29.7 / 29.9; o 4.8 / 5.2 / 8.3 / 13.2 against 5.9 /
+    10.8 / 12.6 / 12.7; q/k/v 6.0 / 6.2 / 10.8 / 16.7 (plus a norm kernel, which the fused GEMV's path pays as
+    a residual add) against 8.1 / 13.8 / 14.7 / 14.7; gate_up 16.1 / 16.8 / 35.9 / 59.3 against 18.1 / 34.6 /
+    43.2 / 44.9: it stays ours, or batches of 16 would lose 14 us per layer."""
     if tinygemm:
         matrix = use_tinygemm(modules, matrix, torch.bfloat16)
     return matrix if matrix.scales_zeros is not None else interleave_for_kernels(modules, matrix)
@@ -140,7 +141,7 @@ def fuse_step1_projections(model) -> DecodeWeights:
     bf16 = decoder.embed_tokens.weight.dtype == torch.bfloat16  # tinygemm takes bf16 activations only
     for layer in decoder.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv.append(_fuse([attn.q_proj, attn.k_proj, attn.v_proj]))
+        qkv.append(_fuse([attn.q_proj, attn.k_proj, attn.v_proj], tinygemm=bf16))
         gate_up.append(_fuse([mlp.gate_proj, mlp.up_proj]))
         o.append(_single(attn.o_proj, tinygemm=bf16))
         down.append(_single(mlp.down_proj, tinygemm=bf16))  # see ``_laid_out``

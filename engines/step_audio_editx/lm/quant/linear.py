@@ -90,6 +90,7 @@ class QuantLinear(nn.Module):
         self.interleaved = False  # weight_packed holds interleaved words (set by ``interleave_for_kernels``)
         # (tinygemm-laid matrix, first row): the words live there (``use_tinygemm``); the buffer is a slice of it
         self.source: tuple[QuantMatrix, int] | None = None
+        self.own_scales_zeros: torch.Tensor | None = None  # this projection's columns of a fused matrix's scales
         self._register_state_dict_hook(_stored_words_hook)
 
     @classmethod
@@ -141,7 +142,11 @@ class QuantLinear(nn.Module):
         rows = x.numel() // self.in_features
         if self.source is not None and x.dtype == torch.bfloat16:  # any rows: tinygemm beats dequantizing it
             matrix, start = self.source
-            return matrix.linear(x)[..., start:start + self.out_features]
+            if self.own_scales_zeros is None:
+                return matrix.linear(x)[..., start:start + self.out_features]
+            # a part of a fused matrix (q of q/k/v): its own 8-row tiles only
+            return tinygemm.linear(x, matrix.packed[start:start + self.out_features], self.own_scales_zeros,
+                                   self.scheme)
         if self.source is None and rows <= kernels.MAX_KERNEL_ROWS and kernels.available(self.weight_packed):
             flat = x.reshape(rows, self.in_features).contiguous()
             if self.interleaved:
@@ -196,6 +201,8 @@ def use_tinygemm(modules: list[QuantLinear], matrix: QuantMatrix, dtype: torch.d
     start = 0
     for module in modules:
         module.source = (laid, start)
+        if len(modules) > 1 and tinygemm.row_sliceable(start, module.out_features):
+            module.own_scales_zeros = laid.scales_zeros[:, start:start + module.out_features].contiguous()
         start += module.out_features
     return laid
 
@@ -212,6 +219,7 @@ def restore_stored_words_(model) -> None:
             done.add(id(matrix))
             matrix.packed.copy_(matrix.stored_words())
         module.source = None
+        module.own_scales_zeros = None
 
 
 def quant_modules(model) -> dict[str, QuantLinear]:

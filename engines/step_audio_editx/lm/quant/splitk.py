@@ -35,8 +35,11 @@ HAS_TRITON = triton_decode.HAS_TRITON
 # rows. The fastest of 22 on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04, per role at 1 / 8 / 16 rows):
 # q/k/v and o [64, 32, 4, 2, 4], gate_up [64, 32, 4, 2, 1], down [32, 16, 4, 3, 4, 1] then [32, 32, 4, 3, 8].
 # The norm / SwiGLU stays outside (inside, every split would compute the row's norm again: slower each time).
-CONFIGS: tuple[tuple[int, ...], ...] = ((64, 32, 4, 2, 4), (64, 32, 4, 2, 1), (32, 16, 4, 3, 4, 1), (32, 32, 4, 3, 8))
-MAX_ROWS = triton_decode.MIN_DOT_ROWS  # the kernel's M block: tl.dot's smallest
+CONFIGS: tuple[tuple[int, ...], ...] = (
+    (64, 32, 4, 2, 4), (64, 32, 4, 2, 1), (32, 16, 4, 3, 4, 1), (32, 32, 4, 3, 8),
+    (16, 32, 4, 1, 1, 2), (32, 32, 4, 1, 1, 2), (64, 16, 4, 1, 1, 2), (16, 64, 4, 1, 1, 2), (16, 32, 4, 1, 4, 2))
+MAX_ROWS = triton_decode.MIN_DOT_ROWS  # rows per call; also the tensor-core modes' M block (tl.dot's smallest)
+TILE_AHEAD, GATHER, CUDA_CORES = 0, 1, 2  # a configuration's optional 6th number (MODE): see the module doc
 _WORKSPACES: dict[torch.device, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
 if HAS_TRITON:
@@ -44,7 +47,9 @@ if HAS_TRITON:
     import triton.language as tl
 
     from ..triton_decode import _prologue, _rms_factor_rows, _store_out
+    from .interleaved import _il_tile, _unit_field
 
+    K_TILE_AHEAD, K_GATHER, K_CUDA_CORES = tl.constexpr(TILE_AHEAD), tl.constexpr(GATHER), tl.constexpr(CUDA_CORES)
     MAGIC_BITS = tl.constexpr(0x4B000000)  # float32 2^23: a field OR-ed into its mantissa reads 2^23 + q
     MAGIC = tl.constexpr(8388608.0)
 
@@ -87,12 +92,29 @@ if HAS_TRITON:
         q = (fields | MAGIC_BITS).to(tl.float32, bitcast=True) - (MAGIC + (1 << (BITS - 1)))
         return (q * s.to(tl.float32)).to(dtype)
 
+    @triton.jit
+    def _fma_step(acc, x_ptr, rm, mmask, stride_x, words, s, wi, BITS: tl.constexpr, GROUP: tl.constexpr):
+        """``acc`` [BLOCK_M, BLOCK_N, BLOCK_W] += x * w for one word tile on CUDA cores: each field ``j`` as
+        ``1 + q / 2^BITS`` (a shift and an AND-OR) times the x columns it holds, the offset and the scale applied
+        once per word (``interleaved.gemv``'s arithmetic, with rows)."""
+        PER: tl.constexpr = 32 // BITS
+        GW: tl.constexpr = GROUP // PER
+        part = tl.zeros(acc.shape, tl.float32)
+        xs = tl.zeros([acc.shape[0], 1, acc.shape[2]], tl.float32)
+        for j in tl.static_range(PER):
+            col = (wi // GW) * GROUP + j * GW + wi % GW
+            a = tl.load(x_ptr + rm[:, None] * stride_x + col[None, :], mask=mmask[:, None], other=0.0)
+            a = a.to(tl.float32)[:, None, :]
+            part += _unit_field(words, j, BITS)[None, :, :] * a
+            xs += a
+        return acc + s.to(tl.float32)[None, :, :] * (part - 1.5 * xs)
+
     @triton.jit(do_not_specialize=["M"])
     def _splitk_kernel(x_ptr, p_ptr, s_ptr, out_ptr, norm_ptr, part_ptr, counter_ptr, M, N, K, SPAN, eps, stride_x,
                        stride_p, stride_s, stride_out, BITS: tl.constexpr, GROUP: tl.constexpr,
                        PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_W: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-                       GATHER: tl.constexpr):
+                       MODE: tl.constexpr):
         """out[M, N] (+)= f(x)[M, K] @ dequant(W)[N, K]^T; program ``(i, k)`` reads words ``k * SPAN ..`` of its
         rows (SPAN: the words per row / SPLIT, a multiple of BLOCK_W)."""
         PER: tl.constexpr = 32 // BITS
@@ -107,28 +129,44 @@ if HAS_TRITON:
         factor = tl.zeros([BLOCK_M, 1], tl.float32)
         if PROLOGUE == 1:
             factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
+        tl.static_assert(MODE != K_CUDA_CORES or PROLOGUE == 0, "the CUDA-core mode takes x as it is")
         NG: tl.constexpr = BLOCK_W // GW  # whole groups per k-step
         w_first = pid_k * SPAN
-        if not GATHER:
+        if MODE == K_TILE_AHEAD:
             words_next, s_next = _tile(p_ptr, s_ptr, rn, nmask, w_first, stride_p, stride_s, NG, GW)
+        if MODE == K_CUDA_CORES:
+            words_next, s_next = _il_tile(p_ptr, s_ptr, rn, nmask, w_first + tl.arange(0, BLOCK_W), SPAN * SPLIT,
+                                          stride_p, stride_s, GW)
+            acc3 = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_W], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for step in range(0, SPAN, BLOCK_W):
             w0 = w_first + step
-            if not GATHER:
+            if MODE == K_CUDA_CORES:
                 words, s = words_next, s_next
+                wi = w0 + tl.arange(0, BLOCK_W)
                 if step + BLOCK_W < SPAN:
-                    words_next, s_next = _tile(p_ptr, s_ptr, rn, nmask, w0 + BLOCK_W, stride_p, stride_s, NG, GW)
-            rk = w0 * PER + tl.arange(0, BLOCK_K)
-            offs = rm[:, None] * stride_x + rk[None, :]
-            xmask = mmask[:, None] & (rk[None, :] < K)
-            a = tl.load(x_ptr + offs, mask=xmask, other=0.0)
-            a = _prologue(a, x_ptr, offs, rk[None, :], xmask, factor, norm_ptr, K, PROLOGUE)
-            if GATHER:
-                acc += tl.dot(a, _gathered(p_ptr, s_ptr, rn, nmask, w0, stride_p, stride_s, BITS, GROUP, BLOCK_K,
-                                           a.dtype), input_precision=PRECISION)
+                    words_next, s_next = _il_tile(p_ptr, s_ptr, rn, nmask, wi + BLOCK_W, SPAN * SPLIT, stride_p,
+                                                  stride_s, GW)
+                acc3 = _fma_step(acc3, x_ptr, rm, mmask, stride_x, words, s, wi, BITS, GROUP)
             else:
-                w = _dequantized(words, s, BITS, BLOCK_N, BLOCK_K, a.dtype)
-                acc += tl.dot(a, tl.trans(w), input_precision=PRECISION)
+                if MODE == K_TILE_AHEAD:
+                    words, s = words_next, s_next
+                    if step + BLOCK_W < SPAN:
+                        words_next, s_next = _tile(p_ptr, s_ptr, rn, nmask, w0 + BLOCK_W, stride_p, stride_s, NG,
+                                                   GW)
+                rk = w0 * PER + tl.arange(0, BLOCK_K)
+                offs = rm[:, None] * stride_x + rk[None, :]
+                xmask = mmask[:, None] & (rk[None, :] < K)
+                a = tl.load(x_ptr + offs, mask=xmask, other=0.0)
+                a = _prologue(a, x_ptr, offs, rk[None, :], xmask, factor, norm_ptr, K, PROLOGUE)
+                if MODE == K_GATHER:
+                    acc += tl.dot(a, _gathered(p_ptr, s_ptr, rn, nmask, w0, stride_p, stride_s, BITS, GROUP,
+                                               BLOCK_K, a.dtype), input_precision=PRECISION)
+                else:
+                    w = _dequantized(words, s, BITS, BLOCK_N, BLOCK_K, a.dtype)
+                    acc += tl.dot(a, tl.trans(w), input_precision=PRECISION)
+        if MODE == K_CUDA_CORES:
+            acc = tl.sum(acc3, 2) * (1 << BITS)
         offs_out = rm[:, None] * stride_out + rn[None, :]
         omask = mmask[:, None] & nmask[None, :]
         if SPLIT == 1:
@@ -186,6 +224,10 @@ def splitk_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, schem
         raise ValueError(f"{words} words per row do not split into {split} x blocks of {block_w} whole groups")
     if packed.stride(1) != 1 or scale.stride(1) != 1:
         raise ValueError("packed weights and scales must be row-major")
+    mode = rest[0] if rest else TILE_AHEAD
+    if mode == CUDA_CORES and (norm_weight is not None or swiglu):
+        raise ValueError("the CUDA-core mode runs no norm / SwiGLU prologue")
+    block_m = triton_decode._pow2(rows) if mode == CUDA_CORES else MAX_ROWS
     blocks = triton.cdiv(n, block_n)
     part, counter = _workspace(x.device, split * MAX_ROWS * n if split > 1 else 1, blocks)
     out = residual if residual is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
@@ -193,8 +235,8 @@ def splitk_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, schem
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, part, counter, rows, n,
         words * scheme.per_word, words // split, eps, x.stride(0), packed.stride(0), scale.stride(0), out.stride(0),
         BITS=scheme.bits, GROUP=scheme.group_size, PROLOGUE=1 if norm_weight is not None else (2 if swiglu else 0),
-        RESIDUAL=residual is not None, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_W=block_w, SPLIT=split,
-        PRECISION=triton_decode._precision(x.dtype), GATHER=bool(rest and rest[0]), num_warps=warps,
+        RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, SPLIT=split,
+        PRECISION=triton_decode._precision(x.dtype), MODE=mode, num_warps=warps,
         num_stages=stages,
     )
     return out

@@ -2,10 +2,12 @@
 
 Why: measured on the H200 (``bench/bench_quant_kernels.py``), it runs the down projection in 9.6 us against
 our Triton GEMV's 20.7 at batch 1 (31.9 against 59.0 at batch 16); ``fused_weights._laid_out`` says why the
-other roles stay ours. Its weight layout is its own (``_convert_weight_to_int4pack``, tiles of 8 rows, not
-row-sliceable), so the decode session converts the matrix ONCE, in place (same bytes as the packed words),
-and the projection reads its words from there (``QuantLinear.source``; the plain forward, prefill
-included, calls tinygemm too: dequantizing this layout costs a matmul).
+other roles stay ours. Its weight layout is its own (``_convert_weight_to_int4pack``: tiles of 8 rows, the
+outermost dimension, each tile's bytes those of its 8 rows of words), so the decode session converts the
+matrix ONCE, in place (same bytes as the packed words), and the projection reads its words from there
+(``QuantLinear.source``; the plain forward, prefill included, calls tinygemm too: dequantizing this layout
+costs a matmul). A part of a fused matrix (q of q/k/v) multiplies only its own row tiles, with its own copy
+of its scales (tinygemm takes them contiguous).
 
 Exactness: symmetric int4 is tinygemm's ``(q - 8) * scale + zero`` with zero 0, q the stored unsigned
 field; its products round like the reference's (checked on the device by ``tests/test_quant_cuda.py``).
@@ -66,6 +68,11 @@ def eligible(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme) -> 
     n, k = packed.shape[0], packed.shape[1] * scheme.per_word
     return (packed.is_cuda and scheme.bits == 4 and scheme.group_size in GROUPS and scale.dtype == torch.bfloat16
             and n % ROW_TILE == 0 and k % (16 * INNER_K_TILES) == 0 and _device_ok(str(packed.device)))
+
+
+def row_sliceable(start: int, rows: int) -> bool:
+    """Whether rows ``start .. start + rows`` of a tinygemm-laid matrix are whole tiles (a view of its words)."""
+    return start % ROW_TILE == 0 and rows % ROW_TILE == 0
 
 
 def _scales_and_zeros(scale: torch.Tensor) -> torch.Tensor:
