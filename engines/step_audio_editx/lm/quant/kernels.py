@@ -45,6 +45,9 @@ if HAS_TRITON:
 
     from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows, _store_out
 
+    MAGIC_BITS = tl.constexpr(0x4B000000)  # float32 2^23: a field OR-ed into its mantissa reads 2^23 + q
+    MAGIC = tl.constexpr(8388608.0)
+
 
 def available(tensor: torch.Tensor) -> bool:
     """True when the Triton kernels run on ``tensor``'s device (probed once per device: a GPU Triton cannot
@@ -83,7 +86,7 @@ if HAS_TRITON:
         words = tl.load(p_ptr + rn[:, None] * stride_p + rw[None, :], mask=nmask[:, None], other=0)
         shifts = tl.arange(0, PER_WORD) * BITS
         fields = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
-        q = (fields | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + (1 << (BITS - 1)))
+        q = (fields | MAGIC_BITS).to(tl.float32, bitcast=True) - (MAGIC + (1 << (BITS - 1)))
         q = tl.reshape(q, (BLOCK_N, BLOCK_K))
         if BLOCK_K >= GROUP:
             GROUPS: tl.constexpr = BLOCK_K // GROUP

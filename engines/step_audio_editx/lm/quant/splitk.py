@@ -31,10 +31,11 @@ from .. import triton_decode
 from .format import QuantScheme
 
 HAS_TRITON = triton_decode.HAS_TRITON
-# (BLOCK_N, BLOCK_W, num_warps, num_stages, SPLIT[, GATHER]): the decode session times these per role at 2-16
-# rows. The fastest of 22 on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04, per role at 1 / 8 / 16 rows):
-# q/k/v and o [64, 32, 4, 2, 4], gate_up [64, 32, 4, 2, 1], down [32, 16, 4, 3, 4, 1] then [32, 32, 4, 3, 8].
-# The norm / SwiGLU stays outside (inside, every split would compute the row's norm again: slower each time).
+# (BLOCK_N, BLOCK_W, num_warps, num_stages, SPLIT[, MODE]): the decode session times these per role at 2-16
+# rows. The fastest on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04): of 22 tensor-core ones at
+# 1 / 8 / 16 rows, q/k/v and o [64, 32, 4, 2, 4], gate_up [64, 32, 4, 2, 1], down [32, 16, 4, 3, 4, 1] then
+# [32, 32, 4, 3, 8]; the CUDA-core ones at 2 rows (they lose from 4 rows on). The norm / SwiGLU stays outside
+# (inside, every split would compute the row's norm again: slower each time).
 CONFIGS: tuple[tuple[int, ...], ...] = (
     (64, 32, 4, 2, 4), (64, 32, 4, 2, 1), (32, 16, 4, 3, 4, 1), (32, 32, 4, 3, 8),
     (16, 32, 4, 1, 1, 2), (32, 32, 4, 1, 1, 2), (64, 16, 4, 1, 1, 2), (16, 64, 4, 1, 1, 2), (16, 32, 4, 1, 4, 2))
@@ -48,10 +49,9 @@ if HAS_TRITON:
 
     from ..triton_decode import _prologue, _rms_factor_rows, _store_out
     from .interleaved import _il_tile, _unit_field
+    from .kernels import MAGIC, MAGIC_BITS
 
     K_TILE_AHEAD, K_GATHER, K_CUDA_CORES = tl.constexpr(TILE_AHEAD), tl.constexpr(GATHER), tl.constexpr(CUDA_CORES)
-    MAGIC_BITS = tl.constexpr(0x4B000000)  # float32 2^23: a field OR-ed into its mantissa reads 2^23 + q
-    MAGIC = tl.constexpr(8388608.0)
 
     @triton.jit
     def _tile(p_ptr, s_ptr, rn, nmask, w0, stride_p, stride_s, NG: tl.constexpr, GW: tl.constexpr):
