@@ -312,6 +312,18 @@ if HAS_TRITON:
         return _math.rsqrt(tl.sum(sq, 0) / K + eps)
 
     @triton.jit
+    def _rows_and_factor(x_ptr, M, stride_x, K, eps, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_K: tl.constexpr):
+        """A tensor-core matmul's rows of x (``rm``, ``rm < M``) and, for the RMSNorm prologue, their
+        ``_rms_factor_rows`` (else zeros)."""
+        rm = tl.arange(0, BLOCK_M)
+        mmask = rm < M
+        factor = tl.zeros([BLOCK_M, 1], tl.float32)
+        if PROLOGUE == 1:
+            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
+        return rm, mmask, factor
+
+    @triton.jit
     def _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
         """``_rms_factor`` of rows ``rm`` of x[M, K], as a [BLOCK_M, 1] column."""
         sq = tl.zeros([BLOCK_M], tl.float32)
@@ -342,11 +354,7 @@ if HAS_TRITON:
         if PDL:
             triton_pdl.enter_rows(w_ptr, rn, N, K, stride_w, BLOCK_N, BLOCK_K, LINE)
         nmask = rn < N
-        rm = tl.arange(0, BLOCK_M)
-        mmask = rm < M
-        factor = tl.zeros([BLOCK_M, 1], tl.float32)
-        if PROLOGUE == 1:
-            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
+        rm, mmask, factor = _rows_and_factor(x_ptr, M, stride_x, K, eps, PROLOGUE, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
@@ -401,6 +409,11 @@ if HAS_TRITON:
 def _pdl(pdl: bool) -> dict:
     """The kernel flag and the launch option of a programmatic dependent launch (``triton_pdl``)."""
     return {"PDL": True, "launch_pdl": True} if pdl else {"PDL": False}
+
+
+def prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
+    """The matmul kernels' PROLOGUE: RMSNorm (1), SwiGLU product (2) or x as it is (0); see ``_prologue``."""
+    return 1 if norm_weight is not None else (2 if swiglu else 0)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -478,7 +491,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int,
     n, k = weight.shape
     out = residual if residual is not None else torch.empty(rows, n, dtype=weight.dtype, device=x.device)
     block_n, block_k, warps, stages = config
-    prologue = 1 if norm_weight is not None else (2 if swiglu else 0)
+    prologue = prologue_code(norm_weight, swiglu)
     _skinny_linear_kernel[(triton.cdiv(n, block_n),)](
         x, weight, out, norm_weight if norm_weight is not None else weight, rows, n, k, eps,
         x.stride(0), weight.stride(0), out.stride(0),
@@ -497,7 +510,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int
     n, k = weight.shape
     out = residual if residual is not None else torch.empty(1, n, dtype=weight.dtype, device=x.device)
     block_n, block_k, warps, stages = config
-    prologue = 1 if norm_weight is not None else (2 if swiglu else 0)
+    prologue = prologue_code(norm_weight, swiglu)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, out, norm_weight if norm_weight is not None else weight, n, k, eps, weight.stride(0),
         PROLOGUE=prologue, RESIDUAL=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,

@@ -55,7 +55,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows, _store_out
+    from ..triton_decode import _prologue, _rms_factor, _rows_and_factor, _store_out
 
     ONE_BITS = tl.constexpr(0x3F800000)  # float32 1.0
     MANTISSA_BITS = tl.constexpr(23)
@@ -215,11 +215,7 @@ if HAS_TRITON:
         BLOCK_K: tl.constexpr = BLOCK_W * PER
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
-        rm = tl.arange(0, BLOCK_M)
-        mmask = rm < M
-        factor = tl.zeros([BLOCK_M, 1], tl.float32)
-        if PROLOGUE == 1:
-            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
+        rm, mmask, factor = _rows_and_factor(x_ptr, M, stride_x, K, eps, PROLOGUE, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for w0 in range(0, W, BLOCK_W):
             wi = w0 + tl.arange(0, BLOCK_W)
@@ -267,10 +263,6 @@ def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block
     return n, words * scheme.per_word, block_w
 
 
-def _prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
-    return 1 if norm_weight is not None else (2 if swiglu else 0)
-
-
 def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
          config: tuple[int, ...], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
          swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -283,7 +275,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
     _il_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, n, k, packed.shape[1], eps,
         packed.stride(0), scale.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
-        PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
+        PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
         BLOCK_W=block_w, AHEAD=mode >= GEMV_AHEAD, X2D=mode >= GEMV_X2D, num_warps=warps, num_stages=stages,
     )
     return out
@@ -303,7 +295,7 @@ def dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Quan
     _il_dot_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, rows, n, k, packed.shape[1], eps,
         x.stride(0), packed.stride(0), scale.stride(0), out.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
-        PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
+        PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
         BLOCK_M=triton_decode.MIN_DOT_ROWS, BLOCK_N=block_n, BLOCK_W=block_w,
         PRECISION=triton_decode._precision(x.dtype), num_warps=warps, num_stages=stages,
     )

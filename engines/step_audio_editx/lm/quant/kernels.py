@@ -43,10 +43,16 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _prologue, _rms_factor, _rms_factor_rows, _store_out
+    from ..triton_decode import _prologue, _rms_factor, _rows_and_factor, _store_out
 
     MAGIC_BITS = tl.constexpr(0x4B000000)  # float32 2^23: a field OR-ed into its mantissa reads 2^23 + q
     MAGIC = tl.constexpr(8388608.0)
+
+    @triton.jit
+    def _centered(fields, BITS: tl.constexpr):
+        """Unsigned fields -> ``q - 2^(BITS-1)`` in float32, exact, without a conversion instruction (those run
+        at a quarter of the FMA rate): each field is OR-ed into the mantissa of 2^23 and 2^23 + offset taken off."""
+        return (fields | MAGIC_BITS).to(tl.float32, bitcast=True) - (MAGIC + (1 << (BITS - 1)))
 
 
 def available(tensor: torch.Tensor) -> bool:
@@ -79,15 +85,13 @@ if HAS_TRITON:
     def _dequant_tile(p_ptr, s_ptr, rn, nmask, k0, stride_p, stride_s, BITS: tl.constexpr,
                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """The dequantized weight tile [BLOCK_N, BLOCK_K] (float32, ``q * scale`` exact) at rows ``rn``, columns
-        ``k0 ..``. Int -> float without a conversion instruction (those run at a quarter of the FMA rate): the
-        field is OR-ed into the mantissa of 2^23 and 2^23 + offset subtracted; one scale load per group."""
+        ``k0 ..``; int -> float by ``_centered``, one scale load per group."""
         PER_WORD: tl.constexpr = 32 // BITS
         rw = k0 // PER_WORD + tl.arange(0, BLOCK_K // PER_WORD)
         words = tl.load(p_ptr + rn[:, None] * stride_p + rw[None, :], mask=nmask[:, None], other=0)
         shifts = tl.arange(0, PER_WORD) * BITS
         fields = (words[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
-        q = (fields | MAGIC_BITS).to(tl.float32, bitcast=True) - (MAGIC + (1 << (BITS - 1)))
-        q = tl.reshape(q, (BLOCK_N, BLOCK_K))
+        q = tl.reshape(_centered(fields, BITS), (BLOCK_N, BLOCK_K))
         if BLOCK_K >= GROUP:
             GROUPS: tl.constexpr = BLOCK_K // GROUP
             rg = k0 // GROUP + tl.arange(0, GROUPS)
@@ -129,11 +133,7 @@ if HAS_TRITON:
         pid = tl.program_id(0)
         rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
-        rm = tl.arange(0, BLOCK_M)
-        mmask = rm < M
-        factor = tl.zeros([BLOCK_M, 1], tl.float32)
-        if PROLOGUE == 1:
-            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
+        rm, mmask, factor = _rows_and_factor(x_ptr, M, stride_x, K, eps, PROLOGUE, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
@@ -171,10 +171,6 @@ def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block
     return n, k, block_k
 
 
-def _prologue_code(norm_weight: torch.Tensor | None, swiglu: bool) -> int:
-    return 1 if norm_weight is not None else (2 if swiglu else 0)
-
-
 def qgemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
           config: tuple[int, int, int, int] = DEFAULT_GEMV, norm_weight: torch.Tensor | None = None,
           eps: float = 0.0, swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,7 +181,7 @@ def qgemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qu
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, n, k, eps,
         packed.stride(0), scale.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
-        PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
+        PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
         BLOCK_K=block_k, num_warps=warps, num_stages=stages,
     )
     return out
@@ -204,7 +200,7 @@ def qdot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
     _qdot_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, rows, n, k, eps,
         x.stride(0), packed.stride(0), scale.stride(0), out.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
-        PROLOGUE=_prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
+        PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
         BLOCK_M=MAX_KERNEL_ROWS, BLOCK_N=block_n, BLOCK_K=block_k,
         PRECISION=triton_decode._precision(x.dtype), num_warps=warps, num_stages=stages,
     )

@@ -47,9 +47,9 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from ..triton_decode import _prologue, _rms_factor_rows, _store_out
+    from ..triton_decode import _prologue, _rows_and_factor, _store_out
     from .interleaved import _il_tile, _unit_field
-    from .kernels import MAGIC, MAGIC_BITS
+    from .kernels import _centered
 
     K_TILE_AHEAD, K_GATHER, K_CUDA_CORES = tl.constexpr(TILE_AHEAD), tl.constexpr(GATHER), tl.constexpr(CUDA_CORES)
 
@@ -72,7 +72,7 @@ if HAS_TRITON:
         PER: tl.constexpr = 32 // BITS
         shifts = tl.arange(0, PER) * BITS
         fields = (words[:, :, None, :] >> shifts[None, None, :, None]) & ((1 << BITS) - 1)
-        q = (fields | MAGIC_BITS).to(tl.float32, bitcast=True) - (MAGIC + (1 << (BITS - 1)))
+        q = _centered(fields, BITS)
         w = (q * s.to(tl.float32)[:, :, None, None]).to(dtype)
         return tl.reshape(w, (BLOCK_N, BLOCK_K))
 
@@ -89,7 +89,7 @@ if HAS_TRITON:
         words = tl.load(p_ptr + rn[None, :] * stride_p + wi[:, None], mask=nmask[None, :], other=0)
         s = tl.load(s_ptr + rn[None, :] * stride_s + (wi // GW)[:, None], mask=nmask[None, :], other=0.0)
         fields = (words >> ((c // GW) * BITS)[:, None]) & ((1 << BITS) - 1)
-        q = (fields | MAGIC_BITS).to(tl.float32, bitcast=True) - (MAGIC + (1 << (BITS - 1)))
+        q = _centered(fields, BITS)
         return (q * s.to(tl.float32)).to(dtype)
 
     @triton.jit
@@ -124,11 +124,7 @@ if HAS_TRITON:
         pid_k = tl.program_id(1)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
-        rm = tl.arange(0, BLOCK_M)
-        mmask = rm < M
-        factor = tl.zeros([BLOCK_M, 1], tl.float32)
-        if PROLOGUE == 1:
-            factor = _rms_factor_rows(x_ptr, rm, mmask, stride_x, K, eps, BLOCK_M, BLOCK_K)
+        rm, mmask, factor = _rows_and_factor(x_ptr, M, stride_x, K, eps, PROLOGUE, BLOCK_M, BLOCK_K)
         tl.static_assert(MODE != K_CUDA_CORES or PROLOGUE == 0, "the CUDA-core mode takes x as it is")
         NG: tl.constexpr = BLOCK_W // GW  # whole groups per k-step
         w_first = pid_k * SPAN
@@ -234,7 +230,7 @@ def splitk_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, schem
     _splitk_kernel[(blocks, split)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, part, counter, rows, n,
         words * scheme.per_word, words // split, eps, x.stride(0), packed.stride(0), scale.stride(0), out.stride(0),
-        BITS=scheme.bits, GROUP=scheme.group_size, PROLOGUE=1 if norm_weight is not None else (2 if swiglu else 0),
+        BITS=scheme.bits, GROUP=scheme.group_size, PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu),
         RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_W=block_w, SPLIT=split,
         PRECISION=triton_decode._precision(x.dtype), MODE=mode, num_warps=warps,
         num_stages=stages,
