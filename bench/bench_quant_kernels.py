@@ -61,8 +61,8 @@ def tinygemm_rows(weights, rows: int) -> list[dict]:
         got = torch._weight_int4pack_mm(x, w, m.scheme.group_size, sz).float()
         want = x.float() @ m.dequantized(x.dtype).float().T
         rel = float((got - want).norm() / want.norm())
-        seconds = _graph_seconds(lambda i: torch._weight_int4pack_mm(x, packed[i][0], m.scheme.group_size,
-                                                                     packed[i][1]), len(packed))
+        seconds = _graph_seconds(lambda i, laid=packed: torch._weight_int4pack_mm(x, laid[i][0], m.scheme.group_size,
+                                                                                  laid[i][1]), len(packed))
         found.append({"role": role, "rows": rows, "weights": "int4", "choice": "tinygemm _weight_int4pack_mm",
                       "us": seconds * 1e6, "rel_err_vs_dequant_matmul": rel})
         del packed
@@ -71,8 +71,8 @@ def tinygemm_rows(weights, rows: int) -> list[dict]:
 
 def run(args) -> dict:
     device = torch.device("cuda")
-    if args.interleave_int8:  # study: int8 in the interleaved layout too (the session keeps it stored)
-        quant_linear.INTERLEAVED_BITS = (4, 8)
+    if args.stored_int8:  # study: int8 in the stored layout (its layout before the group-major GEMV)
+        quant_linear.INTERLEAVED_BITS = (4,)
     if args.no_tinygemm:  # study: int4 down on our kernels instead of tinygemm
         tinygemm.eligible = lambda *_: False
     dims = {"num_hidden_layers": LAYERS}
@@ -115,7 +115,8 @@ def markdown(report: dict) -> str:
         if r.get("best") or "tinygemm" in r["choice"]:
             extra = f" (rel. err {r['rel_err_vs_dequant_matmul']:.1e})" if "rel_err_vs_dequant_matmul" in r else ""
             tb = f"{r['tb_per_s']:.2f}" if "tb_per_s" in r else ""
-            lines.append(f"| {r['rows']} | {r['role']} | {r['weights']} | {r['choice']}{extra} | {r['us']:.1f} | {tb} |")
+            lines.append(f"| {r['rows']} | {r['role']} | {r['weights']} | {r['choice']}{extra} | {r['us']:.1f} "
+                         f"| {tb} |")
     if report.get("tinygemm_error"):
         lines += ["", f"tinygemm: {report['tinygemm_error']}"]
     return "\n".join(lines) + "\n"
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--variants", nargs="+", default=["int8", "int4"], choices=[v[0] for v in VARIANTS])
-    parser.add_argument("--interleave-int8", action="store_true", help="lay int8 out for the interleaved kernels")
+    parser.add_argument("--stored-int8", action="store_true", help="keep int8 in the stored layout (its kernels)")
     parser.add_argument("--no-tinygemm", action="store_true", help="int4 down on the Triton kernels, not tinygemm")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)

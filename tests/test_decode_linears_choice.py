@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_linears
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantScheme, interleaved
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantScheme, group_gemv, interleaved
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
 
 
@@ -28,10 +28,11 @@ def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch):
         gate_up=[_matrix(512, 256, interleaved=True)], down=[torch.zeros(256, 256)])
     timings = decode_linears.time_candidates(weights, 1, "auto")
     assert list(timings["qkv"]) == [decode_linears.TINYGEMM]
-    assert {c.kernel for c in timings["gate_up"]} == {"gemv", "dot"}
-    assert all(c.config in interleaved.GEMV_CONFIGS + interleaved.DOT_CONFIGS for c in timings["gate_up"])
+    assert {c.kernel for c in timings["gate_up"]} == {"gemv", "dot", "group_gemv"}  # int4: the group GEMV too
+    assert all(c.config in interleaved.GEMV_CONFIGS + interleaved.DOT_CONFIGS + group_gemv.CONFIGS
+               for c in timings["gate_up"])
     assert decode_linears.CUBLAS in timings["down"]  # bf16 keeps cuBLAS among its candidates
     chosen = decode_linears.select_linears(weights, 1, "auto")
     assert chosen["qkv"] == decode_linears.TINYGEMM and str(chosen["qkv"]) == "tinygemm"
-    assert chosen["gate_up"].kernel == "gemv"  # timed last at one row
+    assert chosen["gate_up"].kernel == "group_gemv"  # timed last at one row
     assert decode_linears.candidates("gate_up", 16, "auto", True, True)[0].config in interleaved.DOT_CONFIGS

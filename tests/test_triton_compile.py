@@ -13,7 +13,7 @@ triton = pytest.importorskip("triton", reason="needs Triton (it compiles the ker
 
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake, triton_support  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels, splitk  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import group_gemv, interleaved, kernels, splitk  # noqa: E402
 
 # The pointer arguments' element types by name (every other argument is an int32 or a float32 scalar).
 POINTERS = {
@@ -74,6 +74,11 @@ CASES = {
                              False, {}),
     "interleaved_dot": (interleaved._il_dot_kernel,
                         dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_W=32, PRECISION="tf32"), False, {}),
+    "int4_group_gemv": (group_gemv._group_gemv_kernel,
+                        dict(QUANT, BLOCK_N=64, GROUPS_T=8, AHEAD=True, EVEN=True, POS=12, PER_COPY=2), False, {}),
+    "int8_group_gemv": (group_gemv._group_gemv_kernel,
+                        dict(QUANT, BITS=8, PROLOGUE=2, BLOCK_N=32, GROUPS_T=4, AHEAD=False, EVEN=False, POS=8,
+                             PER_COPY=1), False, {}),
     "int4_splitk": (splitk._splitk_kernel, dict(QUANT, BLOCK_M=16, BLOCK_N=64, BLOCK_W=32, SPLIT=4, PRECISION="tf32",
                                                 MODE=splitk.TILE_AHEAD), False, {}),
     "int4_splitk_gather": (splitk._splitk_kernel, dict(QUANT, PROLOGUE=2, BLOCK_M=16, BLOCK_N=32, BLOCK_W=16, SPLIT=4,

@@ -12,7 +12,8 @@ served from L2) and keeps the fastest per role; results are cached per process a
 Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
 kernels of ``quant.interleaved`` (the session lays the words out for them once; ``quant.kernels`` reads
 the stored layout) as ``dot`` / ``gemv`` choices with their own configuration lists, plus ``splitk``
-(``quant.splitk``) at 2-16 rows on interleaved words; the ``cublas``
+(``quant.splitk``) at 2-16 rows and the group-major ``group_gemv`` (``quant.group_gemv``) at one row on
+interleaved words; the ``cublas``
 choice then means dequantize-then-``F.linear``, the exact reference used off CUDA and beyond 16 rows.
 """
 
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from . import decode_ops as ref_ops
 from . import matmul_choice_store, triton_decode
+from .quant import group_gemv as quant_group_gemv
 from .quant import interleaved as quant_interleaved
 from .quant import kernels as quant_kernels
 from .quant import splitk as quant_splitk
@@ -76,6 +78,8 @@ def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantM
     if isinstance(weight, QuantMatrix):
         if choice.kernel == "splitk":
             return quant_splitk.splitk_dot(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
+        if choice.kernel == "group_gemv":
+            return quant_group_gemv.gemv(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
         if weight.interleaved:
             fn = quant_interleaved.gemv if choice.kernel == "gemv" else quant_interleaved.dot
         else:
@@ -154,6 +158,8 @@ def candidates(role: str, rows: int, mode: str, quantized: bool = False,
             found += [LinearChoice("splitk", c) for c in quant_splitk.CONFIGS]
         if rows == 1:
             found += [LinearChoice("gemv", c, f) for c in gemvs for f in fusions]
+        if interleaved and rows == 1:
+            found += [LinearChoice("group_gemv", c, f) for c in quant_group_gemv.CONFIGS for f in fusions]
         return found
     found = [CUBLAS] if mode == "auto" else []
     found += [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in fusions]
@@ -187,6 +193,8 @@ def role_candidates(mats, role: str, rows: int, mode: str) -> list[LinearChoice]
     if quantized and mats[0].scales_zeros is not None:
         return [TINYGEMM]
     found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+    if any(c.kernel == "group_gemv" for c in found) and not quant_group_gemv.supports(mats[0].scheme):
+        found = [c for c in found if c.kernel != "group_gemv"]
     return [c for c in found if c.kernel != "splitk" or quant_splitk.fits(mats[0].packed.shape[1], mats[0].scheme,
                                                                            c.config)]
 

@@ -1,0 +1,60 @@
+"""The group-major one-row GEMV (``quant.group_gemv``) in Triton's CPU interpreter against
+dequantize-then-matmul, so CI checks its index arithmetic without a GPU: which columns each field of a copy
+holds in the interleaved layout, the shifted copies and their pre-scaled x, the offsets taken off per word,
+whole and partial tiles (rows past N, groups past the row), the look-ahead, the norm / SwiGLU prologues and
+the residual add. Float32 throughout (the interpreter truncates bf16 casts; the GPU tests cover bf16). Runs in
+a child process: the interpreter is chosen when kernels are decorated."""
+
+from __future__ import annotations
+
+import sys
+
+from interpreted import allow_numpy2_scalars, run_interpreted_checks
+
+CHECKS = ("int4", "int4_group16", "int8")
+TOLERANCE = 2e-4  # float32: summation order, and ~16 bits left beside the largest offset of a field (a wrong
+# column, shift or offset is off by ~1)
+# (BLOCK_N, GROUPS_T, warps, stages[, AHEAD]); int8 has twice the words per group: half the groups per tile
+CASES = ((64, 8, 8, 1, 1), (32, 4, 4, 1, 2), (16, 8, 8, 1, 0), (32, 2, 4, 1, 1))
+# (rows, columns, cases): rows past N and groups past the row; then every tile whole (EVEN)
+SHAPES = {"int4": ((80, 512, CASES), (64, 1024, CASES[:1])), "int4_group16": ((80, 512, CASES[1:2]),),
+          "int8": ((80, 512, CASES[:2]), (64, 1024, CASES[:1]))}
+
+
+def _check(name: str) -> bool:
+    import torch
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import group_gemv, interleaved
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme, dequantize, quantize
+
+    torch.manual_seed(0)
+    scheme = QuantScheme(int(name[3]), 16 if name.endswith("group16") else 128)
+    worst = 0.0
+    for n, k, cases in SHAPES[name]:
+        packed, scale = quantize(torch.randn(n, k) * 0.02, scheme)
+        w = dequantize(packed, scale, scheme, torch.float32)
+        laid = interleaved.interleave(packed, scheme)
+        norm = 1 + 0.1 * torch.randn(k)
+        x, gu, r = 3 * torch.randn(1, k), torch.randn(1, 2 * k), torch.randn(1, n)
+        for case in cases:
+            config = case if scheme.bits == 4 else (case[0], max(1, case[1] // 2), *case[2:])
+            pairs = [(group_gemv.gemv(x, laid, scale, scheme, config), x @ w.T),
+                     (group_gemv.gemv(x, laid, scale, scheme, config, residual=r.clone()), r + x @ w.T),
+                     (group_gemv.gemv(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
+                                      residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
+                     (group_gemv.gemv(gu, laid, scale, scheme, config, swiglu=True, residual=r.clone()),
+                      r + ref.silu_mul(gu) @ w.T)]
+            worst = max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])
+    print(f"{name} worst {worst:.2e}", file=sys.stderr)
+    return worst < TOLERANCE
+
+
+def test_group_gemv_kernel_in_the_interpreter():
+    run_interpreted_checks(__file__, CHECKS)
+
+
+if __name__ == "__main__":
+    allow_numpy2_scalars()
+    for check in sys.argv[1:]:
+        if _check(check):
+            print(f"{check}:ok")
