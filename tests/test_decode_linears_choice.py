@@ -22,6 +22,7 @@ def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch):
     clock = iter(range(1000, 0, -1))  # every later candidate is "faster": the last one timed must win
     monkeypatch.setattr(decode_linears, "_graph_seconds", lambda step, calls: next(clock) * 1e-6)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake")
+    monkeypatch.setattr(group_gemv, "kernel_problem", lambda device: None)  # its GPU probe: passed
     weights = SimpleNamespace(
         embed=torch.zeros(8, 256), input_norms=[torch.ones(256)], eps=1e-5,
         qkv=[_matrix(384, 256, scales_zeros=torch.zeros(2, 384, 2))], o=[_matrix(256, 256, interleaved=True)],
@@ -36,3 +37,17 @@ def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch):
     assert chosen["qkv"] == decode_linears.TINYGEMM and str(chosen["qkv"]) == "tinygemm"
     assert chosen["gate_up"].kernel == "group_gemv"  # timed last at one row
     assert decode_linears.candidates("gate_up", 16, "auto", True, True)[0].config in interleaved.DOT_CONFIGS
+
+
+def test_the_group_gemv_is_timed_only_where_its_probe_passed(monkeypatch):
+    mats = [_matrix(512, 256, interleaved=True)]
+    monkeypatch.setattr(group_gemv, "kernel_problem", lambda device: None)
+    assert any(c.kernel == "group_gemv" for c in decode_linears.role_candidates(mats, "gate_up", 1, "auto"))
+    monkeypatch.setattr(group_gemv, "kernel_problem", lambda device: "disagrees with dequantize-then-matmul")
+    found = decode_linears.role_candidates(mats, "gate_up", 1, "auto")
+    assert found and not any(c.kernel == "group_gemv" for c in found)  # the other one-row kernels remain
+
+
+def test_the_group_gemv_probe_names_what_failed_where_it_cannot_run():
+    problem = group_gemv.kernel_problem("cpu")  # no Triton kernel runs on CPU tensors (or Triton is missing)
+    assert isinstance(problem, str) and problem

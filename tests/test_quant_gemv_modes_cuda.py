@@ -71,3 +71,8 @@ def test_group_gemv_matches_dequantize_then_matmul(bits, config, prologue):
         if prologue == "residual":
             expected = expected + resid.float()
         assert _rel(outs[0], expected) < 5e-3
+
+
+def test_the_group_gemv_probe_passes_on_this_gpu():
+    """The one-off probe that lets the decode session time the group-major GEMV on this GPU."""
+    assert group_gemv.kernel_problem(str(torch.device("cuda", torch.cuda.current_device()))) is None

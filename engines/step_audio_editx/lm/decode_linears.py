@@ -193,7 +193,9 @@ def role_candidates(mats, role: str, rows: int, mode: str) -> list[LinearChoice]
     if quantized and mats[0].scales_zeros is not None:
         return [TINYGEMM]
     found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
-    if any(c.kernel == "group_gemv" for c in found) and not quant_group_gemv.supports(mats[0].scheme):
+    if any(c.kernel == "group_gemv" for c in found) and (
+            not quant_group_gemv.supports(mats[0].scheme)
+            or quant_group_gemv.kernel_problem(str(mats[0].packed.device)) is not None):
         found = [c for c in found if c.kernel != "group_gemv"]
     return [c for c in found if c.kernel != "splitk" or quant_splitk.fits(mats[0].packed.shape[1], mats[0].scheme,
                                                                            c.config)]

@@ -29,10 +29,17 @@ tiles ahead, or Triton's own pipelining, changed nothing.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from .. import triton_decode
+from . import interleaved
 from .format import QuantScheme
+from .format import dequantize as format_dequantize
+from .format import quantize as format_quantize
+from ...kernel_probe import run_probe
+from ...triton_import import TRITON_IMPORT_ERROR
 
 HAS_TRITON = triton_decode.HAS_TRITON
 # (BLOCK_N, GROUPS_T, num_warps, num_stages[, AHEAD]): timed per role by the decode session at batch 1 (on the
@@ -45,6 +52,7 @@ CONFIGS: tuple[tuple[int, ...], ...] = ((64, 8, 8, 1, 1), (32, 8, 8, 1, 1), (16,
 ONE_BITS = 0x3F800000  # float32 1.0: OR-ed into a field's copy, passed at run time so it sits in a register
 FIELD_POS = {4: 12, 8: 8}  # bits: the mantissa bit where a copy's first field sits
 FIELDS_PER_COPY = {4: 2, 8: 1}  # int4 also uses the nibble at POS + 4 (bit 16); an int8 field fills bits 8..15
+PROBE_COLUMNS = 1024  # the probe's row: 8 whole groups of 128, the tiles a full-size model runs
 
 if HAS_TRITON:
     import triton
@@ -132,6 +140,29 @@ if HAS_TRITON:
             acc += s.to(tl.float32) * tl.sum(part - offset[:, None, :], 2)  # per row and group: few registers
         out = tl.sum(acc, 0).to(out_ptr.dtype.element_ty)
         _store_out(out_ptr, rn, nmask, out, RESIDUAL)
+
+
+@lru_cache(maxsize=None)
+def kernel_problem(device: str) -> str | None:
+    """Why this GEMV cannot be used on ``device`` (None when a probe of int4 and int8 agrees with
+    dequantize-then-matmul): the decode session then times the other one-row kernels only."""
+    if not HAS_TRITON:
+        return f"Triton is unavailable ({TRITON_IMPORT_ERROR})"
+
+    def probe() -> str | None:
+        for bits in (4, 8):
+            scheme = QuantScheme(bits)
+            gen = torch.Generator(device=device).manual_seed(bits)
+            weight = torch.randn(interleaved.PROBE_ROWS, PROBE_COLUMNS, device=device, generator=gen)
+            packed, scale = format_quantize(weight.to(torch.bfloat16), scheme)
+            x = torch.randn(1, PROBE_COLUMNS, device=device, generator=gen).to(torch.bfloat16)
+            want = x.float() @ format_dequantize(packed, scale, scheme).float().T
+            got = gemv(x, interleaved.interleave(packed, scheme), scale, scheme, CONFIGS[0]).float()
+            if float((got - want).norm() / want.norm()) > interleaved.PROBE_TOLERANCE:
+                return f"the int{bits} group-major GEMV disagrees with dequantize-then-matmul"
+        return None
+
+    return run_probe(device, "Group-major int4 / int8 GEMV kernels", "the other one-row kernels are timed", probe)
 
 
 def supports(scheme: QuantScheme) -> bool:
