@@ -49,7 +49,6 @@ HAS_TRITON = triton_decode.HAS_TRITON
 CONFIGS: tuple[tuple[int, ...], ...] = ((64, 8, 8, 1, 1), (32, 8, 8, 1, 1), (16, 8, 8, 1, 1), (32, 4, 4, 1, 1),
                                         (64, 8, 8, 1, 2), (32, 8, 8, 1, 2), (16, 8, 8, 1, 2), (32, 4, 4, 1, 2),
                                         (64, 8, 8, 3, 0), (32, 8, 8, 3, 0), (16, 8, 8, 4, 0))
-ONE_BITS = 0x3F800000  # float32 1.0: OR-ed into a field's copy, passed at run time so it sits in a register
 FIELD_POS = {4: 12, 8: 8}  # bits: the mantissa bit where a copy's first field sits
 FIELDS_PER_COPY = {4: 2, 8: 1}  # int4 also uses the nibble at POS + 4 (bit 16); an int8 field fills bits 8..15
 PROBE_COLUMNS = 1024  # the probe's row: 8 whole groups of 128, the tiles a full-size model runs
@@ -59,9 +58,8 @@ if HAS_TRITON:
     import triton.language as tl
 
     from ..triton_decode import _prologue, _rms_factor, _store_out
-
-    MANTISSA = tl.constexpr(23)
-    ONE = tl.constexpr(1)
+    from .interleaved import MANTISSA_BITS as MANTISSA
+    from .interleaved import ONE
 
     @triton.jit
     def _group_tile(p_ptr, s_ptr, rn, nmask, g, gi, wl, G, stride_p, stride_s, GW: tl.constexpr,
@@ -190,7 +188,9 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
     out = residual if residual is not None else torch.empty(1, n, dtype=x.dtype, device=x.device)
     _group_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, packed, scale, out, norm_weight if norm_weight is not None else scale, n, groups * scheme.group_size,
-        groups, eps, packed.stride(0), scale.stride(0), ONE_BITS, BITS=scheme.bits, GROUP=scheme.group_size,
+        groups, eps, packed.stride(0), scale.stride(0),
+        interleaved.FLOAT32_ONE_BITS,  # OR-ed into a field's copy; a run-time value, so it sits in a register
+        BITS=scheme.bits, GROUP=scheme.group_size,
         PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
         GROUPS_T=groups_t, AHEAD=ahead, EVEN=(n % block_n == 0 and groups % groups_t == 0),
         POS=FIELD_POS[scheme.bits], PER_COPY=FIELDS_PER_COPY[scheme.bits], num_warps=warps, num_stages=stages,

@@ -49,6 +49,7 @@ DEFAULT_GEMV, DEFAULT_DOT = GEMV_CONFIGS[0], DOT_CONFIGS[0]
 DEQUANT_BLOCK = (32, 64)  # rows x words per dequantize program
 PROBE_ROWS, PROBE_COLUMNS = 64, 512  # the one-off probe of ``kernel_problem``
 PROBE_TOLERANCE = 1e-2  # relative error of the probe GEMV / dot against dequantize-then-matmul
+FLOAT32_ONE_BITS, FLOAT32_MANTISSA_BITS = 0x3F800000, 23  # 1.0's bit pattern; a float32's stored mantissa bits
 
 HAS_TRITON = triton_decode.HAS_TRITON
 if HAS_TRITON:
@@ -57,8 +58,8 @@ if HAS_TRITON:
 
     from ..triton_decode import _prologue, _rms_factor, _rows_and_factor, _store_out
 
-    ONE_BITS = tl.constexpr(0x3F800000)  # float32 1.0
-    MANTISSA_BITS = tl.constexpr(23)
+    ONE_BITS = tl.constexpr(FLOAT32_ONE_BITS)
+    MANTISSA_BITS = tl.constexpr(FLOAT32_MANTISSA_BITS)
     ONE = tl.constexpr(1)
 
 
