@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -35,3 +35,12 @@ def allow_numpy2_scalars() -> None:
         tensor.__index__ = lambda self: int(np.asarray(self.handle.data).reshape(-1)[0])
 
     interp._patch_lang_tensor = numpy2_index
+
+
+def report_checks(check: Callable[[str], bool], names: Sequence[str]) -> None:
+    """The child process's side of ``run_interpreted_checks``: run each check, print ``name:ok`` where it
+    passes (the numpy-2 patch first)."""
+    allow_numpy2_scalars()
+    for name in names:
+        if check(name):
+            print(f"{name}:ok")

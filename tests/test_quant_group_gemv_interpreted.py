@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from interpreted import allow_numpy2_scalars, run_interpreted_checks
+from interpreted import report_checks, run_interpreted_checks
 
 CHECKS = ("int4", "int4_group16", "int8")
 TOLERANCE = 2e-4  # float32: summation order, and ~16 bits left beside the largest offset of a field (a wrong
@@ -54,7 +54,4 @@ def test_group_gemv_kernel_in_the_interpreter():
 
 
 if __name__ == "__main__":
-    allow_numpy2_scalars()
-    for check in sys.argv[1:]:
-        if _check(check):
-            print(f"{check}:ok")
+    report_checks(_check, sys.argv[1:])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from interpreted import allow_numpy2_scalars, run_interpreted_checks
+from interpreted import report_checks, run_interpreted_checks
 
 CHECKS = ("int4", "int8")
 TOLERANCE = 1e-5  # float32 summation order only
@@ -55,7 +55,4 @@ def test_splitk_kernel_in_the_interpreter():
 
 
 if __name__ == "__main__":
-    allow_numpy2_scalars()
-    for check in sys.argv[1:]:
-        if _check(check):
-            print(f"{check}:ok")
+    report_checks(_check, sys.argv[1:])
