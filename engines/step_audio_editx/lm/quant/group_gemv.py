@@ -36,8 +36,6 @@ import torch
 from .. import triton_decode
 from . import interleaved
 from .format import QuantScheme
-from .format import dequantize as format_dequantize
-from .format import quantize as format_quantize
 from ...kernel_probe import run_probe
 from ...triton_import import TRITON_IMPORT_ERROR
 
@@ -149,14 +147,9 @@ def kernel_problem(device: str) -> str | None:
 
     def probe() -> str | None:
         for bits in (4, 8):
-            scheme = QuantScheme(bits)
-            gen = torch.Generator(device=device).manual_seed(bits)
-            weight = torch.randn(interleaved.PROBE_ROWS, PROBE_COLUMNS, device=device, generator=gen)
-            packed, scale = format_quantize(weight.to(torch.bfloat16), scheme)
+            scheme, laid, scale, reference, gen = interleaved.probe_matrix(device, bits, PROBE_COLUMNS)
             x = torch.randn(1, PROBE_COLUMNS, device=device, generator=gen).to(torch.bfloat16)
-            want = x.float() @ format_dequantize(packed, scale, scheme).float().T
-            got = gemv(x, interleaved.interleave(packed, scheme), scale, scheme, CONFIGS[0]).float()
-            if float((got - want).norm() / want.norm()) > interleaved.PROBE_TOLERANCE:
+            if interleaved.probe_disagrees(gemv(x, laid, scale, scheme, CONFIGS[0]), x.float() @ reference.float().T):
                 return f"the int{bits} group-major GEMV disagrees with dequantize-then-matmul"
         return None
 

@@ -97,6 +97,21 @@ def deinterleave(packed: torch.Tensor, scheme: QuantScheme, out: torch.Tensor | 
     return _repacked(packed, scheme, True, out)
 
 
+def probe_matrix(device: str, bits: int, columns: int = PROBE_COLUMNS):
+    """A kernel probe's matrix: a random bf16 [PROBE_ROWS, columns] quantized to ``bits``, as (scheme,
+    interleaved words, scales, dequantized reference, the generator for the probe's inputs)."""
+    scheme = QuantScheme(bits)
+    gen = torch.Generator(device=device).manual_seed(bits)
+    weight = torch.randn(PROBE_ROWS, columns, device=device, generator=gen).to(torch.bfloat16)
+    packed, scale = format_quantize(weight, scheme)
+    return scheme, interleave(packed, scheme), scale, format_dequantize(packed, scale, scheme), gen
+
+
+def probe_disagrees(out: torch.Tensor, reference: torch.Tensor) -> bool:
+    """A probe kernel's output off dequantize-then-matmul's by more than ``PROBE_TOLERANCE`` (relative)."""
+    return float((out.float() - reference).norm() / reference.norm()) > PROBE_TOLERANCE
+
+
 @lru_cache(maxsize=None)
 def kernel_problem(device: str) -> str | None:
     """Why the interleaved kernels cannot be used on ``device`` (None when a probe of each agrees with the
@@ -106,20 +121,14 @@ def kernel_problem(device: str) -> str | None:
 
     def probe() -> str | None:
         for bits in (4, 8):
-            scheme = QuantScheme(bits)
-            gen = torch.Generator(device=device).manual_seed(bits)
-            weight = torch.randn(PROBE_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(torch.bfloat16)
-            packed, scale = format_quantize(weight, scheme)
-            laid = interleave(packed, scheme)
-            reference = format_dequantize(packed, scale, scheme)
+            scheme, laid, scale, reference, gen = probe_matrix(device, bits)
             if not torch.equal(dequantize(laid, scale, scheme), reference):
                 return f"the int{bits} dequantize kernel disagrees with the torch reference"
-            x = torch.randn(triton_decode.MIN_DOT_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(weight.dtype)
+            x = torch.randn(triton_decode.MIN_DOT_ROWS, PROBE_COLUMNS, device=device, generator=gen).to(scale.dtype)
             want = x.float() @ reference.float().T
             got = (gemv(x[:1], laid, scale, scheme, DEFAULT_GEMV), dot(x, laid, scale, scheme, DEFAULT_DOT))
-            for out, ref in zip(got, (want[:1], want)):
-                if float((out.float() - ref).norm() / ref.norm()) > PROBE_TOLERANCE:
-                    return f"the int{bits} GEMV / dot kernels disagree with dequantize-then-matmul"
+            if any(probe_disagrees(out, ref) for out, ref in zip(got, (want[:1], want))):
+                return f"the int{bits} GEMV / dot kernels disagree with dequantize-then-matmul"
         return None
 
     return run_probe(device, "Interleaved int4 / int8 kernels", "the stored layout's kernels are used", probe)
