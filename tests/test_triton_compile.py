@@ -75,10 +75,11 @@ CASES = {
     "interleaved_dot": (interleaved._il_dot_kernel,
                         dict(QUANT, BLOCK_M=16, BLOCK_N=32, BLOCK_W=32, PRECISION="tf32"), False, {}),
     "int4_group_gemv": (group_gemv._group_gemv_kernel,
-                        dict(QUANT, BLOCK_N=64, GROUPS_T=8, AHEAD=True, EVEN=True, POS=12, PER_COPY=2), False, {}),
+                        dict(QUANT, BLOCK_N=64, GROUPS_T=8, AHEAD=True, EVEN=True, POS=12, PER_COPY=2, PIPELINE=1),
+                        False, {}),
     "int8_group_gemv": (group_gemv._group_gemv_kernel,
                         dict(QUANT, BITS=8, PROLOGUE=2, BLOCK_N=32, GROUPS_T=4, AHEAD=False, EVEN=False, POS=8,
-                             PER_COPY=1), False, {}),
+                             PER_COPY=1, PIPELINE=3), False, {}),
     "int4_splitk": (splitk._splitk_kernel, dict(QUANT, BLOCK_M=16, BLOCK_N=64, BLOCK_W=32, SPLIT=4, PRECISION="tf32",
                                                 MODE=splitk.TILE_AHEAD), False, {}),
     "int4_splitk_gather": (splitk._splitk_kernel, dict(QUANT, PROLOGUE=2, BLOCK_M=16, BLOCK_N=32, BLOCK_W=16, SPLIT=4,
@@ -126,3 +127,21 @@ def test_kernel_compiles_for_the_gpu(name, target):
     assert f".target {target}" in compiled.asm["ptx"]
     if takes_pdl and capability >= 90:
         assert "griddepcontrol" in compiled.asm["ptx"], f"{name}: PDL requested but not compiled in"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_group_gemv_loop_is_pipelined_only_when_its_config_asks(target):
+    """A loop without a dot is software-pipelined by Triton only when the loop itself carries stages
+    (``tl.range(num_stages=...)``); the kernel-wide ``num_stages`` alone leaves it unpipelined. The int8 GEMV's
+    best configurations rely on it (cp.async copies in flight), and stages 1 must stay the plain loop."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn, constexprs, _, pointers = CASES["int8_group_gemv"]
+    copies = {}
+    for stages in (1, 3):
+        source = ASTSource(fn=fn, signature=_signature(fn, pointers), constexprs={**constexprs, "PIPELINE": stages})
+        ptx = triton.compile(source, target=GPUTarget("cuda", TARGETS[target], 32),
+                             options={"num_stages": 3}).asm["ptx"]
+        copies[stages] = ptx.count("cp.async.cg") + ptx.count("cp.async.ca")
+    assert copies[1] == 0 and copies[3] > 0, copies

@@ -22,9 +22,13 @@ Weights and arithmetic are dequantize-then-matmul's: ``(q - offset) * scale`` pe
 the summation order differs (``tests/test_quant_group_gemv_interpreted.py`` and the GPU tests).
 
 Measured on the H200 (``bench/bench_quant_kernels.py``, 2026-12-04): int4 gate_up 13.7 us against 18.1 (1.9
-TB/s); int8 per layer 54 us against 77 in the stored layout, so int8 is now laid out interleaved too. The
-rest is not instruction issue (~5 us for gate_up at this count) nor bandwidth (~6.5 us): loading 0, 1 or 2
-tiles ahead, or Triton's own pipelining, changed nothing.
+TB/s); int8 per layer 54 us against 77 in the stored layout, so int8 is now laid out interleaved too.
+
+Tiles in flight: Triton software-pipelines a loop without a dot only when the loop itself carries stages
+(``tl.range(num_stages=...)``); the kernel-wide ``num_stages`` the first configurations set changed no
+instruction. With the loop pipelined (cp.async into shared memory, ``stages`` tiles in flight) int8 per layer
+fell from 58 to 44 us with the prologues fused (down 19.7 -> 13.2, gate_up 22.5 -> 17.5); int4 gate_up stays
+fastest unpipelined (13.5 us). Weights stored tile by tile, or read by TMA copies, gained nothing.
 """
 
 from __future__ import annotations
@@ -40,13 +44,15 @@ from ...kernel_probe import run_probe
 from ...triton_import import TRITON_IMPORT_ERROR
 
 HAS_TRITON = triton_decode.HAS_TRITON
-# (BLOCK_N, GROUPS_T, num_warps, num_stages[, AHEAD]): timed per role by the decode session at batch 1 (on the
-# H200 gate_up took [64, 8, 8, 3, 0] for int4 and [32, 8, 8, 3, 0] for int8, the 3,072-row matrices [16, 8, 8,
-# ...]). x's [GROUPS_T, words per group] tile must stay below the program's threads, or Triton shuffles it
-# through shared memory instead of loading it in the words' layout.
-CONFIGS: tuple[tuple[int, ...], ...] = ((64, 8, 8, 1, 1), (32, 8, 8, 1, 1), (16, 8, 8, 1, 1), (32, 4, 4, 1, 1),
-                                        (64, 8, 8, 1, 2), (32, 8, 8, 1, 2), (16, 8, 8, 1, 2), (32, 4, 4, 1, 2),
-                                        (64, 8, 8, 3, 0), (32, 8, 8, 3, 0), (16, 8, 8, 4, 0))
+# (BLOCK_N, GROUPS_T, num_warps, stages[, AHEAD]): timed per role by the decode session at batch 1. ``stages`` > 1:
+# Triton's software pipeline over the tiles (with AHEAD 0). On the H200 (2026-12-04, 16 layers cycled, with the
+# norm / SwiGLU / residual fused) int4 gate_up took [64, 8, 8, 1, 0]; int8 took the pipelined ones: [16, 8, 4, 3]
+# for q/k/v and o, [64, 2, 4, 3] for gate_up, [16, 8, 2, 3] for down. x's [GROUPS_T, words per group] tile must
+# stay below the program's threads, or Triton shuffles it through shared memory instead of loading it in the
+# words' layout.
+CONFIGS: tuple[tuple[int, ...], ...] = ((64, 8, 8, 1, 0), (32, 8, 8, 1, 0), (16, 8, 8, 1, 0), (64, 8, 8, 1, 1),
+                                        (16, 8, 8, 1, 1), (16, 8, 8, 1, 2), (16, 8, 2, 3, 0), (16, 8, 4, 3, 0),
+                                        (32, 8, 4, 3, 0), (64, 2, 4, 3, 0))
 FIELD_POS = {4: 12, 8: 8}  # bits: the mantissa bit where a copy's first field sits
 FIELDS_PER_COPY = {4: 2, 8: 1}  # int4 also uses the nibble at POS + 4 (bit 16); an int8 field fills bits 8..15
 PROBE_COLUMNS = 1024  # the probe's row: 8 whole groups of 128, the tiles a full-size model runs
@@ -84,9 +90,12 @@ if HAS_TRITON:
     def _group_gemv_kernel(x_ptr, p_ptr, s_ptr, out_ptr, norm_ptr, N, K, G, eps, stride_p, stride_s, one_bits,
                            BITS: tl.constexpr, GROUP: tl.constexpr, PROLOGUE: tl.constexpr,
                            RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS_T: tl.constexpr,
-                           AHEAD: tl.constexpr, EVEN: tl.constexpr, POS: tl.constexpr, PER_COPY: tl.constexpr):
+                           AHEAD: tl.constexpr, EVEN: tl.constexpr, POS: tl.constexpr, PER_COPY: tl.constexpr,
+                           PIPELINE: tl.constexpr):
         """out[N] (+)= f(x)[K] @ dequant(W)[N, K]^T for one row; ``G`` groups per row. AHEAD (0-2): the words
-        and scales of that many next tiles are loaded before this one is computed."""
+        and scales of that many next tiles are loaded before this one is computed. PIPELINE (with AHEAD 0):
+        Triton's software pipeline keeps that many tiles in flight through shared memory (cp.async); a loop
+        without a dot is pipelined only when the loop itself asks for stages, as here."""
         PER: tl.constexpr = 32 // BITS
         GW: tl.constexpr = GROUP // PER
         FIELD: tl.constexpr = (ONE << BITS) - 1
@@ -103,7 +112,7 @@ if HAS_TRITON:
         if PROLOGUE == 1:
             factor = _rms_factor(x_ptr, K, eps, GROUPS_T * GROUP, AHEAD)
         acc = tl.zeros([GROUPS_T, BLOCK_N], tl.float32)
-        for g0 in range(0, G, GROUPS_T):
+        for g0 in tl.range(0, G, GROUPS_T, num_stages=PIPELINE):
             if AHEAD == 0:
                 words, s = _group_tile(p_ptr, s_ptr, rn, nmask, g0, gi, wl, G, stride_p, stride_s, GW, EVEN)
             elif AHEAD == 1:
@@ -166,9 +175,12 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
          config: tuple[int, ...], norm_weight: torch.Tensor | None = None, eps: float = 0.0,
          swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``f(x) @ W^T`` for ONE row of interleaved words (``interleaved.gemv``'s arguments); config (BLOCK_N,
-    GROUPS_T, warps, stages[, AHEAD tiles, default 1])."""
+    GROUPS_T, warps, stages[, AHEAD tiles, default 1]): ``stages`` > 1 is the depth of Triton's software pipeline
+    over the tiles (only with AHEAD 0: the two are alternative ways to keep tiles in flight)."""
     block_n, groups_t, warps, stages, *rest = config
     ahead = rest[0] if rest else 1
+    if stages > 1 and ahead:
+        raise ValueError(f"group GEMV config {config}: a pipelined loop (stages {stages}) loads no tiles ahead")
     if not supports(scheme):
         raise ValueError(f"the group-major GEMV does not unpack {scheme.name} with groups of {scheme.group_size}")
     if packed.stride(1) != 1 or scale.stride(1) != 1:
@@ -186,6 +198,6 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
         BITS=scheme.bits, GROUP=scheme.group_size,
         PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None, BLOCK_N=block_n,
         GROUPS_T=groups_t, AHEAD=ahead, EVEN=(n % block_n == 0 and groups % groups_t == 0),
-        POS=FIELD_POS[scheme.bits], PER_COPY=FIELDS_PER_COPY[scheme.bits], num_warps=warps, num_stages=stages,
+        POS=FIELD_POS[scheme.bits], PER_COPY=FIELDS_PER_COPY[scheme.bits], PIPELINE=stages, num_warps=warps,
     )
     return out
