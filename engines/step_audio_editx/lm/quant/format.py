@@ -53,6 +53,10 @@ class QuantScheme:
         return WORD_BITS // self.bits
 
     @property
+    def words_per_group(self) -> int:
+        return self.group_size // self.per_word
+
+    @property
     def offset(self) -> int:
         return 1 << (self.bits - 1)
 
@@ -81,6 +85,12 @@ class QuantScheme:
 
 
 GROUP_SIZE_CHOICES: tuple[int, ...] = (DEFAULT_GROUP_SIZE, 64, 32, 16)  # smaller only for small test models
+
+
+def require_row_major(packed: torch.Tensor, scale: torch.Tensor) -> None:
+    """The kernels index packed words and scales by a row stride and unit column steps."""
+    if packed.stride(1) != 1 or scale.stride(1) != 1:
+        raise ValueError("packed weights and scales must be row-major")
 
 
 def scale_dtype(stored: torch.dtype, compute: torch.dtype) -> torch.dtype:

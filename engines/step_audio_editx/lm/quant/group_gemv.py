@@ -39,7 +39,7 @@ import torch
 
 from .. import triton_decode
 from . import interleaved
-from .format import QuantScheme
+from .format import QuantScheme, require_row_major
 from ...kernel_probe import run_probe
 from ...triton_import import TRITON_IMPORT_ERROR
 
@@ -167,7 +167,7 @@ def kernel_problem(device: str) -> str | None:
 
 def supports(scheme: QuantScheme) -> bool:
     """True for the schemes this kernel unpacks (int4 / int8 with a power-of-two number of words per group)."""
-    gw = scheme.group_size // scheme.per_word
+    gw = scheme.words_per_group
     return scheme.bits in FIELD_POS and gw >= 1 and gw & (gw - 1) == 0
 
 
@@ -183,10 +183,9 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: Qua
         raise ValueError(f"group GEMV config {config}: a pipelined loop (stages {stages}) loads no tiles ahead")
     if not supports(scheme):
         raise ValueError(f"the group-major GEMV does not unpack {scheme.name} with groups of {scheme.group_size}")
-    if packed.stride(1) != 1 or scale.stride(1) != 1:
-        raise ValueError("packed weights and scales must be row-major")
+    require_row_major(packed, scale)
     n, words = packed.shape
-    gw = scheme.group_size // scheme.per_word
+    gw = scheme.words_per_group
     if words % gw:
         raise ValueError(f"{words} words per row are not whole groups of {gw} words")
     groups = words // gw

@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 
 from .. import triton_decode
-from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, unpack
+from .format import QUANTIZE_ROW_CHUNK, QuantScheme, pack, require_row_major, unpack
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
 from ...kernel_probe import run_probe
@@ -66,7 +66,7 @@ if HAS_TRITON:
 def _permuted(q: torch.Tensor, scheme: QuantScheme, inverse: bool) -> torch.Tensor:
     """Values [N, K] in column order -> in interleaved position order (or back with ``inverse``)."""
     rows, cols = q.shape
-    per, gw = scheme.per_word, scheme.group_size // scheme.per_word
+    per, gw = scheme.per_word, scheme.words_per_group
     inner = (gw, per) if inverse else (per, gw)
     return q.view(rows, cols // scheme.group_size, *inner).transpose(2, 3).reshape(rows, cols)
 
@@ -268,8 +268,7 @@ def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block
         block_w //= 2
     if words % block_w and words > block_w:
         raise ValueError(f"{words} words per row do not split into blocks of {block_w} words")
-    if packed.stride(1) != 1 or scale.stride(1) != 1:
-        raise ValueError("packed weights and scales must be row-major")
+    require_row_major(packed, scale)
     return n, words * scheme.per_word, block_w
 
 

@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 
 from .. import triton_decode
-from .format import QuantScheme
+from .format import QuantScheme, require_row_major
 from .format import dequantize as format_dequantize
 from .format import quantize as format_quantize
 from ...kernel_probe import run_probe
@@ -166,8 +166,7 @@ def _check(packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme, block
         block_k //= 2
     if k % block_k or block_k % scheme.per_word:
         raise ValueError(f"{k} input columns do not split into blocks of {block_k} for {scheme.name}")
-    if packed.stride(1) != 1 or scale.stride(1) != 1:
-        raise ValueError("packed weights and scales must be row-major")
+    require_row_major(packed, scale)
     return n, k, block_k
 
 

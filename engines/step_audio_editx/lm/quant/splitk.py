@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from .. import triton_decode
-from .format import QuantScheme
+from .format import QuantScheme, require_row_major
 
 HAS_TRITON = triton_decode.HAS_TRITON
 # (BLOCK_N, BLOCK_W, num_warps, num_stages, SPLIT[, MODE]): the decode session times these per role at 2-16
@@ -203,7 +203,7 @@ def fits(words: int, scheme: QuantScheme, config: tuple[int, ...]) -> bool:
     """True when rows of ``words`` words split into ``SPLIT`` slices of ``BLOCK_W``-word tiles of whole
     groups."""
     _, block_w, _, _, split, *_ = config
-    return words % (block_w * split) == 0 and block_w % (scheme.group_size // scheme.per_word) == 0
+    return words % (block_w * split) == 0 and block_w % scheme.words_per_group == 0
 
 
 def splitk_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, scheme: QuantScheme,
@@ -218,8 +218,7 @@ def splitk_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, schem
         raise ValueError(f"the split-K kernel runs at most {MAX_ROWS} rows, got {rows}")
     if not fits(words, scheme, config):
         raise ValueError(f"{words} words per row do not split into {split} x blocks of {block_w} whole groups")
-    if packed.stride(1) != 1 or scale.stride(1) != 1:
-        raise ValueError("packed weights and scales must be row-major")
+    require_row_major(packed, scale)
     mode = rest[0] if rest else TILE_AHEAD
     if mode == CUDA_CORES and (norm_weight is not None or swiglu):
         raise ValueError("the CUDA-core mode runs no norm / SwiGLU prologue")
