@@ -1,7 +1,9 @@
 """Quantized Step1 (int8 / int4 weight-only, group 128) side by side with bf16, in one run.
 
 * decode: a full-size random Step1 in bf16, then the same weights quantized (int8, int4), batch 1 / 8 / 16,
-  1,300-token prompts (tokens/s, ms per step, weight bytes read per second, peak VRAM);
+  1,300-token prompts (tokens/s, ms per step, weight bytes read per second, peak VRAM); on request also
+  ``int4-interleaved``, a study: int4 with every role laid out for our kernels (no tinygemm layout for q/k/v,
+  o and down), so the decode session times the operand-layout kernel on them too;
 * quality drift of the quantized model against bf16 on the same full-size random weights: logits of the
   last prompt positions (relative L2 error, top-1 agreement, KL) and greedy continuations (tokens until the
   first difference). Random weights only BOUND the error: a trained model's logits are peakier;
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -40,6 +43,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import (
     quantize,
     quantize_step1_,
     scheme_for_columns,
+    tinygemm,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QUANT_TARGETS
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
@@ -52,6 +56,7 @@ from bench_generation import AUDIO_HEAD_SCALE, TINY_DIMS, random_prompts, time_c
 logger = logging.getLogger("bench_quant")
 
 VARIANTS: tuple[tuple[str, int | None], ...] = (("bf16", None), ("int8", 8), ("int4", 4))
+INT4_INTERLEAVED = "int4-interleaved"  # decode study, only when asked for: int4 without tinygemm's layout
 FULL = {"prompt_tokens": 1300, "new_tokens": 512, "batches": (1, 8, 16), "drift_positions": 64, "greedy": 64,
         "edit_s": 30.0}
 TINY = {"prompt_tokens": 40, "new_tokens": 12, "batches": (1, 4), "drift_positions": 8, "greedy": 8, "edit_s": 2.0}
@@ -75,23 +80,37 @@ def make_model(dims: dict, device, bits: int | None, never_stop: bool):
 def decode_runs(dims: dict, device, run: dict, variants: set[str] | None = None) -> list[dict]:
     rows = []
     config = SamplingConfig()  # the official sampling: temperature 0.7
-    for name, bits in VARIANTS:
+    study = ((INT4_INTERLEAVED, 4),) if variants is not None and INT4_INTERLEAVED in variants else ()
+    for name, bits in VARIANTS + study:
         if variants is not None and name not in variants:
             continue
         model = make_model(dims, device, bits, never_stop=True)
         size = weight_bytes(model)
-        for batch in run["batches"]:
-            prompts = random_prompts(batch, run["prompt_tokens"], seed=batch)
-            result = time_call(model, prompts, run["new_tokens"], config, True, device, size, name)
-            rows.append({"weights": name, "weight_gb": size / 1e9, **result.__dict__})
-            logger.info("%s batch %d: %.0f tokens/s (%.3f ms/step)", name, batch, result.tokens_per_s_total or 0,
-                        result.ms_per_step or 0)
+        with _tinygemm_refused() if name == INT4_INTERLEAVED else contextlib.nullcontext():
+            for batch in run["batches"]:
+                prompts = random_prompts(batch, run["prompt_tokens"], seed=batch)
+                result = time_call(model, prompts, run["new_tokens"], config, True, device, size, name)
+                rows.append({"weights": name, "weight_gb": size / 1e9, **result.__dict__})
+                logger.info("%s batch %d: %.0f tokens/s (%.3f ms/step)", name, batch,
+                            result.tokens_per_s_total or 0, result.ms_per_step or 0)
         release_decode_session(model)
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+@contextlib.contextmanager
+def _tinygemm_refused():
+    """While open, no matrix is laid out for tinygemm: the decode session lays every int4 role out for our
+    kernels (the layout is chosen once, when the session fuses the weights)."""
+    eligible = tinygemm.eligible
+    tinygemm.eligible = lambda *_: False
+    try:
+        yield
+    finally:
+        tinygemm.eligible = eligible
 
 
 @torch.no_grad()
@@ -250,7 +269,7 @@ def memory_runs(models: Path, device, run: dict, tiny: bool) -> list[dict]:
         timed_edit(engine, [EditRequest(*clip(2.0, 90), EDIT_TEXT, "emotion", "happy", seed=1)], warm, device)
         edit = EditRequest(*clip(run["edit_s"], 1), EDIT_TEXT, "emotion", "happy", seed=7)
         torch.cuda.reset_peak_memory_stats(device)
-        profile = live_at_peak(lambda: timed_edit(engine, [edit], fixed, device), device)
+        profile = live_at_peak(lambda engine=engine: timed_edit(engine, [edit], fixed, device), device)
         rows.append({"case": label, "weights_gib": module_gib(engine.modules()),
                      "peak_vram_gib": torch.cuda.max_memory_allocated(device) / BYTES_PER_GIB, **profile})
         logger.info("memory %s: %s", label, rows[-1])
@@ -312,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "parity" / "A",
                         help="parity fixture set (for --parts parity)")
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--variants", default="", help="comma list of decode variants (default: bf16,int8,int4)")
+    parser.add_argument("--variants", default="", help="comma list of decode variants (default: bf16,int8,int4; also int4-interleaved)")
     parser.add_argument("--e2e-cases", default="", help="comma list of e2e case labels (default: all of "
                         + "; ".join(c[0] for c in E2E_CASES) + ")")
     parser.add_argument("--json", type=Path)

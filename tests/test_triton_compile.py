@@ -13,7 +13,8 @@ triton = pytest.importorskip("triton", reason="needs Triton (it compiles the ker
 
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake, triton_support  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import group_gemv, interleaved, kernels, splitk  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import (  # noqa: E402
+    group_gemv, interleaved, kernels, operand_dot, splitk)
 
 # The pointer arguments' element types by name (every other argument is an int32 or a float32 scalar).
 POINTERS = {
@@ -86,6 +87,12 @@ CASES = {
                                                        PRECISION="tf32", MODE=splitk.GATHER), False, {}),
     "int4_splitk_cuda_cores": (splitk._splitk_kernel, dict(QUANT, PROLOGUE=0, BLOCK_M=8, BLOCK_N=16, BLOCK_W=32,
                                                            SPLIT=4, PRECISION="tf32", MODE=splitk.CUDA_CORES), False, {}),
+    "int4_operand_dot": (operand_dot._operand_dot_kernel,
+                         dict(QUANT, PROLOGUE=1, RESIDUAL=False, BLOCK_M=16, BLOCK_N=64, GROUPS_T=2, STAGES=4, SPLIT=1,
+                              PRECISION="tf32", ASM=True), False, {"b_ptr": "*i8"}),
+    "int8_operand_dot": (operand_dot._operand_dot_kernel,
+                         dict(QUANT, BITS=8, PROLOGUE=2, BLOCK_M=16, BLOCK_N=32, GROUPS_T=4, STAGES=3, SPLIT=2,
+                              PRECISION="tf32", ASM=True), False, {"b_ptr": "*i8"}),
     "dit_modulated_norm": (fused_norms._norm_kernel, dict(DIT_NORM, MODULATE=True), False, {}),
     "dit_head_norm": (fused_norms._norm_kernel, dict(DIT_NORM, AFFINE=True, BLOCK_ROWS=128, BLOCK_W=64), False, {}),
     "dit_conv_norm_mish": (fused_norms._norm_kernel, dict(DIT_NORM, AFFINE=True, PRE_BIAS=True, MISH=True),
@@ -145,3 +152,56 @@ def test_group_gemv_loop_is_pipelined_only_when_its_config_asks(target):
                              options={"num_stages": 3}).asm["ptx"]
         copies[stages] = ptx.count("cp.async.cg") + ptx.count("cp.async.ca")
     assert copies[1] == 0 and copies[3] > 0, copies
+
+
+ADA_SHARED_BYTES = 99 * 1024  # shared memory per block of Ampere / Ada consumer cards (sm_86 / sm_89)
+WARP_THREADS = 32
+
+
+def _compile_aligned(fn, constexprs, pointers, capability, **options):
+    """Compile with the alignment the runtime sees for a full-size model (16-byte pointers, strides, sizes)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = _signature(fn, pointers)
+    aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(signature)
+               if arg.endswith("_ptr") or arg in ("N", "K", "stride_x", "stride_b", "stride_out")}
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
+                          target=GPUTarget("cuda", capability, 32), options=options)
+
+
+def _bytes_reach_the_operand_layout(compiled) -> bool:
+    """The stored bytes come from shared memory straight into the tensor-core operand layout (an i8
+    ``local_load`` to a ``dot_op`` layout) and no dequantized bf16 tile is written to shared memory."""
+    import re
+
+    ttgir = compiled.asm["ttgir"]
+    return (re.search(r"ttg\.local_load [^\n]*-> tensor<\d+x\d+xi8, #ttg\.dot_op<\{opIdx = 1", ttgir) is not None
+            and re.search(r"local_alloc %[^\n]*: \(tensor<\d+x\d+xbf16", ttgir) is None)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", ["int4_operand_dot", "int8_operand_dot"])
+def test_operand_dot_streams_bytes_into_the_mma_operand_layout(name, target):
+    """The point of ``quant.operand_dot``: the stored bytes reach shared memory by pipelined ``cp.async`` copies
+    and are loaded from there straight into the operand layout, where the packed conversion runs."""
+    fn, constexprs, _, pointers = CASES[name]
+    compiled = _compile_aligned(fn, constexprs, pointers, TARGETS[target])
+    ptx = compiled.asm["ptx"]
+    assert _bytes_reach_the_operand_layout(compiled), "dequantized weights go through shared memory"
+    assert ptx.count("cp.async") > 0 and "prmt.b32" in ptx and "fma.rn.bf16x2" in ptx
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_every_operand_dot_configuration_keeps_the_operand_layout_and_fits_ada(bits):
+    """Each timed configuration, with its largest prologue (the norm's weights beside x): the bytes still reach
+    the operand layout on sm_90 (which needs a scale tile of at least one element per thread), and shared
+    memory fits an sm_89 block."""
+    fn, constexprs, _, pointers = CASES["int4_operand_dot"]
+    for block_n, groups_t, warps, stages, split in operand_dot.CONFIGS:
+        assert groups_t * block_n >= WARP_THREADS * warps, (block_n, groups_t, warps)
+        config = dict(constexprs, BITS=bits, PROLOGUE=1, BLOCK_N=block_n, GROUPS_T=groups_t, STAGES=stages,
+                      SPLIT=split)
+        assert _bytes_reach_the_operand_layout(_compile_aligned(fn, config, pointers, 90, num_warps=warps)), \
+            (block_n, groups_t, warps, stages, split)
+        assert _compile_aligned(fn, config, pointers, 89, num_warps=warps).metadata.shared <= ADA_SHARED_BYTES

@@ -18,11 +18,12 @@ except Exception as exc:  # pragma: no cover - depends on the install
     TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 HAS_TRITON = triton is not None
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter runs the kernels (tests)
 device_math = None
 if HAS_TRITON:
     try:
         from triton.language.extra import libdevice as device_math
     except Exception:  # pragma: no cover - older triton
         device_math = tl
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter has no libdevice
+    if INTERPRETED:  # the CPU interpreter has no libdevice
         device_math = tl

@@ -12,8 +12,8 @@ served from L2) and keeps the fastest per role; results are cached per process a
 Quantized weights (``quant.QuantMatrix``, int4 / int8) run the same roles through the dequantizing
 kernels of ``quant.interleaved`` (the session lays the words out for them once; ``quant.kernels`` reads
 the stored layout) as ``dot`` / ``gemv`` choices with their own configuration lists, plus ``splitk``
-(``quant.splitk``) at 2-16 rows and the group-major ``group_gemv`` (``quant.group_gemv``) at one row on
-interleaved words; the ``cublas``
+(``quant.splitk``) at 2-16 rows, the group-major ``group_gemv`` (``quant.group_gemv``) at one row and the
+operand-layout ``operand_dot`` (``quant.operand_dot``) at 1-16 rows on interleaved words; the ``cublas``
 choice then means dequantize-then-``F.linear``, the exact reference used off CUDA and beyond 16 rows.
 """
 
@@ -31,6 +31,7 @@ from . import matmul_choice_store, triton_decode
 from .quant import group_gemv as quant_group_gemv
 from .quant import interleaved as quant_interleaved
 from .quant import kernels as quant_kernels
+from .quant import operand_dot as quant_operand_dot
 from .quant import splitk as quant_splitk
 from .quant.linear import QuantMatrix
 
@@ -80,6 +81,9 @@ def _kernel(choice: LinearChoice, x: torch.Tensor, weight: torch.Tensor | QuantM
             return quant_splitk.splitk_dot(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
         if choice.kernel == "group_gemv":
             return quant_group_gemv.gemv(x, weight.packed, weight.scale, weight.scheme, choice.config, **kwargs)
+        if choice.kernel == "operand_dot":
+            return quant_operand_dot.operand_dot(x, weight.packed, weight.scale, weight.scheme, choice.config,
+                                                 **kwargs)
         if weight.interleaved:
             fn = quant_interleaved.gemv if choice.kernel == "gemv" else quant_interleaved.dot
         else:
@@ -160,6 +164,8 @@ def candidates(role: str, rows: int, mode: str, quantized: bool = False,
             found += [LinearChoice("gemv", c, f) for c in gemvs for f in fusions]
         if interleaved and rows == 1:
             found += [LinearChoice("group_gemv", c, f) for c in quant_group_gemv.CONFIGS for f in fusions]
+        if interleaved:
+            found += [LinearChoice("operand_dot", c, f) for c in quant_operand_dot.CONFIGS for f in fusions]
         return found
     found = [CUBLAS] if mode == "auto" else []
     found += [LinearChoice("dot", c, f) for c in DOT_CONFIGS for f in fusions]
@@ -193,12 +199,15 @@ def role_candidates(mats, role: str, rows: int, mode: str) -> list[LinearChoice]
     if quantized and mats[0].scales_zeros is not None:
         return [TINYGEMM]
     found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
+    device = str(mats[0].packed.device) if quantized else ""
     if any(c.kernel == "group_gemv" for c in found) and (
-            not quant_group_gemv.supports(mats[0].scheme)
-            or quant_group_gemv.kernel_problem(str(mats[0].packed.device)) is not None):
+            not quant_group_gemv.supports(mats[0].scheme) or quant_group_gemv.kernel_problem(device) is not None):
         found = [c for c in found if c.kernel != "group_gemv"]
-    return [c for c in found if c.kernel != "splitk" or quant_splitk.fits(mats[0].packed.shape[1], mats[0].scheme,
-                                                                           c.config)]
+    if any(c.kernel == "operand_dot" for c in found) and quant_operand_dot.kernel_problem(device) is not None:
+        found = [c for c in found if c.kernel != "operand_dot"]
+    fits = {"splitk": quant_splitk.fits, "operand_dot": quant_operand_dot.fits}
+    words = mats[0].packed.shape[1] if quantized else 0
+    return [c for c in found if c.kernel not in fits or fits[c.kernel](words, mats[0].scheme, c.config)]
 
 
 def time_candidates(weights, rows: int, mode: str, pdl: bool = False) -> dict[str, dict[LinearChoice, float]]:

@@ -163,6 +163,15 @@ if HAS_TRITON:
                     acc += tl.dot(a, tl.trans(w), input_precision=PRECISION)
         if MODE == K_CUDA_CORES:
             acc = tl.sum(acc3, 2) * (1 << BITS)
+        _store_split(acc, out_ptr, part_ptr, counter_ptr, rm, rn, mmask, nmask, pid_n, pid_k, N, stride_out,
+                     BLOCK_M, BLOCK_N, SPLIT, RESIDUAL)
+
+    @triton.jit
+    def _store_split(acc, out_ptr, part_ptr, counter_ptr, rm, rn, mmask, nmask, pid_n, pid_k, N, stride_out,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, RESIDUAL: tl.constexpr):
+        """Store program ``(pid_n, pid_k)``'s float32 sum ``acc`` [BLOCK_M, BLOCK_N]: directly when SPLIT is 1;
+        else as a partial, and the program of the block that arrives last adds the partials in split order
+        (the result does not depend on which finished first), stores, and resets the block's counter."""
         offs_out = rm[:, None] * stride_out + rn[None, :]
         omask = mmask[:, None] & nmask[None, :]
         if SPLIT == 1:
