@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import LinearChoice, ResidualStream
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
@@ -83,7 +83,7 @@ class AttentionInputs:
     def run(self, workspace, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(output, keys, values) of the Triton kernel on copies of the caches (it writes the new K/V)."""
         keys, values = self.keys.clone(), self.values.clone()
-        out = triton_decode.decode_attention(self.qkv, keys, values, self.kv_len, self.slopes, SHAPE, workspace,
+        out = triton_attention.decode_attention(self.qkv, keys, values, self.kv_len, self.slopes, SHAPE, workspace,
                                              **options)
         return out, keys, values
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention, triton_decode
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
@@ -26,7 +26,7 @@ LENGTHS = [3400, 1, 2, 129, 257, 385, 513, 641, 769, 897, 1025, 3329, 3201, 1153
 @pytest.mark.parametrize("rows", [1, 3, 16])
 def test_merge_ahead_equals_the_path_before_bit_for_bit(dtype, rows):
     case = AttentionInputs.make(LENGTHS[:rows], CACHE, dtype)
-    ws = triton_decode.AttentionWorkspace(rows, SHAPE, CACHE, CUDA)
+    ws = triton_attention.AttentionWorkspace(rows, SHAPE, CACHE, CUDA)
     outs = []
     for ahead in (False, True, True):  # twice: the merge counters re-arm
         outs.append(case.run(ws, merge_ahead=ahead))

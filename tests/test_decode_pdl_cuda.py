@@ -9,7 +9,8 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_pdl, triton_sampler
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import (triton_attention, triton_decode, triton_pdl,
+                                                                triton_sampler)
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
     GEMV_CONFIGS,
@@ -58,7 +59,7 @@ def test_pdl_attention_norm_silu_equal_plain_launch(rows):
     length = 1100
     case = AttentionInputs.make([1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows],
                                 length)
-    ws = triton_decode.AttentionWorkspace(rows, SHAPE, length, CUDA)
+    ws = triton_attention.AttentionWorkspace(rows, SHAPE, length, CUDA)
     outs = []
     for pdl in (False, True, True):  # twice with PDL: the merge counters re-arm
         out, k, v = case.run(ws, pdl=pdl)

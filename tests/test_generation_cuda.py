@@ -8,7 +8,7 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention, triton_decode, triton_sampler
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import (
     DOT_CONFIGS,
     GEMV_CONFIGS,
@@ -52,7 +52,7 @@ def test_decode_attention_kernel_matches_reference(dtype, rows, fused_merge):
     length = 1100
     case = AttentionInputs.make([1, 2, 127, 128, 129, 257, 600, 1000, 1099, 64, 300, 513, 700, 900, 1050, 5][:rows],
                                 length, dtype)
-    ws = triton_decode.AttentionWorkspace(rows, SHAPE, length, CUDA)
+    ws = triton_attention.AttentionWorkspace(rows, SHAPE, length, CUDA)
     expected = case.reference()
     for repeat in range(3):  # the merge counters must re-arm themselves
         out, k1, v1 = case.run(ws, fused_merge=fused_merge)

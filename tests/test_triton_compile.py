@@ -12,7 +12,7 @@ import pytest
 triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
 
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake, triton_support  # noqa: E402
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_decode, triton_sampler  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention, triton_decode, triton_sampler  # noqa: E402
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import (  # noqa: E402
     group_gemv, interleaved, kernels, operand_dot, splitk)
 
@@ -39,13 +39,13 @@ DIT_NORM = dict(AFFINE=False, MODULATE=False, PRE_BIAS=False, MISH=False, BLOCK_
 CASES = {
     "add_rms_norm": (triton_decode._add_rms_norm_kernel, dict(HAS_DELTA=True, BLOCK=4096), True, {}),
     "silu_mul": (triton_decode._silu_mul_kernel, dict(BLOCK=1024), True, {}),
-    "attention_split": (triton_decode._attn_split_kernel,
+    "attention_split": (triton_attention._attn_split_kernel,
                         dict(ATTENTION, BLOCK_N=64, PRECISION="tf32", FUSED_MERGE=True, DIM_LINES=1, LINE=64),
                         True, {}),
-    "attention_split_before": (triton_decode._attn_split_kernel,  # the path before the merge look-ahead
+    "attention_split_before": (triton_attention._attn_split_kernel,  # the path before the merge look-ahead
                                dict(ATTENTION, MERGE_AHEAD=False, BLOCK_N=64, PRECISION="tf32", FUSED_MERGE=True,
                                     DIM_LINES=1, LINE=64), True, {}),
-    "attention_merge": (triton_decode._attn_merge_kernel, ATTENTION, False, {}),
+    "attention_merge": (triton_attention._attn_merge_kernel, ATTENTION, False, {}),
     "gemv": (triton_decode._gemv_kernel, dict(MATMUL, BLOCK_N=8, BLOCK_K=512, EVEN=True, LINE=64), True, {}),
     "skinny_linear": (triton_decode._skinny_linear_kernel,
                       dict(MATMUL, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, EVEN=False, PRECISION="tf32", LINE=64),

@@ -36,7 +36,7 @@ from ..constants import EOT_ID, PAD_ID
 from ..triton_import import TRITON_IMPORT_ERROR
 from ..types import Progress, ProgressCallback, SamplingConfig, StopReason
 from . import decode_ops as ref_ops
-from . import triton_decode, triton_pdl, triton_sampler
+from . import triton_attention, triton_decode, triton_pdl, triton_sampler
 from .decode_linears import LinearChoice, ResidualStream, select_linears
 from .decode_state import DecodeState, SamplerTables, choose_and_commit
 from .fused_weights import DecodeWeights, audio_vocab_ids, fingerprint_of, fuse_step1_projections, projection_tensor
@@ -117,7 +117,7 @@ class DecodeSession:
         self.capacity = (0, 0, 0, 0)  # slot rows, cache slots, output rows, output cols
         self._graphs: dict[tuple[int, SamplingConfig], torch.cuda.CUDAGraph] = {}
         self._pool = None
-        self._workspaces: dict[int, triton_decode.AttentionWorkspace] = {}
+        self._workspaces: dict[int, triton_attention.AttentionWorkspace] = {}
         self._linear_choice: dict[int, dict[str, LinearChoice]] = {}
         self._tables: dict[bool, SamplerTables] = {}
         self._audio_ids = audio_vocab_ids(self.weights.head.shape[0], self.device)
@@ -194,9 +194,9 @@ class DecodeSession:
             self._tables[constrain] = SamplerTables.build(self.weights.head, ids, constrain)
         return self._tables[constrain]
 
-    def _workspace(self, rows: int) -> triton_decode.AttentionWorkspace:
+    def _workspace(self, rows: int) -> triton_attention.AttentionWorkspace:
         if rows not in self._workspaces:
-            self._workspaces[rows] = triton_decode.AttentionWorkspace(rows, self.weights.shape, self.capacity[1],
+            self._workspaces[rows] = triton_attention.AttentionWorkspace(rows, self.weights.shape, self.capacity[1],
                                                                       self.device)
         return self._workspaces[rows]
 
@@ -216,7 +216,7 @@ class DecodeSession:
             keys, values = keys[:rows], values[:rows]
             qkv = stream.normed_linear(w.input_norms[i], w.qkv[i], choice.get("qkv", cublas))
             if triton:
-                attn = triton_decode.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace,
+                attn = triton_attention.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace,
                                                       pdl=pdl, merge_ahead=self.options.merge_ahead)
             else:
                 attn = ref_ops.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, kv_limit)
