@@ -18,7 +18,7 @@ def _matrix(rows: int, cols: int, **layout) -> QuantMatrix:
                        **layout)
 
 
-def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch):
+def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch, caplog):
     clock = iter(range(1000, 0, -1))  # every later candidate is "faster": the last one timed must win
     monkeypatch.setattr(decode_linears, "_graph_seconds", lambda step, calls: next(clock) * 1e-6)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "fake")
@@ -28,7 +28,10 @@ def test_each_layout_times_its_own_kernels_and_the_fastest_wins(monkeypatch):
         embed=torch.zeros(8, 256), input_norms=[torch.ones(256)], eps=1e-5,
         qkv=[_matrix(384, 256, scales_zeros=torch.zeros(2, 384, 2))], o=[_matrix(256, 256, interleaved=True)],
         gate_up=[_matrix(512, 256, interleaved=True)], down=[torch.zeros(256, 256)])
-    timings = decode_linears.time_candidates(weights, 1, "auto")
+    with caplog.at_level("INFO", logger=decode_linears.logger.name):
+        timings = decode_linears.time_candidates(weights, 1, "auto")
+    # the first run's wait is announced with its size (and shown as a progress bar)
+    assert f"Timing {sum(len(t) for t in timings.values())} decode matmul kernels at batch 1" in caplog.text
     assert list(timings["qkv"]) == [decode_linears.TINYGEMM]
     assert {c.kernel for c in timings["gate_up"]} == {"gemv", "dot", "group_gemv", "operand_dot"}
     assert all(c.config in interleaved.GEMV_CONFIGS + interleaved.DOT_CONFIGS + group_gemv.CONFIGS + operand_dot.CONFIGS

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import decode_ops as ref_ops
 from . import matmul_choice_store, triton_decode
@@ -224,13 +225,18 @@ def time_candidates(weights, rows: int, mode: str, pdl: bool = False) -> dict[st
     resid = rand(rows, weights.embed.shape[1])
     matrices = {"qkv": weights.qkv, "o": weights.o, "gate_up": weights.gate_up, "down": weights.down}
     norms = weights.input_norms
+    todo = {role: role_candidates(matrices[role], role, rows, mode) for role in ROLES}
+    total = sum(len(c) for c in todo.values())
+    logger.info("Timing %d decode matmul kernels at batch %d on this GPU (compiled on first use; the choice is "
+                "stored per machine)", total, rows)
     found: dict[str, dict[LinearChoice, float]] = {}
+    bar = tqdm(total=total, desc=f"decode kernels, batch {rows}", unit="kernel", leave=False)
     for role in ROLES:
         mats = matrices[role]
         inner = mats[0].shape[1]
         x = rand(rows, 2 * inner if role == "down" else inner)
         timings: dict[LinearChoice, float] = {}
-        for choice in role_candidates(mats, role, rows, mode):
+        for choice in todo[role]:
             def step(i: int, choice: LinearChoice = choice) -> None:
                 stream = ResidualStream(resid, weights.eps, use_triton=True, pdl=pdl)
                 if PROLOGUE[role] == "norm":
@@ -243,9 +249,12 @@ def time_candidates(weights, rows: int, mode: str, pdl: bool = False) -> dict[st
                 timings[choice] = _graph_seconds(step, len(mats))
             except Exception as exc:  # a configuration this GPU / compiler rejects: skip it
                 logger.debug("decode matmul %s %s failed: %s", role, choice, exc)
+            bar.update()
         if not timings:
+            bar.close()
             raise RuntimeError(f"no decode matmul kernel ran for {role} at batch {rows}")
         found[role] = timings
+    bar.close()
     return found
 
 
