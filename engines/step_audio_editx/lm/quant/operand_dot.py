@@ -45,9 +45,11 @@ HAS_TRITON = triton_decode.HAS_TRITON
 # scales and moves every dequantized tile through shared memory), and shared memory (x, its norm or SwiGLU
 # partner, the bytes, per stage) stays within the 99 KB per block of Ampere / Ada consumer cards. Every warp
 # reads all 16 rows of x for its columns, so more columns per warp cost fewer instructions per weight (sm_90
-# PTX of the loop: int4 3.8 at 128 columns per warp, 5.4 at 16; int8 4.3 / 6.0). Not timed on a GPU yet.
+# PTX of the loop: int4 4.0 at 64 columns per warp, 4.5 at 32, 5.4 at 16; int8 4.6 / 5.1 / 6.0), but a warp holds its
+# whole k-step of weights in registers: at 128 columns per warp ptxas spills (int8: 300+ bytes), so the widest
+# here is 64 (int8 spills 4-16 bytes there with a prologue). Not timed on a GPU yet.
 CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
-    (64, 2, 4, 4, 1), (128, 1, 4, 4, 1), (128, 1, 2, 4, 2), (64, 1, 2, 4, 2), (64, 1, 1, 4, 4), (128, 1, 1, 4, 4),
+    (64, 2, 4, 4, 1), (128, 1, 4, 4, 1), (128, 1, 4, 4, 2), (128, 1, 2, 4, 2), (64, 1, 2, 4, 2), (64, 1, 2, 4, 4),
     (32, 2, 2, 4, 2), (64, 2, 4, 3, 4))
 MAX_ROWS = triton_decode.MIN_DOT_ROWS  # rows per call, and the M block (tl.dot's smallest)
 BYTE_BITS = 8
