@@ -2,12 +2,12 @@
 
 Why: at 8-16 rows every quantized kernel before this one lost to bf16, though it reads 2-4x fewer bytes.
 Their machine code shows the cost (``docs/performance.md``): the words were dequantized in the layout they
-were loaded in and then moved through shared memory into the tensor-core operand layout (35 barriers per
-256 columns in the per-field dot), or every element gathered its own word (8x the bytes through shared
-memory, split-K's GATHER), and the loads were not pipelined. Here the weight tile is the packed words
-read as BYTES, [bytes of a k-step, BLOCK_N] in memory order: a plain contiguous tile, so Triton streams it
-into shared memory with ``cp.async`` (``stages`` deep) and loads it from there straight into the operand
-layout, where the bytes become bf16 weights. The columns are matched the other way round: byte ``p`` of a
+were loaded in and then moved through shared memory into the tensor-core operand layout (the per-field dot:
+16 barriers and 72 shared stores per k-step in its sm_90 loop), or every element gathered its own word (8x the
+bytes through shared memory, split-K's GATHER), and the loads were not pipelined. Here the weight tile is the
+packed words read as BYTES, [bytes of a k-step, BLOCK_N] in memory order: a plain contiguous tile, so Triton
+streams it into shared memory with ``cp.async`` (``stages`` deep) and loads it from there straight into the
+operand layout, where the bytes become bf16 weights. The columns are matched the other way round: byte ``p`` of a
 group holds known columns (below), so x is loaded as [rows, groups, fields, words] (contiguous, pipelined
 too) and permuted in registers into the bytes' order.
 
@@ -18,7 +18,7 @@ too) and permuted in registers into the bytes' order.
 
 The weight is ``q * scale`` rounded once to the scale's dtype, exactly ``format.dequantize``'s value, so
 only the summation order differs from dequantize-then-matmul. With bf16 scales on the GPU the conversion is
-a few packed instructions per pair of weights (``_INT4_ASM`` / ``_INT8_ASM``: a byte permute puts each field
+a few packed instructions per pair of weights (``_INT4_*_ASM`` / ``_INT8_ASM``: a byte permute puts each field
 under the exponent of 128.0, an AND keeps it, one bf16x2 FMA takes the offset off exactly and one multiplies
 by the scale); elsewhere (fp16 / fp32 scales, Triton's CPU interpreter) the same values come from ordinary
 integer ops and casts.
@@ -32,7 +32,8 @@ import torch
 
 from .. import triton_decode
 from . import interleaved
-from .format import QuantScheme, require_row_major
+from .format import SUPPORTED_BITS, WORD_BITS, QuantScheme, require_row_major
+from .splitk import _workspace
 from ...kernel_probe import run_probe
 from ...triton_import import INTERPRETED, TRITON_IMPORT_ERROR
 
@@ -44,10 +45,10 @@ HAS_TRITON = triton_decode.HAS_TRITON
 # element per thread (``GROUPS_T * BLOCK_N >= 32 * num_warps``; with fewer, Triton lays the weights out for the
 # scales and moves every dequantized tile through shared memory), and shared memory (x, its norm or SwiGLU
 # partner, the bytes, per stage) stays within the 99 KB per block of Ampere / Ada consumer cards. Every warp
-# reads all 16 rows of x for its columns, so more columns per warp cost fewer instructions per weight (sm_90
-# PTX of the loop: int4 4.0 at 64 columns per warp, 4.5 at 32, 5.4 at 16; int8 4.6 / 5.1 / 6.0), but a warp holds its
-# whole k-step of weights in registers: at 128 columns per warp ptxas spills (int8: 300+ bytes), so the widest
-# here is 64 (int8 spills 4-16 bytes there with a prologue). Not timed on a GPU yet.
+# reads all 16 rows of x for its columns, so more columns per warp cost fewer instructions per weight (sm_90 PTX
+# of the loop: int4 4.0 at 64 columns per warp, 4.5 at 32, 5.4 at 16; int8 4.6 / 5.1 / 6.0), but a warp holds
+# its whole k-step of weights in registers: at 128 columns per warp ptxas spills (int8: 300+ bytes), so the
+# widest here is 64 (int8 spills 4-16 bytes there with a prologue). Not timed on a GPU yet.
 CONFIGS: tuple[tuple[int, int, int, int, int], ...] = (
     (64, 2, 4, 4, 1), (128, 1, 4, 4, 1), (128, 1, 4, 4, 2), (128, 1, 2, 4, 2), (64, 1, 2, 4, 2), (64, 1, 2, 4, 4),
     (32, 2, 2, 4, 2), (64, 2, 4, 3, 4))
@@ -173,7 +174,7 @@ if HAS_TRITON:
 def supports(scheme: QuantScheme) -> bool:
     """True for int4 / int8 with a power-of-two number of words per group (the x tile's shape)."""
     gw = scheme.words_per_group
-    return scheme.bits in (4, 8) and gw >= 1 and gw & (gw - 1) == 0
+    return scheme.bits in SUPPORTED_BITS and gw >= 1 and gw & (gw - 1) == 0
 
 
 def fits(words: int, scheme: QuantScheme, config: tuple[int, ...]) -> bool:
@@ -192,8 +193,6 @@ def operand_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, sche
                 swiglu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``f(x) @ W^T`` for 1-16 rows of interleaved words (``interleaved.dot``'s arguments); config (BLOCK_N,
     GROUPS_T, warps, stages, SPLIT)."""
-    from .splitk import _workspace
-
     block_n, groups_t, warps, stages, split = config
     n, words = packed.shape
     rows = x.shape[0]
@@ -205,12 +204,13 @@ def operand_dot(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, sche
     require_row_major(packed, scale)
     groups = words // scheme.words_per_group
     blocks = triton.cdiv(n, block_n)
+    row_bytes = packed.stride(0) * (WORD_BITS // BYTE_BITS)
     part, counter = _workspace(x.device, split * MAX_ROWS * n if split > 1 else 1, blocks)
     out = residual if residual is not None else torch.empty(rows, n, dtype=x.dtype, device=x.device)
     _operand_dot_kernel[(blocks, split)](
         x, packed.view(torch.int8), scale, out, norm_weight if norm_weight is not None else scale, part, counter,
-        rows, n, groups * scheme.group_size, groups // split, eps, x.stride(0), packed.stride(0) * 4,
-        scale.stride(0), out.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
+        rows, n, groups * scheme.group_size, groups // split, eps, x.stride(0), row_bytes, scale.stride(0),
+        out.stride(0), BITS=scheme.bits, GROUP=scheme.group_size,
         PROLOGUE=triton_decode.prologue_code(norm_weight, swiglu), RESIDUAL=residual is not None,
         BLOCK_M=MAX_ROWS, BLOCK_N=block_n, GROUPS_T=groups_t, STAGES=stages, SPLIT=split,
         PRECISION=triton_decode._precision(x.dtype), ASM=scale.dtype == torch.bfloat16 and not INTERPRETED,
