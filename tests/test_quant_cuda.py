@@ -19,7 +19,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import 
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import (QuantLinear, QuantScheme, dequantize, quantize,
                                                                        quantize_step1_)
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels, tinygemm
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, kernels, operand_dot, tinygemm
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.linear import QuantMatrix
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import load_step1
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig, StopReason
@@ -107,7 +107,8 @@ def test_interleaved_dequantize_kernel_is_bitwise_the_reference(bits):
 
 
 IL_KERNELS = [LinearChoice("dot", c, f) for c in interleaved.DOT_CONFIGS for f in (True, False)] + \
-    [LinearChoice("gemv", c, f) for c in interleaved.GEMV_CONFIGS for f in (True, False)]
+    [LinearChoice("gemv", c, f) for c in interleaved.GEMV_CONFIGS for f in (True, False)] + \
+    [LinearChoice("operand_dot", c, f) for c in operand_dot.CONFIGS for f in (True, False)]  # as the session runs it
 
 
 @pytest.mark.parametrize("bits", [4, 8])
