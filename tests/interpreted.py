@@ -44,3 +44,33 @@ def report_checks(check: Callable[[str], bool], names: Sequence[str]) -> None:
     for name in names:
         if check(name):
             print(f"{name}:ok")
+
+
+def interleaved_matrix(scheme, rows: int, cols: int):
+    """A random [rows, cols] weight quantized to ``scheme`` (drawn from torch's global generator, which the checks
+    seed): (its interleaved words, its scales, the float32 dequantized weight every kernel is compared with)."""
+    import torch
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import dequantize, quantize
+
+    packed, scale = quantize(torch.randn(rows, cols) * 0.02, scheme)
+    return interleaved.interleave(packed, scheme), scale, dequantize(packed, scale, scheme, torch.float32)
+
+
+def role_pairs(run, x, gu, r, norm, w, eps: float = 1e-5, prologues: bool = True) -> list:
+    """(kernel output, dequantize-then-matmul) the ways the decode step runs a role: x as it is; added into the
+    residual ``r``; and unless ``prologues`` is False (a kernel mode without them), RMSNorm(x) * norm first and
+    SwiGLU of ``gu`` first (both added into ``r``). ``run(x, **kwargs)`` calls the kernel with the prologue /
+    residual arguments every quantized launcher takes."""
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
+
+    pairs = [(run(x), x @ w.T), (run(x, residual=r.clone()), r + x @ w.T)]
+    if prologues:
+        pairs += [(run(x, norm_weight=norm, eps=eps, residual=r.clone()), r + ref.rms_norm(x, norm, eps) @ w.T),
+                  (run(gu, swiglu=True, residual=r.clone()), r + ref.silu_mul(gu) @ w.T)]
+    return pairs
+
+
+def worst_error(pairs, worst: float = 0.0) -> float:
+    """The largest error of ``pairs`` (and ``worst``), relative to the largest expected magnitude of its pair."""
+    return max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])

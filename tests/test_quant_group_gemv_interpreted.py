@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from interpreted import report_checks, run_interpreted_checks
+from interpreted import interleaved_matrix, report_checks, role_pairs, run_interpreted_checks, worst_error
 
 CHECKS = ("int4", "int4_group16", "int8")
 TOLERANCE = 2e-4  # float32: summation order, and ~16 bits left beside the largest offset of a field (a wrong
@@ -23,29 +23,23 @@ SHAPES = {"int4": ((80, 512, CASES), (64, 1024, CASES[:1])), "int4_group16": ((8
 
 
 def _check(name: str) -> bool:
+    from functools import partial
+
     import torch
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import group_gemv, interleaved
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme, dequantize, quantize
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import group_gemv
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme
 
     torch.manual_seed(0)
     scheme = QuantScheme(int(name[3]), 16 if name.endswith("group16") else 128)
     worst = 0.0
     for n, k, cases in SHAPES[name]:
-        packed, scale = quantize(torch.randn(n, k) * 0.02, scheme)
-        w = dequantize(packed, scale, scheme, torch.float32)
-        laid = interleaved.interleave(packed, scheme)
+        laid, scale, w = interleaved_matrix(scheme, n, k)
         norm = 1 + 0.1 * torch.randn(k)
         x, gu, r = 3 * torch.randn(1, k), torch.randn(1, 2 * k), torch.randn(1, n)
         for case in cases:
             config = case if scheme.bits == 4 else (case[0], max(1, case[1] // 2), *case[2:])
-            pairs = [(group_gemv.gemv(x, laid, scale, scheme, config), x @ w.T),
-                     (group_gemv.gemv(x, laid, scale, scheme, config, residual=r.clone()), r + x @ w.T),
-                     (group_gemv.gemv(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
-                                      residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
-                     (group_gemv.gemv(gu, laid, scale, scheme, config, swiglu=True, residual=r.clone()),
-                      r + ref.silu_mul(gu) @ w.T)]
-            worst = max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])
+            run = partial(group_gemv.gemv, packed=laid, scale=scale, scheme=scheme, config=config)
+            worst = worst_error(role_pairs(run, x, gu, r, norm, w), worst)
     print(f"{name} worst {worst:.2e}", file=sys.stderr)
     return worst < TOLERANCE
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from interpreted import report_checks, run_interpreted_checks
+from interpreted import interleaved_matrix, report_checks, role_pairs, run_interpreted_checks, worst_error
 
 CHECKS = ("int4", "int4_group16", "int8")
 TOLERANCE = 1e-5  # float32: the weights are dequantize's exactly, only the summation order differs
@@ -22,17 +22,17 @@ CASES = ((32, 1, 4, 1, 1), (16, 2, 4, 3, 2), (64, 2, 4, 1, 4), (16, 4, 2, 1, 1))
 
 
 def _check(name: str) -> bool:
+    from functools import partial
+
     import torch
     from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, operand_dot, splitk
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme, dequantize, quantize
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import operand_dot, splitk
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme
 
     torch.manual_seed(0)
     scheme = QuantScheme(int(name[3]), 16 if name.endswith("group16") else 128)
     n, k = 80, 1024
-    packed, scale = quantize(torch.randn(n, k) * 0.02, scheme)
-    w = dequantize(packed, scale, scheme, torch.float32)
-    laid = interleaved.interleave(packed, scheme)
+    laid, scale, w = interleaved_matrix(scheme, n, k)
     norm = 1 + 0.1 * torch.randn(k)
     worst = 0.0
     for rows in (1, 5, 16):
@@ -40,12 +40,9 @@ def _check(name: str) -> bool:
         for config in CASES:
             if not operand_dot.fits(laid.shape[1], scheme, config):
                 continue
-            pairs = [(operand_dot.operand_dot(x, laid, scale, scheme, config), x @ w.T),
-                     (operand_dot.operand_dot(x, laid, scale, scheme, config, residual=r.clone()), r + x @ w.T),
-                     (operand_dot.operand_dot(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
-                                              residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
-                     (operand_dot.operand_dot(gu, laid, scale, scheme, config, swiglu=True), ref.silu_mul(gu) @ w.T)]
-            worst = max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])
+            run = partial(operand_dot.operand_dot, packed=laid, scale=scale, scheme=scheme, config=config)
+            pairs = role_pairs(run, x, gu, r, norm, w) + [(run(gu, swiglu=True), ref.silu_mul(gu) @ w.T)]
+            worst = worst_error(pairs, worst)
     counters_clear = all(int(c.abs().sum()) == 0 for _, c in splitk._WORKSPACES[torch.device("cpu")])
     print(f"{name} worst {worst:.2e}", file=sys.stderr)
     return worst < TOLERANCE and counters_clear

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from interpreted import report_checks, run_interpreted_checks
+from interpreted import interleaved_matrix, report_checks, role_pairs, run_interpreted_checks, worst_error
 
 CHECKS = ("int4", "int8")
 TOLERANCE = 1e-5  # float32 summation order only
@@ -19,18 +19,17 @@ CASES = ((32, 16, 4, 1, 1), (16, 32, 4, 1, 2), (64, 16, 4, 1, 4), (32, 16, 4, 1,
 
 
 def _check(name: str) -> bool:
+    from functools import partial
+
     import torch
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import interleaved, splitk
-    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme, dequantize, quantize
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import splitk
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant.format import QuantScheme
 
     torch.manual_seed(0)
     bits = int(name[3:])
     scheme = QuantScheme(bits)
     n, k = 80, 512  # 80 rows: the last block of 32 / 64 is partly past N
-    packed, scale = quantize(torch.randn(n, k) * 0.02, scheme)
-    w = dequantize(packed, scale, scheme, torch.float32)
-    laid = interleaved.interleave(packed, scheme)
+    laid, scale, w = interleaved_matrix(scheme, n, k)
     norm = 1 + 0.1 * torch.randn(k)
     worst = 0.0
     for rows in (1, 5, 8):
@@ -38,14 +37,9 @@ def _check(name: str) -> bool:
         for case in CASES:
             config = case if bits == 4 else (case[0], case[1] * 2, *case[2:])
             assert splitk.fits(laid.shape[1], scheme, config)
-            pairs = [(splitk.splitk_dot(x, laid, scale, scheme, config), x @ w.T),
-                     (splitk.splitk_dot(x, laid, scale, scheme, config, residual=r.clone()), r + x @ w.T)]
-            if config[5:] != (splitk.CUDA_CORES,):
-                pairs += [(splitk.splitk_dot(x, laid, scale, scheme, config, norm_weight=norm, eps=1e-5,
-                                             residual=r.clone()), r + ref.rms_norm(x, norm, 1e-5) @ w.T),
-                          (splitk.splitk_dot(gu, laid, scale, scheme, config, swiglu=True, residual=r.clone()),
-                           r + ref.silu_mul(gu) @ w.T)]
-            worst = max([worst] + [float((got - want).abs().max() / want.abs().max()) for got, want in pairs])
+            run = partial(splitk.splitk_dot, packed=laid, scale=scale, scheme=scheme, config=config)
+            worst = worst_error(role_pairs(run, x, gu, r, norm, w, prologues=config[5:] != (splitk.CUDA_CORES,)),
+                                worst)
     counters_clear = all(int(c.abs().sum()) == 0 for _, c in splitk._WORKSPACES[torch.device("cpu")])
     return worst < TOLERANCE and counters_clear
 
