@@ -1,10 +1,12 @@
 """What the GPU kernel tests share: seeded random tensors, the relative error they compare with, one
 decode layer's matmul roles driven the way the decode step drives them (qkv from the normed residual,
-then down from the SwiGLU product added into the residual) on full-width Step1 shapes, and a small random
-bf16 Step1 whose rows run to their caps (for whole generations)."""
+then down from the SwiGLU product added into the residual) on full-width Step1 shapes, one quantized role with
+each prologue against dequantize-then-matmul, a call replayed in a CUDA graph, and a small random bf16 Step1
+whose rows run to their caps (for whole generations)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as r
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import LinearChoice, ResidualStream
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantScheme, dequantize, interleaved, quantize
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
 
@@ -28,6 +31,56 @@ def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16, device
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
+
+
+@dataclass
+class QuantRoleCase:
+    """One quantized role at Step1's width: ``out_features`` rows of interleaved words over HIDDEN columns (INNER
+    for SwiGLU), the input, the prologue's kernel arguments ("norm", "swiglu", or "residual": x as it is, added
+    into a residual) and dequantize-then-matmul's float32 result, residual included."""
+
+    scheme: QuantScheme
+    laid: torch.Tensor
+    scale: torch.Tensor
+    x: torch.Tensor
+    kwargs: dict
+    residual: torch.Tensor | None
+    expected: torch.Tensor
+
+    @classmethod
+    def make(cls, bits: int, prologue: str, rows: int, dtype: torch.dtype = torch.bfloat16,
+             out_features: int = QKV_ROWS, device: str = "cuda") -> "QuantRoleCase":
+        scheme = QuantScheme(bits)
+        cols = INNER if prologue == "swiglu" else HIDDEN  # SwiGLU: x = [gate | up], 2 x INNER wide
+        packed, scale = quantize(rand(out_features, cols, seed=3, dtype=dtype, device=device) * 0.02, scheme)
+        x = rand(rows, 2 * cols if prologue == "swiglu" else cols, seed=4, dtype=dtype, device=device)
+        norm = 1 + 0.1 * rand(cols, seed=5, dtype=dtype, device=device)
+        kwargs = {"norm": {"norm_weight": norm, "eps": EPS}, "swiglu": {"swiglu": True}, "residual": {}}[prologue]
+        inputs = {"norm": lambda: ref_ops.rms_norm(x, norm, EPS), "swiglu": lambda: ref_ops.silu_mul(x),
+                  "residual": lambda: x}[prologue]()
+        expected = torch.nn.functional.linear(inputs.float(), dequantize(packed, scale, scheme).float())
+        residual = rand(rows, out_features, seed=6, dtype=dtype, device=device) if prologue == "residual" else None
+        if residual is not None:
+            expected = expected + residual.float()
+        return cls(scheme, interleaved.interleave(packed, scheme), scale, x, kwargs, residual, expected)
+
+    def arguments(self) -> dict:
+        """A kernel call's keyword arguments: the prologue's, and a fresh copy of the residual it adds into."""
+        return {**self.kwargs, **({"residual": self.residual.clone()} if self.residual is not None else {})}
+
+
+def replayed(run: Callable[[], torch.Tensor], replays: int = 3) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``run()`` once eagerly (which also sizes any workspace before the capture), then captured in a CUDA graph
+    and replayed: (the eager result, a copy of the output after each replay)."""
+    eager = run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    results = []
+    for _ in range(replays):
+        graph.replay()
+        results.append(out.clone())
+    return eager, results
 
 
 @dataclass
