@@ -118,18 +118,28 @@ def _signature(fn, pointers: dict[str, str]) -> dict[str, str]:
     return signature
 
 
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("name", CASES)
-def test_kernel_compiles_for_the_gpu(name, target):
+def _compile(fn, constexprs, pointers, capability, aligned: bool = False, **options):
+    """Machine code of ``fn`` for sm_``capability``; ``aligned``: with the alignment the runtime sees for a
+    full-size model (16-byte pointers, strides and sizes), which decides whether loads can be vectorised and
+    copied asynchronously."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    signature = _signature(fn, pointers)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(signature)
+             if arg.endswith("_ptr") or arg in ("N", "K", "stride_x", "stride_b", "stride_out")} if aligned else None
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=GPUTarget("cuda", capability, 32), options=options)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", CASES)
+def test_kernel_compiles_for_the_gpu(name, target):
     fn, constexprs, takes_pdl, pointers = CASES[name]
     capability = TARGETS[target]
     if takes_pdl:  # PDL needs sm_90's grid dependency control: compiled in where the decode session uses it
         constexprs = {**constexprs, "PDL": capability >= 90}
-    source = ASTSource(fn=fn, signature=_signature(fn, pointers), constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
+    compiled = _compile(fn, constexprs, pointers, capability)
     assert compiled.asm["cubin"], f"{name}: no machine code for {target}"
     assert f".target {target}" in compiled.asm["ptx"]
     if takes_pdl and capability >= 90:
@@ -141,33 +151,16 @@ def test_group_gemv_loop_is_pipelined_only_when_its_config_asks(target):
     """A loop without a dot is software-pipelined by Triton only when the loop itself carries stages
     (``tl.range(num_stages=...)``); the kernel-wide ``num_stages`` alone leaves it unpipelined. The int8 GEMV's
     best configurations rely on it (cp.async copies in flight), and stages 1 must stay the plain loop."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     fn, constexprs, _, pointers = CASES["int8_group_gemv"]
     copies = {}
     for stages in (1, 3):
-        source = ASTSource(fn=fn, signature=_signature(fn, pointers), constexprs={**constexprs, "PIPELINE": stages})
-        ptx = triton.compile(source, target=GPUTarget("cuda", TARGETS[target], 32),
-                             options={"num_stages": 3}).asm["ptx"]
+        ptx = _compile(fn, {**constexprs, "PIPELINE": stages}, pointers, TARGETS[target], num_stages=3).asm["ptx"]
         copies[stages] = ptx.count("cp.async.cg") + ptx.count("cp.async.ca")
     assert copies[1] == 0 and copies[3] > 0, copies
 
 
 ADA_SHARED_BYTES = 99 * 1024  # shared memory per block of Ampere / Ada consumer cards (sm_86 / sm_89)
 WARP_THREADS = 32
-
-
-def _compile_aligned(fn, constexprs, pointers, capability, **options):
-    """Compile with the alignment the runtime sees for a full-size model (16-byte pointers, strides, sizes)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature = _signature(fn, pointers)
-    aligned = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(signature)
-               if arg.endswith("_ptr") or arg in ("N", "K", "stride_x", "stride_b", "stride_out")}
-    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned),
-                          target=GPUTarget("cuda", capability, 32), options=options)
 
 
 def _bytes_reach_the_operand_layout(compiled) -> bool:
@@ -186,7 +179,7 @@ def test_operand_dot_streams_bytes_into_the_mma_operand_layout(name, target):
     """The point of ``quant.operand_dot``: the stored bytes reach shared memory by pipelined ``cp.async`` copies
     and are loaded from there straight into the operand layout, where the packed conversion runs."""
     fn, constexprs, _, pointers = CASES[name]
-    compiled = _compile_aligned(fn, constexprs, pointers, TARGETS[target])
+    compiled = _compile(fn, constexprs, pointers, TARGETS[target], aligned=True)
     ptx = compiled.asm["ptx"]
     assert _bytes_reach_the_operand_layout(compiled), "dequantized weights go through shared memory"
     assert ptx.count("cp.async") > 0 and "prmt.b32" in ptx and "fma.rn.bf16x2" in ptx
@@ -202,6 +195,6 @@ def test_every_operand_dot_configuration_keeps_the_operand_layout_and_fits_ada(b
         assert groups_t * block_n >= WARP_THREADS * warps, (block_n, groups_t, warps)
         config = dict(constexprs, BITS=bits, PROLOGUE=1, BLOCK_N=block_n, GROUPS_T=groups_t, STAGES=stages,
                       SPLIT=split)
-        assert _bytes_reach_the_operand_layout(_compile_aligned(fn, config, pointers, 90, num_warps=warps)), \
+        assert _bytes_reach_the_operand_layout(_compile(fn, config, pointers, 90, aligned=True, num_warps=warps)), \
             (block_n, groups_t, warps, stages, split)
-        assert _compile_aligned(fn, config, pointers, 89, num_warps=warps).metadata.shared <= ADA_SHARED_BYTES
+        assert _compile(fn, config, pointers, 89, aligned=True, num_warps=warps).metadata.shared <= ADA_SHARED_BYTES
