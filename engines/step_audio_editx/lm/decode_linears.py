@@ -52,6 +52,8 @@ QUANT_DOT_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((32, 256, 4, 4), (64
 QUANT_GEMV_CONFIGS: tuple[tuple[int, int, int, int], ...] = ((8, 512, 4, 1), (16, 256, 4, 2), (4, 1024, 4, 1),
                                                              (16, 512, 8, 1), (32, 256, 8, 1))
 TIMING_REPLAYS = 4
+# Quantized kernel families probed once per GPU before they are timed (``supports(scheme)``, ``kernel_problem``)
+PROBED_FAMILIES = {"group_gemv": quant_group_gemv, "operand_dot": quant_operand_dot}
 _CACHE: dict[tuple, dict[str, "LinearChoice"]] = {}
 
 
@@ -201,11 +203,10 @@ def role_candidates(mats, role: str, rows: int, mode: str) -> list[LinearChoice]
         return [TINYGEMM]
     found = candidates(role, rows, mode, quantized, quantized and mats[0].interleaved)
     device = str(mats[0].packed.device) if quantized else ""
-    if any(c.kernel == "group_gemv" for c in found) and (
-            not quant_group_gemv.supports(mats[0].scheme) or quant_group_gemv.kernel_problem(device) is not None):
-        found = [c for c in found if c.kernel != "group_gemv"]
-    if any(c.kernel == "operand_dot" for c in found) and quant_operand_dot.kernel_problem(device) is not None:
-        found = [c for c in found if c.kernel != "operand_dot"]
+    for kernel, family in PROBED_FAMILIES.items():  # only where the scheme is theirs and their GPU probe passed
+        if any(c.kernel == kernel for c in found) and (
+                not family.supports(mats[0].scheme) or family.kernel_problem(device) is not None):
+            found = [c for c in found if c.kernel != kernel]
     fits = {"splitk": quant_splitk.fits, "operand_dot": quant_operand_dot.fits}
     words = mats[0].packed.shape[1] if quantized else 0
     return [c for c in found if c.kernel not in fits or fits[c.kernel](words, mats[0].scheme, c.config)]
@@ -230,31 +231,29 @@ def time_candidates(weights, rows: int, mode: str, pdl: bool = False) -> dict[st
     logger.info("Timing %d decode matmul kernels at batch %d on this GPU (compiled on first use; the choice is "
                 "stored per machine)", total, rows)
     found: dict[str, dict[LinearChoice, float]] = {}
-    bar = tqdm(total=total, desc=f"decode kernels, batch {rows}", unit="kernel", leave=False)
-    for role in ROLES:
-        mats = matrices[role]
-        inner = mats[0].shape[1]
-        x = rand(rows, 2 * inner if role == "down" else inner)
-        timings: dict[LinearChoice, float] = {}
-        for choice in todo[role]:
-            def step(i: int, choice: LinearChoice = choice) -> None:
-                stream = ResidualStream(resid, weights.eps, use_triton=True, pdl=pdl)
-                if PROLOGUE[role] == "norm":
-                    stream.normed_linear(norms[i % len(norms)], mats[i % len(mats)], choice)
-                else:
-                    stream.residual_linear(x, mats[i % len(mats)], choice, swiglu=role == "down")
-                    stream._flush()
+    with tqdm(total=total, desc=f"decode kernels, batch {rows}", unit="kernel", leave=False) as bar:
+        for role in ROLES:
+            mats = matrices[role]
+            inner = mats[0].shape[1]
+            x = rand(rows, 2 * inner if role == "down" else inner)
+            timings: dict[LinearChoice, float] = {}
+            for choice in todo[role]:
+                def step(i: int, choice: LinearChoice = choice) -> None:
+                    stream = ResidualStream(resid, weights.eps, use_triton=True, pdl=pdl)
+                    if PROLOGUE[role] == "norm":
+                        stream.normed_linear(norms[i % len(norms)], mats[i % len(mats)], choice)
+                    else:
+                        stream.residual_linear(x, mats[i % len(mats)], choice, swiglu=role == "down")
+                        stream._flush()
 
-            try:
-                timings[choice] = _graph_seconds(step, len(mats))
-            except Exception as exc:  # a configuration this GPU / compiler rejects: skip it
-                logger.debug("decode matmul %s %s failed: %s", role, choice, exc)
-            bar.update()
-        if not timings:
-            bar.close()
-            raise RuntimeError(f"no decode matmul kernel ran for {role} at batch {rows}")
-        found[role] = timings
-    bar.close()
+                try:
+                    timings[choice] = _graph_seconds(step, len(mats))
+                except Exception as exc:  # a configuration this GPU / compiler rejects: skip it
+                    logger.debug("decode matmul %s %s failed: %s", role, choice, exc)
+                bar.update()
+            if not timings:
+                raise RuntimeError(f"no decode matmul kernel ran for {role} at batch {rows}")
+            found[role] = timings
     return found
 
 
