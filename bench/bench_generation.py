@@ -23,7 +23,9 @@ the same matmul kernels as the plain launch (the PDL effect alone: the ids must 
 and its own timed kernel choice (the shipped default; other kernels sum in another order, so bf16 ids may
 differ). Each PDL row says whether its ids equal the plain launch's. ``--compare-merge`` does the same for
 the attention merge reading its partials ahead (``DecodeOptions.merge_ahead``; the same arithmetic, so with
-the same matmul kernels the ids must be identical).
+the same matmul kernels the ids must be identical). ``--compare-prefill-gqa`` runs the prefill's SDPA on K/V
+expanded to every query head (before), then with a KV group's query heads folded onto the query axis (the
+default; bit for bit the same attention, so the ids must be identical): the prefill seconds show the gain.
 
     python bench/bench_generation.py --out gen.json --markdown gen.md          # GPU, full size
     python bench/bench_generation.py --tiny --out /tmp/gen_tiny.json          # CPU smoke check (seconds)
@@ -134,15 +136,16 @@ def prefill_study(model, device: torch.device, seed: int) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     decoder = model.model
-    choices = [("sdpa default, enable_gqa", True, None), ("sdpa default, expanded K/V", False, None),
-               ("sdpa pinned EFFICIENT, expanded", False, [SDPBackend.EFFICIENT_ATTENTION]),
-               ("sdpa pinned CUDNN, enable_gqa", True, [SDPBackend.CUDNN_ATTENTION]),
-               ("sdpa pinned MATH, expanded", False, [SDPBackend.MATH])]
+    choices = [("sdpa default, enable_gqa", "enable_gqa", None), ("sdpa default, folded heads", "fold", None),
+               ("sdpa default, expanded K/V (before)", "expand", None),
+               ("sdpa pinned EFFICIENT, folded heads", "fold", [SDPBackend.EFFICIENT_ATTENTION]),
+               ("sdpa pinned CUDNN, enable_gqa", "enable_gqa", [SDPBackend.CUDNN_ATTENTION]),
+               ("sdpa pinned MATH, folded heads", "fold", [SDPBackend.MATH])]
     rows = []
-    saved = (model.config._attn_implementation, decoder.sdpa_enable_gqa)
+    saved = (model.config._attn_implementation, decoder.sdpa_gqa)
     model.set_attn_implementation("sdpa")
     for offset, (label, gqa, backends) in enumerate(choices):
-        decoder.sdpa_enable_gqa = gqa
+        decoder.sdpa_gqa = gqa
         times = []
         for i, length in enumerate(PREFILL_STUDY_LENGTHS):
             length += 2 * offset if i < len(PREFILL_STUDY_LENGTHS) - 1 else 0  # fresh shapes, then a repeat
@@ -164,7 +167,7 @@ def prefill_study(model, device: torch.device, seed: int) -> list[dict]:
         rows.append({"choice": label, "lengths": list(PREFILL_STUDY_LENGTHS), "ms": times})
         logger.info("prefill %s: %s ms", label, times)
     model.set_attn_implementation(saved[0])
-    decoder.sdpa_enable_gqa = saved[1]
+    decoder.sdpa_gqa = saved[1]
     return rows
 
 
@@ -256,6 +259,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-merge", action="store_true",
                         help="time the fast path with the attention merge reading one partial at a time (before), "
                              "then four ahead (same matmul kernels, then its own timed choice), per batch size")
+    parser.add_argument("--compare-prefill-gqa", action="store_true",
+                        help="time the prefill with K/V expanded to every head (before), then with the query heads "
+                             "of a KV group folded onto the query axis (same kernels), per batch size")
     parser.add_argument("--profile", default="", help="comma list of batch sizes whose fast call is profiled")
     parser.add_argument("--baseline-remote-code", type=Path, default=None,
                         help="OPT-IN: an official model folder whose remote code is loaded and timed "
@@ -272,18 +278,23 @@ def _sampling_label(args) -> str:
     return "T 0.7 top-k 50 + guard (first official path)" if args.original_sampling else "T 0.7 (current official)"
 
 
-def comparison_modes(args) -> list[tuple[dict | None, str, bool]]:
-    """(DecodeOptions fields or None for the default session, label, reuse the first row's matmul kernels)."""
-    if args.compare_pdl and args.compare_merge:
-        raise SystemExit("--compare-pdl and --compare-merge are two separate runs")
+def comparison_modes(args) -> list[tuple[dict | None, str, bool, str | None]]:
+    """(DecodeOptions fields or None for the default session, label, reuse the first row's matmul kernels, the
+    prefill's ``sdpa_gqa`` mode or None for the default)."""
+    if sum((args.compare_pdl, args.compare_merge, args.compare_prefill_gqa)) > 1:
+        raise SystemExit("--compare-pdl, --compare-merge and --compare-prefill-gqa are separate runs")
     if args.compare_pdl:
-        return [(dict(pdl=False), "fast, PDL off (before)", False),
-                (dict(pdl=True), "fast, PDL on, same kernels as off", True), (dict(pdl=True), "fast, PDL on", False)]
+        return [(dict(pdl=False), "fast, PDL off (before)", False, None),
+                (dict(pdl=True), "fast, PDL on, same kernels as off", True, None),
+                (dict(pdl=True), "fast, PDL on", False, None)]
     if args.compare_merge:
-        return [(dict(merge_ahead=False), "fast, before (merge reads one partial at a time)", False),
-                (dict(merge_ahead=True), "fast, merge reads ahead, same kernels", True),
-                (dict(merge_ahead=True), "fast, merge reads ahead", False)]
-    return [(None, "fast", False)]
+        return [(dict(merge_ahead=False), "fast, before (merge reads one partial at a time)", False, None),
+                (dict(merge_ahead=True), "fast, merge reads ahead, same kernels", True, None),
+                (dict(merge_ahead=True), "fast, merge reads ahead", False, None)]
+    if args.compare_prefill_gqa:
+        return [(None, "fast, prefill on expanded K/V (before)", False, "expand"),
+                (None, "fast, prefill with folded query heads", True, "fold")]
+    return [(None, "fast", False, None)]
 
 
 def main(argv: list[str] | None = None) -> list[RunResult]:
@@ -321,15 +332,16 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         prompts = random_prompts(batch, prompt_tokens, args.seed + batch)
         kept: list = []
         first_choice: dict = {}
-        for options, label, same_kernels in modes:
-            if options is not None:
-                session = get_decode_session(model, DecodeOptions(linear=args.linear, **options))
-                if same_kernels:
-                    session._linear_choice.update(first_choice)
+        for options, label, same_kernels, prefill_gqa in modes:
+            model.model.sdpa_gqa = prefill_gqa
+            session = get_decode_session(model, None if options is None else DecodeOptions(linear=args.linear,
+                                                                                           **options))
+            if same_kernels:
+                session._linear_choice.update(first_choice)
             fast = time_call(model, prompts, new_tokens, config, True, device, step_bytes, label, kept)
             if not fast.error:
                 fast.path = f"{label} ({get_decode_session(model).mode})"
-            if options is not None and len(kept) >= 2:
+            if len(modes) > 1 and len(kept) >= 2:
                 fast.same_tokens_as_previous = kept[0] == kept[-1]
             if len(kept) == 1:
                 first_choice = dict(get_decode_session(model)._linear_choice)

@@ -6,9 +6,9 @@ path; the fast path has its own benchmark, ``bench_generation.py``), at batch 1 
 tokens/s (per row and total) and peak GPU memory as a markdown table, and writes JSON to ``--out``.
 
 Weights are random (dims of the facts doc, section 2, or ``--tiny``) and created directly on the device in
-the target dtype: no fp32 copy on the host. ``sdpa`` runs on expanded K/V (the default); ``--sdpa-gqa``
-adds the opt-in ``enable_gqa`` variant on unexpanded K/V (cuDNN attention on Hopper, see
-``lm.attention.default_sdpa_enable_gqa``).
+the target dtype: no fp32 copy on the host. ``sdpa`` folds a KV group's query heads onto the query axis (the
+default); ``--sdpa-gqa`` adds its other modes: K/V expanded to every head (the path before, same bits) and the
+opt-in ``enable_gqa`` (cuDNN attention on Hopper, see ``lm.attention.default_sdpa_gqa``).
 
     python bench/bench_step1.py --out step1_bench.json --markdown step1_bench.md     # GPU, full size
     python bench/bench_step1.py --tiny --out /tmp/step1_tiny.json                    # CPU smoke check
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx.constants import TEXT_VOCAB_SIZE
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import (
-    default_sdpa_enable_gqa,
+    SDPA_GQA_MODES,
+    default_sdpa_gqa,
     sdpa_supports_enable_gqa,
 )
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
@@ -117,17 +118,19 @@ def bench_backend(model: Step1ForCausalLM, label: str, batch_size: int, prompt_t
     return result
 
 
-def backend_variants(device: torch.device, sdpa_gqa: bool = False) -> list[tuple[str, str, bool | None]]:
-    """(label, attn_implementation, sdpa_enable_gqa) for every Step1 backend this machine can run."""
-    variants: list[tuple[str, str, bool | None]] = []
+def backend_variants(device: torch.device, sdpa_gqa: bool = False) -> list[tuple[str, str, str | None]]:
+    """(label, attn_implementation, sdpa_gqa mode) for every Step1 backend this machine can run."""
+    variants: list[tuple[str, str, str | None]] = []
     for name in MODEL_BACKENDS["step1"]:
         reason = backend_unavailable_reason(name, device)
         if reason is not None:
             logger.info("Skipping %s: %s", name, reason)
             continue
-        variants.append((name, name, default_sdpa_enable_gqa(device) if name == "sdpa" else None))
-        if name == "sdpa" and sdpa_gqa and sdpa_supports_enable_gqa():
-            variants.append(("sdpa[gqa]", name, True))
+        default = default_sdpa_gqa(device) if name == "sdpa" else None
+        variants.append((name, name, default))
+        if name == "sdpa" and sdpa_gqa:
+            variants += [(f"sdpa[{mode}]", name, mode) for mode in SDPA_GQA_MODES
+                         if mode != default and (mode != "enable_gqa" or sdpa_supports_enable_gqa())]
     return variants
 
 
@@ -157,7 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sdpa-gqa", action="store_true", help="also run sdpa with the opt-in enable_gqa")
+    parser.add_argument("--sdpa-gqa", action="store_true",
+                        help="also run sdpa's other GQA modes (expanded K/V, enable_gqa)")
     parser.add_argument("--out", type=Path, default=Path("step1_bench.json"), help="JSON results")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table (with the device)")
     return parser.parse_args(argv)
@@ -190,9 +194,9 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / BYTES_PER_GIB
     results: list[RunResult] = []
     with tqdm(total=len(variants) * len(batch_sizes), desc="Step1 bench", unit="run") as progress:
-        for label, backend, enable_gqa in variants:
+        for label, backend, gqa_mode in variants:
             model.set_attn_implementation(backend)
-            model.model.sdpa_enable_gqa = enable_gqa
+            model.model.sdpa_gqa = gqa_mode
             for batch_size in batch_sizes:
                 result = bench_backend(model, label, batch_size, prompt_tokens, new_tokens, device, args.seed)
                 logger.info("%s", result)

@@ -17,3 +17,14 @@ def test_bench_generation_tiny_smoke(tmp_path, load_bench):
     fast3 = next(r for r in results if r.path.startswith("fast") and r.batch_size == 3)
     assert fast3.generated_tokens == 3 * 7  # the zeroed <|EOT|> row never wins: every row runs to its cap
     assert "| path | batch |" in out_md.read_text()
+
+
+def test_bench_generation_compares_the_prefill_gqa_modes(tmp_path, load_bench):
+    """--compare-prefill-gqa: expanded K/V first, then the folded query heads, same ids per batch size."""
+    bench = load_bench("bench_generation")
+    results = bench.main(["--tiny", "--batch-sizes", "1,3", "--new-tokens", "5", "--eager-new-tokens", "0",
+                          "--compare-prefill-gqa", "--out", str(tmp_path / "r.json")])
+    assert [(r.path.split(" (")[0], r.batch_size) for r in results] == [
+        ("fast, prefill on expanded K/V", 1), ("fast, prefill with folded query heads", 1),
+        ("fast, prefill on expanded K/V", 3), ("fast, prefill with folded query heads", 3)]
+    assert [r.same_tokens_as_previous for r in results] == [None, True, None, True]

@@ -13,8 +13,9 @@ mask and the cache offset, as a rectangular [query, key] problem, and handed to 
 * ``Step1AttentionBias``: the positions plus, for the backends that need one, a dense additive bias
   ``[B or 1, H, Q, K]`` in the compute dtype (pad keys and future keys are -inf).
 
-Backends (all exact): ``eager`` (reference math), ``sdpa`` (float bias, expanded K/V through the
-memory-efficient kernel on CUDA; ``enable_gqa`` on unexpanded K/V, i.e. cuDNN on Hopper, is opt-in), ``flex_attention``
+Backends (all exact): ``eager`` (reference math), ``sdpa`` (float bias through the memory-efficient kernel on
+CUDA, a KV group's query heads folded onto the query axis instead of expanded K/V; ``enable_gqa``, i.e.
+cuDNN on Hopper, is opt-in), ``flex_attention``
 (a ``score_mod`` reading the positions; compiled on CUDA, the unfused reference on CPU) and ``xformers``
 (registered in transformers' ``AttentionInterface`` when xformers imports). flash-attn's linear
 ``alibi_slopes`` cannot express the square root, so there is no flash backend.
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 STEP1_ATTENTION_BACKENDS: tuple[str, ...] = ("eager", "sdpa", "flex_attention", "xformers")
 DENSE_BIAS_BACKENDS: frozenset[str] = frozenset({"eager", "sdpa", "xformers"})
+# How the sdpa backend meets grouped K/V: a group's query heads folded onto the query axis (the default), K/V
+# expanded to every head (the path before; same bits), or SDPA's own enable_gqa (cuDNN on Hopper; opt-in).
+SDPA_GQA_MODES: tuple[str, ...] = ("fold", "expand", "enable_gqa")
 
 
 class Step1AttentionError(ValueError):
@@ -173,14 +177,14 @@ class Step1AttentionBias:
     """What every layer of one forward needs for attention; built once by ``make_attention_bias``.
 
     slopes ``[H]`` float32; positions (see ``AlibiPositions``); dense ``[B', H, Q, K]`` additive bias in the
-    compute dtype, present when the backend reads one (eager, sdpa, xformers); ``sdpa_enable_gqa``:
-    whether SDPA gets unexpanded K/V with ``enable_gqa=True``.
+    compute dtype, present when the backend reads one (eager, sdpa, xformers); ``sdpa_gqa``: how the sdpa
+    backend meets grouped K/V (one of ``SDPA_GQA_MODES``).
     """
 
     slopes: torch.Tensor
     positions: AlibiPositions
     dense: torch.Tensor | None = None
-    sdpa_enable_gqa: bool = False
+    sdpa_gqa: str = "fold"
 
 
 def sdpa_supports_enable_gqa() -> bool:
@@ -189,14 +193,14 @@ def sdpa_supports_enable_gqa() -> bool:
     return (major, minor) >= (2, 5)
 
 
-def default_sdpa_enable_gqa(device: torch.device) -> bool:
-    """False: expanded K/V through the memory-efficient kernel (see ``sdpa_attention``). ``enable_gqa=True``
+def default_sdpa_gqa(device: torch.device) -> str:
+    """"fold": the memory-efficient kernel on unexpanded K/V (see ``sdpa_attention``). ``enable_gqa=True``
     routes Hopper to cuDNN attention, which builds an execution plan for every new sequence length: measured
     on an H100 (torch 2.11, 1,300-token prefill of the full model) 1.1 s for the first shape and ~90 ms for
     each new length, against ~30 ms at every length for the pinned memory-efficient kernel (and 23 ms for
-    cuDNN only when the length repeats). Prompt lengths vary per request, so cuDNN is opt-in (True)."""
+    cuDNN only when the length repeats). Prompt lengths vary per request, so cuDNN is opt-in."""
     del device
-    return False
+    return "fold"
 
 
 def make_attention_bias(
@@ -208,23 +212,27 @@ def make_attention_bias(
     kv_length: int,
     device: torch.device,
     dtype: torch.dtype,
-    sdpa_enable_gqa: bool | None = None,
+    sdpa_gqa: str | None = None,
 ) -> Step1AttentionBias:
     """Build the per-forward attention inputs for ``backend`` (see ``alibi_positions`` for the arguments).
 
-    ``sdpa_enable_gqa``: None picks ``default_sdpa_enable_gqa(device)``; True/False force it (benchmarks).
+    ``sdpa_gqa``: None picks ``default_sdpa_gqa(device)``; one of ``SDPA_GQA_MODES`` forces it (benchmarks,
+    tests). "enable_gqa" on a torch without it (< 2.5) folds instead.
     """
     if backend not in STEP1_ATTENTION_BACKENDS:
         raise Step1AttentionError(
             f"Step1 attention backend {backend!r} is unknown; use one of {', '.join(STEP1_ATTENTION_BACKENDS)}."
         )
+    if sdpa_gqa is None:
+        sdpa_gqa = default_sdpa_gqa(device)
+    if sdpa_gqa not in SDPA_GQA_MODES:
+        raise Step1AttentionError(f"sdpa_gqa {sdpa_gqa!r} is unknown; use one of {', '.join(SDPA_GQA_MODES)}.")
+    if sdpa_gqa == "enable_gqa" and not sdpa_supports_enable_gqa():
+        sdpa_gqa = "fold"
     slopes = alibi_slopes(num_heads, device)
     positions = alibi_positions(attention_mask, query_length, past_length, kv_length, device)
     dense = dense_alibi_bias(slopes, positions, dtype) if backend in DENSE_BIAS_BACKENDS else None
-    if sdpa_enable_gqa is None:
-        sdpa_enable_gqa = default_sdpa_enable_gqa(device)
-    return Step1AttentionBias(slopes=slopes, positions=positions, dense=dense,
-                              sdpa_enable_gqa=bool(sdpa_enable_gqa) and sdpa_supports_enable_gqa())
+    return Step1AttentionBias(slopes=slopes, positions=positions, dense=dense, sdpa_gqa=sdpa_gqa)
 
 
 # --- backends --------------------------------------------------------------------------------------
@@ -248,17 +256,50 @@ def eager_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     return torch.matmul(probs, value).transpose(1, 2)
 
 
+def fold_query_heads(query: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[B, H, Q, D]`` -> ``[B, G, (H/G) Q, D]``: the H/G query heads of a KV group stacked on the query axis
+    (head ``g * (H/G) + r``'s query ``i`` at row ``r * Q + i``), so attention reads each group's K/V as it is."""
+    batch, heads, length, dim = query.shape
+    return query.reshape(batch, groups, heads // groups * length, dim)
+
+
+def fold_bias_heads(bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """The dense bias ``[B', H, Q, K]`` in ``fold_query_heads``' row order, ``[B', G, (H/G) Q, K]``: a view of the
+    same storage (the heads of a group and the queries are adjacent in it), never a copy."""
+    rows, heads, length, keys = bias.shape
+    return bias.view(rows, groups, heads // groups * length, keys)
+
+
+def unfold_output_heads(out: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention output ``[B, G, (H/G) Q, D]`` in the folded row order -> ``[B, Q, H, D]``."""
+    batch, groups, rows, dim = out.shape
+    length = rows * groups // heads
+    return out.view(batch, groups, heads // groups, length, dim).permute(0, 3, 1, 2, 4).reshape(batch, length, heads,
+                                                                                                dim)
+
+
 def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                    bias: Step1AttentionBias, scaling: float) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` with the dense float bias. Returns ``[B, Q, H, D]``."""
-    if bias.sdpa_enable_gqa:
+    """``F.scaled_dot_product_attention`` with the dense float bias. Returns ``[B, Q, H, D]``.
+
+    Grouped K/V (G < H) are not expanded to H heads by default (``bias.sdpa_gqa`` "fold"): the query heads
+    of a group are folded onto the query axis (``fold_query_heads``), with the bias viewed the same way.
+    Every query row is computed as with expanded K/V ("expand", the path before: same keys, same bias values,
+    same kernel), so the output is bit for bit the same, and a prefill chunk copies its queries and output
+    (2 x B Q H D) instead of writing H/G copies of all cached keys and values (2 x B K H D, K >= Q) per layer.
+    """
+    if bias.sdpa_gqa == "enable_gqa":
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.dense, scale=scaling, enable_gqa=True)
-    else:
-        num_heads = query.shape[1]
-        with sdpa_without_cudnn(query.device):
-            out = F.scaled_dot_product_attention(query, repeat_kv(key, num_heads), repeat_kv(value, num_heads),
-                                                 attn_mask=bias.dense, scale=scaling)
-    return out.transpose(1, 2)
+        return out.transpose(1, 2)
+    num_heads, groups = query.shape[1], key.shape[1]
+    with sdpa_without_cudnn(query.device):
+        if groups == num_heads or bias.sdpa_gqa == "expand":
+            return F.scaled_dot_product_attention(query, repeat_kv(key, num_heads), repeat_kv(value, num_heads),
+                                                  attn_mask=bias.dense, scale=scaling).transpose(1, 2)
+        mask = None if bias.dense is None else fold_bias_heads(bias.dense, groups)
+        out = F.scaled_dot_product_attention(fold_query_heads(query, groups), key, value, attn_mask=mask,
+                                             scale=scaling)
+    return unfold_output_heads(out, num_heads)
 
 
 _COMPILED_FLEX: Callable | None = None

@@ -277,7 +277,8 @@ def _static_cache_length(cache: Cache) -> int | None:
 class Step1Model(Step1PreTrainedModel):
     """Embedding, decoder layers, final norm: ids ``[B, T]`` -> normed hidden states ``[B, T, hidden]``.
 
-    ``sdpa_enable_gqa`` (attribute): None = ``attention.default_sdpa_enable_gqa`` (expanded K/V), True/False force it.
+    ``sdpa_gqa`` (attribute): how the sdpa backend meets grouped K/V; None = ``attention.default_sdpa_gqa``
+    (a group's query heads folded onto the query axis), one of ``attention.SDPA_GQA_MODES`` forces it.
     """
 
     def __init__(self, config: Step1Config) -> None:
@@ -286,7 +287,7 @@ class Step1Model(Step1PreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Step1DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = Step1RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.sdpa_enable_gqa: bool | None = None
+        self.sdpa_gqa: str | None = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -311,7 +312,7 @@ class Step1Model(Step1PreTrainedModel):
         """The per-forward attention inputs for this model's backend (see ``attention.make_attention_bias``)."""
         return make_attention_bias(self.config._attn_implementation, self.config.num_attention_heads,
                                    attention_mask, query_length, past_length, kv_length, device, dtype,
-                                   sdpa_enable_gqa=self.sdpa_enable_gqa)
+                                   sdpa_gqa=self.sdpa_gqa)
 
     def forward(
         self,
