@@ -2,8 +2,7 @@
 decode layer's matmul roles driven the way the decode step drives them (qkv from the normed residual,
 then down from the SwiGLU product added into the residual) on full-width Step1 shapes, one quantized role with
 each prologue against dequantize-then-matmul, a call replayed in a CUDA graph, and a small random bf16 Step1
-whose rows run to their caps (for whole generations), and the prefill's SDPA attention as it ran before the
-query heads of a KV group were folded onto the query axis (K/V expanded to every head)."""
+whose rows run to their caps (for whole generations)."""
 
 from __future__ import annotations
 
@@ -11,16 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_ops as ref_ops
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes, repeat_kv
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.attention import alibi_slopes
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import LinearChoice, ResidualStream
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import QuantScheme, dequantize, interleaved, quantize
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
-from comfyui_step_audio_editx.engines.step_audio_editx.sdpa_kernels import sdpa_without_cudnn
 
 HIDDEN, QKV_ROWS, INNER = 3072, 3584, 8192  # Step1's width, fused q/k/v rows, MLP width
 EPS = 1e-5
@@ -157,13 +154,3 @@ def small_step1(device: str = "cuda") -> Step1ForCausalLM:
         model.lm_head.weight[C.VQ02_FIRST_ID:C.VQ06_LAST_ID + 1] *= 8.0
         model.lm_head.weight[C.EOT_ID] = 0.0
     return model
-
-
-def expanded_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias, scaling: float) -> torch.Tensor:
-    """The ``sdpa`` backend before the fold (issue 19): K/V expanded to every query head by ``repeat_kv``, the
-    dense bias as it is. Returns ``[B, Q, H, D]``."""
-    heads = query.shape[1]
-    with sdpa_without_cudnn(query.device):
-        out = F.scaled_dot_product_attention(query, repeat_kv(key, heads), repeat_kv(value, heads),
-                                             attn_mask=bias.dense, scale=scaling)
-    return out.transpose(1, 2)

@@ -1,8 +1,11 @@
 """The prefill's SDPA attention folds a KV group's query heads onto the query axis instead of expanding K/V
-to every head (issue 19). Every query row sees the same keys, bias values and kernel, so the output must be
-bit for bit the expanded path's: checked here on the CPU (the GPU twin is ``test_attention_fold_cuda.py``)."""
+to every head (issue 19; ``sdpa_gqa`` "fold" against "expand", the path before). Every query row sees the same
+keys, bias values and kernel, so the output must be bit for bit the expanded path's: checked here on the CPU
+(the GPU twin is ``test_attention_fold_cuda.py``)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -12,7 +15,6 @@ from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import gene
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.step1 import Step1Config, Step1ForCausalLM
 from comfyui_step_audio_editx.engines.step_audio_editx.model_loader import dtype_kwargs
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
-from layer_cases import expanded_sdpa
 
 CPU = torch.device("cpu")
 # batch, new queries, cached keys, heads, KV groups, head dim, left padding in row 0
@@ -39,12 +41,13 @@ def _inputs(case, dtype: torch.dtype, seed: int = 0):
 @pytest.mark.parametrize("case", CASES)
 def test_folded_sdpa_equals_expanded_kv_bit_for_bit(case, dtype):
     query, key, value, bias, scaling = _inputs(case, dtype)
+    assert bias.sdpa_gqa == "fold"  # the default
     folded = attention.sdpa_attention(query, key, value, bias, scaling)
     assert folded.shape == (case[0], case[1], case[3], case[5])
-    assert torch.equal(folded, expanded_sdpa(query, key, value, bias, scaling))
+    expanded = attention.sdpa_attention(query, key, value, dataclasses.replace(bias, sdpa_gqa="expand"), scaling)
+    assert torch.equal(folded, expanded)
     math = attention.eager_attention(query.double(), key.double(), value.double(),
-                                     attention.Step1AttentionBias(bias.slopes, bias.positions, bias.dense.double()),
-                                     scaling)
+                                     dataclasses.replace(bias, dense=bias.dense.double()), scaling)
     assert (folded.double() - math).abs().max() < (1e-5 if dtype == torch.float32 else 5e-2)
 
 
@@ -64,12 +67,19 @@ def test_the_fold_is_a_view_of_the_bias_and_never_expands_kv(monkeypatch):
 
     monkeypatch.setattr(attention, "repeat_kv", refuse)
     attention.sdpa_attention(query, key, value, bias, scaling)
+    with pytest.raises(AssertionError, match="expanded"):
+        attention.sdpa_attention(query, key, value, dataclasses.replace(bias, sdpa_gqa="expand"), scaling)
+
+
+def test_an_unknown_gqa_mode_is_refused():
+    with pytest.raises(attention.Step1AttentionError, match="fold, expand, enable_gqa"):
+        attention.make_attention_bias("sdpa", 8, None, 4, 0, 4, CPU, torch.float32, sdpa_gqa="repeat")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_generation_and_its_cache_equal_the_expanded_path(dtype, monkeypatch):
-    """The model's own forward (the decode session's prefill) through both paths: the same prompt K/V in the
-    cache and the same sampled ids, for a left-padded batch and chunked prompts."""
+def test_generation_and_its_cache_equal_the_expanded_path(dtype):
+    """The model's own forward (the decode session's prefill) in both modes: the same prompt K/V in the cache,
+    the same logits and the same sampled ids, for a batch of prompts of different lengths."""
     torch.manual_seed(0)
     config = Step1Config(hidden_size=128, intermediate_size=256, num_attention_heads=8, num_attention_groups=2,
                          num_hidden_layers=2, vocab_size=C.TEXT_VOCAB_SIZE)
@@ -78,18 +88,16 @@ def test_generation_and_its_cache_equal_the_expanded_path(dtype, monkeypatch):
     prompts = [torch.randint(0, C.VQ06_LAST_ID, (n,), generator=gen).tolist() for n in (150, 9, 61)]
     ids = torch.tensor(prompts[0])[None]
     results = {}
-    for folded in (True, False):
-        if not folded:
-            monkeypatch.setitem(attention._BACKENDS, "sdpa", expanded_sdpa)
+    for mode in ("fold", "expand"):
+        model.model.sdpa_gqa = mode
         with torch.no_grad():
             out = model(ids, use_cache=True)
         cache = out.past_key_values
-        layers = [(cache.layers[i].keys, cache.layers[i].values) if hasattr(cache, "layers") else cache[i]
-                  for i in range(config.num_hidden_layers)]
+        layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(config.num_hidden_layers)]
         tokens = [o.tokens for o in generate(model, prompts, [12, 12, 12], SamplingConfig(), [1, 2, 3])]
-        results[folded] = (out.logits, layers, tokens)
-    assert torch.equal(results[True][0], results[False][0])
-    for (k1, v1), (k2, v2) in zip(results[True][1], results[False][1]):
+        results[mode] = (out.logits, layers, tokens)
+    assert torch.equal(results["fold"][0], results["expand"][0])
+    for (k1, v1), (k2, v2) in zip(results["fold"][1], results["expand"][1]):
         assert torch.equal(k1, k2) and torch.equal(v1, v2)
-    assert results[True][2] == results[False][2]
-    assert all(len(t) == 12 for t in results[True][2])
+    assert results["fold"][2] == results["expand"][2]
+    assert all(len(t) == 12 for t in results["fold"][2])

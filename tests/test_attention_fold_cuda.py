@@ -1,9 +1,11 @@
 """GPU twin of ``test_attention_fold.py``: on CUDA the prefill's SDPA runs the memory-efficient kernel, and with
-a KV group's query heads folded onto the query axis it must give the expanded path's bits at Step1's head
-layout and prefill shapes, and whole generations the same cache and ids (issue 19's same-tokens rule).
-Skips without CUDA."""
+a KV group's query heads folded onto the query axis (``sdpa_gqa`` "fold") it must give the expanded path's bits
+("expand", the path before) at Step1's head layout and prefill shapes, and whole generations the same cache and
+ids (issue 19's same-tokens rule). Skips without CUDA."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import attention
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import generate, get_decode_session
 from comfyui_step_audio_editx.engines.step_audio_editx.types import SamplingConfig
-from layer_cases import SHAPE, expanded_sdpa, rand, small_step1
+from layer_cases import SHAPE, rand, small_step1
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -31,16 +33,17 @@ def test_folded_sdpa_equals_expanded_kv_bit_for_bit(shape, dtype):
     key = rand(batch, groups, keys, dim, dtype=dtype, seed=2)
     value = rand(batch, groups, keys, dim, dtype=dtype, seed=3)
     folded = attention.sdpa_attention(query, key, value, bias, SHAPE.scaling)
-    assert torch.equal(folded, expanded_sdpa(query, key, value, bias, SHAPE.scaling))
-    exact = expanded_sdpa(query.double(), key.double(), value.double(),
-                          attention.Step1AttentionBias(bias.slopes, bias.positions, bias.dense.double()),
-                          SHAPE.scaling)
+    expanded = attention.sdpa_attention(query, key, value, dataclasses.replace(bias, sdpa_gqa="expand"),
+                                        SHAPE.scaling)
+    assert torch.equal(folded, expanded)
+    exact = attention.eager_attention(query.double(), key.double(), value.double(),
+                                      dataclasses.replace(bias, dense=bias.dense.double()), SHAPE.scaling)
     assert (folded.double() - exact).abs().max() < (1e-4 if dtype == torch.float32 else 3e-2)
 
 
-def test_generation_and_its_cache_equal_the_expanded_path(monkeypatch):
+def test_generation_and_its_cache_equal_the_expanded_path():
     """A bf16 model's batch of 8 (chunked, right-padded prefill) and a single long prompt: the same cache and
-    the same ids through both prefill paths, with the same matmul kernels (one decode session)."""
+    the same ids in both modes, with the same matmul kernels (one decode session)."""
     model = small_step1()
     gen = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, C.VQ06_LAST_ID, (n,), generator=gen).tolist()
@@ -48,17 +51,15 @@ def test_generation_and_its_cache_equal_the_expanded_path(monkeypatch):
     caps = [64, 40, 48, 64, 17, 64, 33, 64]
     runs = [(prompts, caps, list(range(8))), ([prompts[0] * 2], [80], [11])]
     results = {}
-    for folded in (True, False):
-        if not folded:
-            monkeypatch.setitem(attention._BACKENDS, "sdpa", expanded_sdpa)
+    for mode in ("fold", "expand"):
+        model.model.sdpa_gqa = mode
         for i, (p, c, seeds) in enumerate(runs):
             tokens = [o.tokens for o in generate(model, p, c, SamplingConfig(), seeds)]
-            session = get_decode_session(model)
-            cache = [(k[:len(p)].clone(), v[:len(p)].clone()) for k, v in session.kv]
-            results[(folded, i)] = (tokens, cache)
+            cache = [(k[:len(p)].clone(), v[:len(p)].clone()) for k, v in get_decode_session(model).kv]
+            results[(mode, i)] = (tokens, cache)
     for i in range(len(runs)):
-        (tokens, cache), (before_tokens, before_cache) = results[(True, i)], results[(False, i)]
+        (tokens, cache), (before_tokens, before_cache) = results[("fold", i)], results[("expand", i)]
         assert tokens == before_tokens
         for (k1, v1), (k2, v2) in zip(cache, before_cache):
             assert torch.equal(k1, k2) and torch.equal(v1, v2)
-    assert sum(len(t) for t in results[(True, 0)][0]) == sum(caps)
+    assert sum(len(t) for t in results[("fold", 0)][0]) == sum(caps)
