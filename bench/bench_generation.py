@@ -26,6 +26,9 @@ the attention merge reading its partials ahead (``DecodeOptions.merge_ahead``; t
 the same matmul kernels the ids must be identical). ``--compare-prefill-gqa`` runs the prefill's SDPA on K/V
 expanded to every query head (before), then with a KV group's query heads folded onto the query axis (the
 default; bit for bit the same attention, so the ids must be identical): the prefill seconds show the gain.
+``--compare-persistent`` (batch 1; other batch sizes never run it): each layer as one persistent launch
+(``DecodeOptions(persistent=True)``), then the five launches per layer with the same GEMV configurations (the
+ids must be identical), then the default session with its own timed kernels.
 
     python bench/bench_generation.py --out gen.json --markdown gen.md          # GPU, full size
     python bench/bench_generation.py --tiny --out /tmp/gen_tiny.json          # CPU smoke check (seconds)
@@ -262,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compare-prefill-gqa", action="store_true",
                         help="time the prefill with K/V expanded to every head (before), then with the query heads "
                              "of a KV group folded onto the query axis (same kernels), per batch size")
+    parser.add_argument("--compare-persistent", action="store_true",
+                        help="batch 1: the persistent layer kernel, the plain step with its kernels, the default step")
     parser.add_argument("--profile", default="", help="comma list of batch sizes whose fast call is profiled")
     parser.add_argument("--baseline-remote-code", type=Path, default=None,
                         help="OPT-IN: an official model folder whose remote code is loaded and timed "
@@ -281,8 +286,9 @@ def _sampling_label(args) -> str:
 def comparison_modes(args) -> list[tuple[dict | None, str, bool, str | None]]:
     """(DecodeOptions fields or None for the default session, label, reuse the first row's matmul kernels, the
     prefill's ``sdpa_gqa`` mode or None for the default)."""
-    if sum((args.compare_pdl, args.compare_merge, args.compare_prefill_gqa)) > 1:
-        raise SystemExit("--compare-pdl, --compare-merge and --compare-prefill-gqa are separate runs")
+    if sum((args.compare_pdl, args.compare_merge, args.compare_prefill_gqa, args.compare_persistent)) > 1:
+        raise SystemExit("--compare-pdl, --compare-merge, --compare-prefill-gqa and --compare-persistent are "
+                         "separate runs")
     if args.compare_pdl:
         return [(dict(pdl=False), "fast, PDL off (before)", False, None),
                 (dict(pdl=True), "fast, PDL on, same kernels as off", True, None),
@@ -291,6 +297,10 @@ def comparison_modes(args) -> list[tuple[dict | None, str, bool, str | None]]:
         return [(dict(merge_ahead=False), "fast, before (merge reads one partial at a time)", False, None),
                 (dict(merge_ahead=True), "fast, merge reads ahead, same kernels", True, None),
                 (dict(merge_ahead=True), "fast, merge reads ahead", False, None)]
+    if args.compare_persistent:
+        return [(dict(persistent=True), "fast, one persistent launch per layer", False, None),
+                (dict(persistent=False), "fast, five launches per layer, same kernels", True, None),
+                (dict(persistent=False), "fast, five launches per layer (default)", False, None)]
     if args.compare_prefill_gqa:
         return [(None, "fast, prefill on expanded K/V (before)", False, "expand"),
                 (None, "fast, prefill with folded query heads", True, "fold")]

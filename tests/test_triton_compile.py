@@ -12,7 +12,12 @@ import pytest
 triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
 
 from comfyui_step_audio_editx.engines.step_audio_editx.decoder import fused_norms, snake, triton_support  # noqa: E402
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_attention, triton_decode, triton_sampler  # noqa: E402
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import (  # noqa: E402
+    persistent_layer,
+    triton_attention,
+    triton_decode,
+    triton_sampler,
+)
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.quant import (  # noqa: E402
     group_gemv, interleaved, kernels, operand_dot, splitk)
 
@@ -33,6 +38,12 @@ SAMPLER_OUT = {"out_ptr": "*i64"}  # the sampler's out_ptr holds token ids
 ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128, MERGE_AHEAD=True)
 MATMUL = dict(PROLOGUE=1, RESIDUAL=True)
 QUANT = dict(BITS=4, GROUP=128, **MATMUL)
+PERSISTENT = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128, BLOCK_N_ATTN=64,
+                  PRECISION="tf32", MERGE_AHEAD=True, QKV_BN=8, QKV_BK=512, QKV_EVEN=True, O_BN=4, O_BK=1024,
+                  O_EVEN=False, GU_BN=8, GU_BK=512, GU_EVEN=True, DOWN_BN=8, DOWN_BK=512, DOWN_EVEN=True, FIRST=0,
+                  LAST=4, BARRIER=True)
+PERSISTENT_POINTERS = {name: "*bf16" for name in ("attn_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
+                                                  "norm1_ptr", "norm2_ptr")} | {"bar_ptr": "*i64"}
 DIT_NORM = dict(AFFINE=False, MODULATE=False, PRE_BIAS=False, MISH=False, BLOCK_ROWS=16, BLOCK_W=512)
 
 # (kernel, its constexprs but PDL; takes PDL, pointer overrides)
@@ -47,6 +58,7 @@ CASES = {
                                     DIM_LINES=1, LINE=64), True, {}),
     "attention_merge": (triton_attention._attn_merge_kernel, ATTENTION, False, {}),
     "gemv": (triton_decode._gemv_kernel, dict(MATMUL, BLOCK_N=8, BLOCK_K=512, EVEN=True, LINE=64), True, {}),
+    "persistent_layer": (persistent_layer._layer_kernel, PERSISTENT, False, PERSISTENT_POINTERS),
     "skinny_linear": (triton_decode._skinny_linear_kernel,
                       dict(MATMUL, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, EVEN=False, PRECISION="tf32", LINE=64),
                       True, {}),
@@ -198,3 +210,15 @@ def test_every_operand_dot_configuration_keeps_the_operand_layout_and_fits_ada(b
         assert _bytes_reach_the_operand_layout(_compile(fn, config, pointers, 90, aligned=True, num_warps=warps)), \
             (block_n, groups_t, warps, stages, split)
         assert _compile(fn, config, pointers, 89, aligned=True, num_warps=warps).metadata.shared <= ADA_SHARED_BYTES
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_persistent_layer_kernel_meets_between_phases_and_only_there(target):
+    """Four grid barriers per layer (one per phase boundary), each a release by one thread and acquire polls on
+    the int64 ticket counter; the phase-by-phase build (the interpreter's) has none."""
+    fn, constexprs, _, pointers = CASES["persistent_layer"]
+    ptx = _compile(fn, constexprs, pointers, TARGETS[target]).asm["ptx"]
+    assert ptx.count("atom.global.gpu.release.add.u64") == persistent_layer.PHASES - 1
+    assert ptx.count("ld.global.gpu.acquire.b64") == 2 * (persistent_layer.PHASES - 1)  # first look + the poll loop
+    phased = _compile(fn, {**constexprs, "FIRST": 2, "LAST": 2, "BARRIER": False}, pointers, TARGETS[target])
+    assert "gpu.release" not in phased.asm["ptx"] and "gpu.acquire" not in phased.asm["ptx"]

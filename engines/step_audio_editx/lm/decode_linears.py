@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import decode_ops as ref_ops
-from . import matmul_choice_store, triton_decode
+from . import matmul_choice_store, persistent_layer, triton_decode
 from .quant import group_gemv as quant_group_gemv
 from .quant import interleaved as quant_interleaved
 from .quant import kernels as quant_kernels
@@ -150,8 +150,12 @@ class ResidualStream:
 
 def candidates(role: str, rows: int, mode: str, quantized: bool = False,
                interleaved: bool = False) -> list[LinearChoice]:
-    """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton). Quantized
-    weights never time ``cublas`` (a dequantization per step) unless it is all there is."""
+    """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton / persistent).
+    Quantized weights never time ``cublas`` (a dequantization per step) unless it is all there is.
+    "persistent": the one-row GEMVs the persistent layer kernel can run as its phases (``persistent_layer``)."""
+    if mode == "persistent":
+        return [LinearChoice("gemv", c, PROLOGUE[role] is not None) for c in GEMV_CONFIGS
+                if c[2] == persistent_layer.PERSISTENT_WARPS]
     if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
         return [CUBLAS]
     fusions = (True, False) if PROLOGUE[role] else (False,)

@@ -36,10 +36,11 @@ from ..constants import EOT_ID, PAD_ID
 from ..triton_import import TRITON_IMPORT_ERROR
 from ..types import Progress, ProgressCallback, SamplingConfig, StopReason
 from . import decode_ops as ref_ops
-from . import triton_attention, triton_decode, triton_pdl, triton_sampler
+from . import persistent_layer, triton_attention, triton_decode, triton_pdl, triton_sampler
 from .decode_linears import LinearChoice, ResidualStream, select_linears
 from .decode_state import DecodeState, SamplerTables, choose_and_commit
 from .fused_weights import DecodeWeights, audio_vocab_ids, fingerprint_of, fuse_step1_projections, projection_tensor
+from .quant.linear import QuantMatrix
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class DecodeOptions:
     linear: str = "auto"  # "auto": time cuBLAS and the Triton matmuls per matrix; "cublas"; "triton"
     pdl: bool | None = None  # programmatic dependent launch (triton_pdl); None: where supported, from batch 2
     merge_ahead: bool = True  # attention's merge reads partials ahead (same arithmetic); False: the path before
+    # batch 1: each layer as one persistent launch (``persistent_layer``; bf16 / fp16 / fp32 weights). Opt-in:
+    # not yet timed on a GPU against the five launches per layer it replaces.
+    persistent: bool = False
 
 
 @dataclass
@@ -112,6 +116,9 @@ class DecodeSession:
                 self.pdl_min_rows = PDL_AUTO_MIN_ROWS
             elif self.options.pdl:
                 self.pdl_min_rows = 1
+        self.persistent = (self.options.persistent and self.use_triton and self.use_graphs
+                           and not isinstance(self.weights.qkv[0], QuantMatrix))
+        self._persistent: persistent_layer.PersistentLayers | None = None
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.state: DecodeState | None = None
         self.capacity = (0, 0, 0, 0)  # slot rows, cache slots, output rows, output cols
@@ -150,6 +157,7 @@ class DecodeSession:
         self._graphs.clear()
         self._workspaces.clear()
         self._tables.clear()
+        self._persistent = None
         self.kv = []
         self.state = None
         self._pool = None
@@ -166,7 +174,8 @@ class DecodeSession:
     @property
     def mode(self) -> str:
         if self.use_graphs:
-            return "cuda-graph" + ("+triton" if self.use_triton else "") + ("+pdl" if self.use_pdl else "")
+            return ("cuda-graph" + ("+triton" if self.use_triton else "") + ("+pdl" if self.use_pdl else "")
+                    + ("+persistent" if self.persistent else ""))
         return "static" + ("+triton" if self.use_triton else "")
 
     # --- buffers ----------------------------------------------------------------------------------
@@ -206,6 +215,12 @@ class DecodeSession:
         """Ids [B] -> final normed hidden [B, C]; writes each running row's K/V at ``kv_len - 1``."""
         w = self.weights
         triton = self.use_triton
+        if rows == 1 and self.persistent:
+            if self._persistent is None:
+                self._select_linears(1)
+                self._persistent = persistent_layer.build(w, self._linear_choice[1], self.device, self.dtype)
+            return persistent_layer.run_layers(self._persistent, w, tokens, self.kv, kv_len, self._workspace(1),
+                                               self.options.merge_ahead)
         choice = self._linear_choice.get(rows, {}) if triton else {}
         cublas = LinearChoice()
         workspace = self._workspace(rows) if triton else None
@@ -243,7 +258,8 @@ class DecodeSession:
 
     def _select_linears(self, rows: int) -> None:
         if rows not in self._linear_choice and self.use_triton:
-            self._linear_choice[rows] = select_linears(self.weights, rows, self.options.linear, self.pdl_for(rows))
+            mode = "persistent" if rows == 1 and self.persistent else self.options.linear
+            self._linear_choice[rows] = select_linears(self.weights, rows, mode, self.pdl_for(rows))
 
     def _graph(self, rows: int, config: SamplingConfig) -> torch.cuda.CUDAGraph:
         key = (rows, config)
@@ -284,6 +300,13 @@ class DecodeSession:
             self._graph(rows, config)
         except Exception as exc:
             self._graphs.clear()
+            if self.persistent and rows == 1:
+                logger.warning("The persistent Step1 layer kernel failed on %s (%s: %s); launching the layers' "
+                               "kernels one by one", self.device, type(exc).__name__, exc)
+                self.persistent, self._persistent = False, None
+                self._linear_choice.pop(1, None)
+                self._prepare_graph(rows, config)
+                return
             if self.use_pdl:
                 logger.warning("Step1 decode kernels failed as programmatic dependent launches on %s (%s: %s); "
                                "launching them plainly", self.device, type(exc).__name__, exc)

@@ -122,11 +122,25 @@ if HAS_TRITON:
                            MERGE_AHEAD: tl.constexpr):
         pair = tl.program_id(0)
         split = tl.program_id(1)
-        b = pair // GROUPS
-        g = pair % GROUPS
         if PDL:
+            b = pair // GROUPS
+            g = pair % GROUPS
             triton_pdl.enter_kv(k_ptr + b * stride_kb + g * stride_kg, v_ptr + b * stride_kb + g * stride_kg,
                                 kv_len_ptr, b, split, stride_kl, DIM, CHUNK, DIM_LINES, LINE)
+        _attn_item(pair, split, qkv_ptr, k_ptr, v_ptr, kv_len_ptr, slopes_ptr, part_o_ptr, part_ml_ptr, out_ptr,
+                   counter_ptr, stride_qkv, stride_kb, stride_kg, stride_kl, stride_out, n_splits, scale, HEADS,
+                   GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK, BLOCK_N, PRECISION, FUSED_MERGE, PDL, MERGE_AHEAD)
+
+    @triton.jit
+    def _attn_item(pair, split, qkv_ptr, k_ptr, v_ptr, kv_len_ptr, slopes_ptr, part_o_ptr, part_ml_ptr, out_ptr,
+                   counter_ptr, stride_qkv, stride_kb, stride_kg, stride_kl, stride_out, n_splits, scale,
+                   HEADS: tl.constexpr, GROUPS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+                   QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                   PRECISION: tl.constexpr, FUSED_MERGE: tl.constexpr, PDL: tl.constexpr, MERGE_AHEAD: tl.constexpr):
+        """Chunk ``split`` of (row, group) ``pair``: its partial result, and the merge if it reports last. One
+        program's work in ``_attn_split_kernel``, any program's in the persistent layer kernel."""
+        b = pair // GROUPS
+        g = pair % GROUPS
         kv_len = tl.load(kv_len_ptr + b)
         cur = kv_len - 1  # slot of the new token; cached keys are slots [0, cur)
         d = tl.arange(0, DIM_PAD)

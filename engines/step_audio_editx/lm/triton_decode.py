@@ -182,19 +182,13 @@ if HAS_TRITON:
                    acc.to(out_ptr.dtype.element_ty), RESIDUAL)
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, N, K, eps, stride_w,
-                     PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr):
-        """out[N] (+)= f(x)[K] @ W[N, K]^T for ONE row on CUDA cores: W streamed in [BLOCK_N, BLOCK_K] tiles,
-        float32 products accumulated per lane and reduced once at the end."""
-        pid = tl.program_id(0)
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-        if PDL:
-            triton_pdl.enter_rows(w_ptr, rn, N, K, stride_w, BLOCK_N, BLOCK_K, LINE)
+    def _gemv_tile(tile, factor, x_ptr, w_ptr, out_ptr, norm_ptr, N, K, stride_w, PROLOGUE: tl.constexpr,
+                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN: tl.constexpr,
+                   PDL: tl.constexpr):
+        """Rows ``[tile * BLOCK_N, +BLOCK_N)`` of ``_gemv_kernel`` (``factor``: x's RMSNorm scale for PROLOGUE 1):
+        one program's work there, any program's in the persistent layer kernel (``persistent_layer``)."""
+        rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
-        factor = tl.zeros([], tl.float32)
-        if PROLOGUE == 1:
-            factor = _rms_factor(x_ptr, K, eps, BLOCK_K)
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
@@ -212,6 +206,23 @@ if HAS_TRITON:
             triton_pdl.release()
         out = tl.sum(acc, 1).to(out_ptr.dtype.element_ty)
         _store_out(out_ptr, rn, nmask, out, RESIDUAL)
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, norm_ptr, N, K, eps, stride_w,
+                     PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr):
+        """out[N] (+)= f(x)[K] @ W[N, K]^T for ONE row on CUDA cores: W streamed in [BLOCK_N, BLOCK_K] tiles,
+        float32 products accumulated per lane and reduced once at the end."""
+        pid = tl.program_id(0)
+        if PDL:
+            triton_pdl.enter_rows(w_ptr, pid * BLOCK_N + tl.arange(0, BLOCK_N), N, K, stride_w, BLOCK_N, BLOCK_K,
+                                  LINE)
+        factor = tl.zeros([], tl.float32)
+        if PROLOGUE == 1:
+            factor = _rms_factor(x_ptr, K, eps, BLOCK_K)
+        _gemv_tile(pid, factor, x_ptr, w_ptr, out_ptr, norm_ptr, N, K, stride_w, PROLOGUE, RESIDUAL, BLOCK_N,
+                   BLOCK_K, EVEN, PDL)
+
 
 def _pdl(pdl: bool) -> dict:
     """The kernel flag and the launch option of a programmatic dependent launch (``triton_pdl``)."""
