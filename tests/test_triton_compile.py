@@ -7,6 +7,9 @@ there). Numerics are tested on the GPU (``*_cuda.py``) and, for the sampler, in 
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import pytest
 
 triton = pytest.importorskip("triton", reason="needs Triton (it compiles the kernels for a named GPU target)")
@@ -130,16 +133,18 @@ def _signature(fn, pointers: dict[str, str]) -> dict[str, str]:
     return signature
 
 
-def _compile(fn, constexprs, pointers, capability, aligned: bool = False, **options):
+def _compile(fn, constexprs, pointers, capability, aligned: bool = False, divisible: tuple[str, ...] = (),
+             **options):
     """Machine code of ``fn`` for sm_``capability``; ``aligned``: with the alignment the runtime sees for a
     full-size model (16-byte pointers, strides and sizes), which decides whether loads can be vectorised and
-    copied asynchronously."""
+    copied asynchronously; ``divisible``: more integer arguments the launcher sees as multiples of 16."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     signature = _signature(fn, pointers)
+    multiples = ("N", "K", "stride_x", "stride_b", "stride_out", *divisible)
     attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(signature)
-             if arg.endswith("_ptr") or arg in ("N", "K", "stride_x", "stride_b", "stride_out")} if aligned else None
+             if arg.endswith("_ptr") or arg in multiples} if aligned else None
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                           target=GPUTarget("cuda", capability, 32), options=options)
 
@@ -222,3 +227,43 @@ def test_persistent_layer_kernel_meets_between_phases_and_only_there(target):
     assert ptx.count("ld.global.gpu.acquire.b64") == 2 * (persistent_layer.PHASES - 1)  # first look + the poll loop
     phased = _compile(fn, {**constexprs, "FIRST": 2, "LAST": 2, "BARRIER": False}, pointers, TARGETS[target])
     assert "gpu.release" not in phased.asm["ptx"] and "gpu.acquire" not in phased.asm["ptx"]
+
+
+def _reductions_and_dots(ttgir: str) -> Counter:
+    """Every reduction's input type and every dot's operand types, layouts spelled out: what fixes the order in
+    which a kernel sums."""
+    layouts = dict(re.findall(r"^(#\w+) = (#ttg\.\w+<.*>)$", ttgir, re.M))
+
+    def spelled(text: str) -> str:
+        return re.sub(r"#\w+", lambda m: layouts.get(m.group(0), m.group(0)), text)
+
+    found = Counter(spelled(m.group(1)) for m in re.finditer(r"\}\) : \((tensor<[^)]*>)\) -> ", ttgir))
+    found.update(spelled(line.split("loc(")[0].split(":", 1)[1]) for line in ttgir.splitlines() if "tt.dot " in line)
+    return found
+
+
+@pytest.mark.parametrize("blocks", [((8, 512),) * 4, ((8, 512), (4, 1024), (4, 1024), (8, 512))])
+def test_persistent_layer_sums_in_the_order_of_the_standalone_kernels(blocks):
+    """Same tile code is not enough for the same bits: the compiler lays each tile out from the alignment it can
+    prove. Compiled with the divisibility the launchers see for Step1 (sizes and strides are multiples of 16),
+    the persistent kernel's reductions and dots have exactly the layouts of the standalone GEMV and attention
+    kernels with the same configurations, so every sum runs in the same order (sm_90)."""
+    sizes = ("hidden", "qkv_rows", "attn_width", "inner", "stride_qkv_w", "stride_o_w", "stride_gu_w",
+             "stride_down_w", "stride_kb", "stride_kg", "stride_kl", "stride_qkv")
+    phases = dict(PERSISTENT)
+    for name, (block_n, block_k) in zip(("QKV", "O", "GU", "DOWN"), blocks):
+        phases.update({f"{name}_BN": block_n, f"{name}_BK": block_k, f"{name}_EVEN": True})
+    fn, constexprs, _, pointers = CASES["persistent_layer"]
+    fused = _reductions_and_dots(_compile(fn, phases, pointers, 90, aligned=True, divisible=sizes,
+                                          **persistent_layer.LAUNCH_OPTIONS).asm["ttgir"])
+    want = Counter()
+    for (block_n, block_k), prologue, residual in zip(blocks, (1, 0, 1, 2), (False, True, False, True)):
+        gemv, gemv_constexprs, _, gemv_pointers = CASES["gemv"]
+        want += _reductions_and_dots(_compile(gemv, {**gemv_constexprs, "PROLOGUE": prologue, "RESIDUAL": residual,
+                                                     "PDL": False, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                                                     "EVEN": True}, gemv_pointers, 90, aligned=True,
+                                              divisible=("stride_w",)).asm["ttgir"])
+    attention, attention_constexprs, _, attention_pointers = CASES["attention_split"]
+    want += _reductions_and_dots(_compile(attention, {**attention_constexprs, "PDL": False}, attention_pointers, 90,
+                                          aligned=True, divisible=sizes).asm["ttgir"])
+    assert fused == want

@@ -13,7 +13,8 @@ the five kernel boundaries per layer become barriers.
 
 Same arithmetic as the separate kernels: a phase's tile is the very code a standalone kernel runs
 (``triton_decode._gemv_tile``, ``triton_attention._attn_item``) with the same tile sizes and warps, so with
-the same GEMV configurations the bits are the ones of the plain step (tested on the GPU, token for token).
+the same GEMV configurations the bits should be the ones of the plain step (the GPU tests check it bit for
+bit and token for token). Sizes the standalone kernels get as runtime numbers stay runtime numbers here.
 The warps are the attention kernel's (``PERSISTENT_WARPS``), so the GEMV configurations come from the ones
 with that many warps (``decode_linears.candidates(mode="persistent")``).
 
@@ -86,7 +87,7 @@ if HAS_TRITON:
     @triton.jit
     def _layer_kernel(resid_ptr, qkv_ptr, attn_ptr, gu_ptr, w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr,
                       norm1_ptr, norm2_ptr, k_ptr, v_ptr, kv_len_ptr, slopes_ptr, part_o_ptr, part_ml_ptr,
-                      counter_ptr, bar_ptr, hidden, qkv_rows, inner, eps, stride_qkv_w, stride_o_w,
+                      counter_ptr, bar_ptr, hidden, qkv_rows, attn_width, inner, eps, stride_qkv_w, stride_o_w,
                       stride_gu_w, stride_down_w, stride_kb, stride_kg, stride_kl, n_splits, scale,
                       HEADS: tl.constexpr, GROUPS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
                       QH: tl.constexpr, QH_PAD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N_ATTN: tl.constexpr,
@@ -107,14 +108,14 @@ if HAS_TRITON:
         if FIRST <= 1 and LAST >= 1:  # attention: (group, chunk) items, the last chunk of a group merges
             for item in range(pid, GROUPS * n_splits, programs):
                 _attn_item(item % GROUPS, item // GROUPS, qkv_ptr, k_ptr, v_ptr, kv_len_ptr, slopes_ptr, part_o_ptr,
-                           part_ml_ptr, attn_ptr, counter_ptr, qkv_rows, stride_kb, stride_kg, stride_kl, HEADS * DIM,
+                           part_ml_ptr, attn_ptr, counter_ptr, qkv_rows, stride_kb, stride_kg, stride_kl, attn_width,
                            n_splits,
                            scale, HEADS, GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK, BLOCK_N_ATTN, PRECISION, True,
                            False, MERGE_AHEAD)
             if BARRIER:
                 _grid_barrier(bar_ptr, programs)
         if FIRST <= 2 and LAST >= 2:  # x += W_o · attn
-            _gemv_phase(attn_ptr, w_o_ptr, resid_ptr, resid_ptr, hidden, HEADS * DIM, eps, stride_o_w, 0, True,
+            _gemv_phase(attn_ptr, w_o_ptr, resid_ptr, resid_ptr, hidden, attn_width, eps, stride_o_w, 0, True,
                         O_BN, O_BK, O_EVEN)
             if BARRIER:
                 _grid_barrier(bar_ptr, programs)
@@ -174,7 +175,8 @@ class PersistentLayers:
         w = weights
         args = (resid, self.qkv, self.attn, self.gate_up, w.qkv[layer], w.o[layer], w.gate_up[layer], w.down[layer],
                 w.input_norms[layer], w.post_norms[layer], keys, values, kv_len, w.slopes, workspace.part_o,
-                workspace.part_ml, workspace.counters, self.barrier, self.hidden, self.qkv_rows, self.inner, w.eps,
+                workspace.part_ml, workspace.counters, self.barrier, self.hidden, self.qkv_rows, self.attn.shape[1],
+                self.inner, w.eps,
                 w.qkv[layer].stride(0), w.o[layer].stride(0), w.gate_up[layer].stride(0), w.down[layer].stride(0),
                 keys.stride(0), keys.stride(1), keys.stride(2), workspace.n_splits, self.shape.scaling)
         constexprs = dict(self._constexprs(resid.dtype), CHUNK=workspace.chunk, MERGE_AHEAD=merge_ahead)
