@@ -229,9 +229,12 @@ def test_persistent_layer_kernel_meets_between_phases_and_only_there(target):
     assert "gpu.release" not in phased.asm["ptx"] and "gpu.acquire" not in phased.asm["ptx"]
 
 
-def _reductions_and_dots(ttgir: str) -> Counter:
-    """Every reduction's input type and every dot's operand types, layouts spelled out: what fixes the order in
-    which a kernel sums."""
+def _summation_order(compiled) -> Counter:
+    """What fixes the order in which a kernel sums: every reduction's input type and every dot's operand types
+    (layouts spelled out), and how many of each floating-point instruction it runs (fused multiply-adds
+    against separate products and sums). int -> float conversions are left out: the fused kernel shares
+    one for the sizes two phases divide by."""
+    ttgir = compiled.asm["ttgir"]
     layouts = dict(re.findall(r"^(#\w+) = (#ttg\.\w+<.*>)$", ttgir, re.M))
 
     def spelled(text: str) -> str:
@@ -239,31 +242,37 @@ def _reductions_and_dots(ttgir: str) -> Counter:
 
     found = Counter(spelled(m.group(1)) for m in re.finditer(r"\}\) : \((tensor<[^)]*>)\) -> ", ttgir))
     found.update(spelled(line.split("loc(")[0].split(":", 1)[1]) for line in ttgir.splitlines() if "tt.dot " in line)
+    for line in compiled.asm["ptx"].splitlines():
+        op = re.match(r"\s*(?:@%p\d+ )?((?:fma|mul|add|sub|div|ex2|lg2|sqrt|rsqrt|max|min|cvt|mma|rcp)[\w.]*)", line)
+        name = op.group(1) if op else ""
+        if (".f32" in name or ".bf16" in name or "mma" in name) and ".s32" not in name:
+            found[name] += 1
     return found
 
 
 @pytest.mark.parametrize("blocks", [((8, 512),) * 4, ((8, 512), (4, 1024), (4, 1024), (8, 512))])
 def test_persistent_layer_sums_in_the_order_of_the_standalone_kernels(blocks):
     """Same tile code is not enough for the same bits: the compiler lays each tile out from the alignment it can
-    prove. Compiled with the divisibility the launchers see for Step1 (sizes and strides are multiples of 16),
-    the persistent kernel's reductions and dots have exactly the layouts of the standalone GEMV and attention
-    kernels with the same configurations, so every sum runs in the same order (sm_90)."""
+    prove, and contracts products into FMAs as the code around them allows. Compiled with the divisibility the
+    launchers see for Step1 (sizes and strides are multiples of 16), the persistent kernel's reductions and dots
+    have exactly the layouts of the standalone GEMV and attention kernels with the same configurations, and it
+    runs the same floating-point instructions (sm_90)."""
     sizes = ("hidden", "qkv_rows", "attn_width", "inner", "stride_qkv_w", "stride_o_w", "stride_gu_w",
              "stride_down_w", "stride_kb", "stride_kg", "stride_kl", "stride_qkv")
     phases = dict(PERSISTENT)
     for name, (block_n, block_k) in zip(("QKV", "O", "GU", "DOWN"), blocks):
         phases.update({f"{name}_BN": block_n, f"{name}_BK": block_k, f"{name}_EVEN": True})
     fn, constexprs, _, pointers = CASES["persistent_layer"]
-    fused = _reductions_and_dots(_compile(fn, phases, pointers, 90, aligned=True, divisible=sizes,
-                                          **persistent_layer.LAUNCH_OPTIONS).asm["ttgir"])
+    fused = _summation_order(_compile(fn, phases, pointers, 90, aligned=True, divisible=sizes,
+                                      **persistent_layer.LAUNCH_OPTIONS))
     want = Counter()
     for (block_n, block_k), prologue, residual in zip(blocks, (1, 0, 1, 2), (False, True, False, True)):
         gemv, gemv_constexprs, _, gemv_pointers = CASES["gemv"]
-        want += _reductions_and_dots(_compile(gemv, {**gemv_constexprs, "PROLOGUE": prologue, "RESIDUAL": residual,
-                                                     "PDL": False, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                                                     "EVEN": True}, gemv_pointers, 90, aligned=True,
-                                              divisible=("stride_w",)).asm["ttgir"])
+        want += _summation_order(_compile(gemv, {**gemv_constexprs, "PROLOGUE": prologue, "RESIDUAL": residual,
+                                                 "PDL": False, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                                                 "EVEN": True}, gemv_pointers, 90, aligned=True,
+                                          divisible=("stride_w",)))
     attention, attention_constexprs, _, attention_pointers = CASES["attention_split"]
-    want += _reductions_and_dots(_compile(attention, {**attention_constexprs, "PDL": False}, attention_pointers, 90,
-                                          aligned=True, divisible=sizes).asm["ttgir"])
+    want += _summation_order(_compile(attention, {**attention_constexprs, "PDL": False}, attention_pointers, 90,
+                                      aligned=True, divisible=sizes))
     assert fused == want
