@@ -16,7 +16,8 @@ Reported (bf16 on GPU):
 
 ``--compare-pdl``: the 30 s edit and the batch_edit comparison twice in one process, first with the decode
 kernels launched plainly (the path before programmatic dependent launch), then with PDL (``lm/triton_pdl``);
-the dynamic / fixed cap cases are skipped.
+the dynamic / fixed cap cases are skipped. ``--compare-persistent`` does the same for batch 1's persistent
+layer kernel (``lm/persistent_layer``): five launches per layer first, then one.
 
     python bench/bench_e2e.py --device cuda --models /tmp/e2e_models --json e2e.json --markdown e2e.md
     python bench/bench_e2e.py --tiny            # CPU smoke run (tiny random model)
@@ -65,12 +66,18 @@ def timed_edit(engine: StepAudioEditX, requests: list[EditRequest], settings: Ge
     return time.perf_counter() - start, results
 
 
-def use_pdl(engine: StepAudioEditX, pdl: bool) -> None:
-    """Rebuild the language model's decode session with programmatic dependent launch on or off."""
+# --compare-X: (DecodeOptions fields, label) of the path before, then of the new one
+COMPARISONS = {"pdl": ((dict(pdl=False), "PDL off (before)"), (dict(pdl=True), "PDL on")),
+               "persistent": ((dict(persistent=False), "five launches per layer (before)"),
+                              (dict(persistent=True), "one persistent launch per layer"))}
+
+
+def use_decode_options(engine: StepAudioEditX, **options) -> None:
+    """Rebuild the language model's decode session with these ``DecodeOptions`` fields."""
     from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
     from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import get_decode_session
 
-    session = get_decode_session(engine.modules()["lm"], DecodeOptions(pdl=pdl))
+    session = get_decode_session(engine.modules()["lm"], DecodeOptions(**options))
     logger.info("decode path now %s", session.mode)
 
 
@@ -123,16 +130,19 @@ def run(args: argparse.Namespace) -> dict:
     edit = EditRequest(*clip(long_s, 1), EDIT_TEXT, "emotion", "happy", seed=7)
     batch = [EditRequest(*clip(short_s, 10 + i), EDIT_TEXT, "emotion", "sad", seed=100 + i)
              for i in range(args.batch)]
-    if args.compare_pdl:
+    compared = [name for name in COMPARISONS if getattr(args, f"compare_{name}")]
+    if len(compared) > 1:
+        raise SystemExit("--compare-pdl and --compare-persistent are separate runs")
+    if compared:
         report["modes"] = {}
-        for pdl, label in ((False, "PDL off (before)"), (True, "PDL on")):
-            use_pdl(engine, pdl)
+        for i, (options, label) in enumerate(COMPARISONS[compared[0]]):
+            use_decode_options(engine, **options)
             report.setdefault("warmup_s", warm_up())
             cases = edit_cases(engine, edit, fixed, device, f"{long_s:.0f} s edit, {gen} new tokens")
             report["modes"][label] = {"cases": cases,  # the sequential side once: the new path's (device time)
-                                      "batch": batch_comparison(engine, batch, device, short_s, sequential=pdl)}
-        report["cases"] = report["modes"]["PDL on"]["cases"]
-        report["batch"] = report["modes"]["PDL on"]["batch"]
+                                      "batch": batch_comparison(engine, batch, device, short_s, sequential=i > 0)}
+        report["cases"] = report["modes"][label]["cases"]
+        report["batch"] = report["modes"][label]["batch"]
         report["truncation"] = None
         return report
     report["warmup_s"] = warm_up()
@@ -202,7 +212,8 @@ def same_tokens(report: dict) -> str:
     before, after = report["modes"].values()
     edit = [c["tokens"] for c in before["cases"]] == [c["tokens"] for c in after["cases"]]
     batch = before["batch"]["tokens"] == after["batch"]["tokens"]
-    return f"\nSame tokens with PDL off and on: long edit {edit}, batch_edit {batch}.\n"
+    labels = " / ".join(report["modes"])
+    return f"\nSame tokens ({labels}): long edit {edit}, batch_edit {batch}.\n"
 
 
 def mode_markdown(report: dict) -> str:
@@ -248,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny model, short clips: a CPU smoke run")
     parser.add_argument("--compare-pdl", action="store_true",
                         help="the 30 s edit and batch_edit with programmatic dependent launch off, then on")
+    parser.add_argument("--compare-persistent", action="store_true",
+                        help="the 30 s edit and batch_edit with five launches per layer at batch 1, then one")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)

@@ -155,5 +155,5 @@ def test_a_failing_launch_falls_back_to_the_plain_step(monkeypatch, caplog):
     monkeypatch.setattr(persistent_layer, "resident_programs", refuse)
     session = get_decode_session(model, DecodeOptions(persistent=True))
     got = generate(model, prompts[:1], caps[:1], SamplingConfig(), [3])[0].tokens
-    assert not session.persistent and "persistent layer kernel failed" in caplog.text
+    assert not session.persistent and "persistent Step1 layer kernel failed" in caplog.text
     assert len(got) == len(want) == caps[0]
