@@ -421,6 +421,12 @@ def test_example_opens_from_the_templates_menu(ui, name):
     card.wait_for(timeout=30_000)
     ui.page.wait_for_function("() => [...document.querySelectorAll('[role=dialog] img')].some((i) => i.naturalWidth)",
                               timeout=30_000)
+    # the dialog fetches every card's picture (shown as blob: URLs): wait for this card's own fetch, which may
+    # land after another card's picture is already on screen
+    for _ in range(300):
+        if thumbnails:
+            break
+        ui.page.wait_for_timeout(100)
     assert [r.status for r in thumbnails] == [200]  # the shipped .jpg is the card's picture
     ui.shot("templates")
     card.click()
