@@ -16,8 +16,8 @@ Reported (bf16 on GPU):
 
 ``--compare-pdl``: the 30 s edit and the batch_edit comparison twice in one process, first with the decode
 kernels launched plainly (the path before programmatic dependent launch), then with PDL (``lm/triton_pdl``);
-the dynamic / fixed cap cases are skipped. ``--compare-persistent`` does the same for batch 1's persistent
-layer kernel (``lm/persistent_layer``): five launches per layer first, then one.
+the dynamic / fixed cap cases are skipped. ``--compare-persistent`` does the same for the persistent layer
+kernel (``lm/persistent_layer``, 1-16 rows): five launches per layer first, then one.
 
     python bench/bench_e2e.py --device cuda --models /tmp/e2e_models --json e2e.json --markdown e2e.md
     python bench/bench_e2e.py --tiny            # CPU smoke run (tiny random model)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-pdl", action="store_true",
                         help="the 30 s edit and batch_edit with programmatic dependent launch off, then on")
     parser.add_argument("--compare-persistent", action="store_true",
-                        help="the 30 s edit and batch_edit with five launches per layer at batch 1, then one")
+                        help="the 30 s edit and batch_edit with five launches per layer, then one")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)

@@ -26,9 +26,9 @@ the attention merge reading its partials ahead (``DecodeOptions.merge_ahead``; t
 the same matmul kernels the ids must be identical). ``--compare-prefill-gqa`` runs the prefill's SDPA on K/V
 expanded to every query head (before), then with a KV group's query heads folded onto the query axis (the
 default; bit for bit the same attention, so the ids must be identical): the prefill seconds show the gain.
-``--compare-persistent`` (batch 1; other batch sizes never run it): each layer as one persistent launch
-(``DecodeOptions(persistent=True)``), then the five launches per layer with the same GEMV configurations (the
-ids must be identical), then the default session with its own timed kernels.
+``--compare-persistent`` (1-16 rows): each layer as one persistent launch (``DecodeOptions(persistent=True)``),
+then the five launches per layer with the same matmul configurations (the ids must be identical), then the
+default session with its own timed kernels.
 
     python bench/bench_generation.py --out gen.json --markdown gen.md          # GPU, full size
     python bench/bench_generation.py --tiny --out /tmp/gen_tiny.json          # CPU smoke check (seconds)
@@ -266,7 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="time the prefill with K/V expanded to every head (before), then with the query heads "
                              "of a KV group folded onto the query axis (same kernels), per batch size")
     parser.add_argument("--compare-persistent", action="store_true",
-                        help="batch 1: the persistent layer kernel, the plain step with its kernels, the default step")
+                        help="the persistent layer kernel, the plain step with its kernels, the default step")
     parser.add_argument("--profile", default="", help="comma list of batch sizes whose fast call is profiled")
     parser.add_argument("--baseline-remote-code", type=Path, default=None,
                         help="OPT-IN: an official model folder whose remote code is loaded and timed "

@@ -9,7 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
-from comfyui_step_audio_editx.engines.step_audio_editx.lm import persistent_layer, triton_attention, triton_decode
+from comfyui_step_audio_editx.engines.step_audio_editx.lm import (
+    persistent_layer,
+    triton_attention,
+    triton_decode,
+    triton_pdl,
+)
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_linears import LinearChoice, ResidualStream
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.fused_weights import fuse_step1_projections
@@ -22,7 +27,9 @@ from layer_cases import rel, small_step1
 pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="needs CUDA and triton")
 CUDA = torch.device("cuda")
 ROLES = ("qkv", "o", "gate_up", "down")
-CONFIG_SETS = {"8x512": ((8, 512),) * 4, "mixed": ((8, 512), (4, 1024), (4, 1024), (8, 512))}
+# rows: (BLOCK_N, BLOCK_K) of qkv, o, gate_up, down: one row on the GEMV tiles, more on the tensor-core ones
+CONFIG_SETS = {(1, "8x512"): ((8, 512),) * 4, (1, "mixed"): ((8, 512), (4, 1024), (4, 1024), (8, 512)),
+               (8, "32x256"): ((32, 256),) * 4, (16, "mixed"): ((64, 128), (32, 256), (16, 512), (64, 128))}
 LENGTHS = (1, 2, 129, 1300, 2049)  # the new token alone, one chunk, several, a partial last chunk
 
 
@@ -34,8 +41,8 @@ def _full_width(dtype: torch.dtype) -> Step1ForCausalLM:
     return model.eval().requires_grad_(False)
 
 
-def _standalone_layer(w, i, resid, keys, values, kv_len, workspace, choices):
-    stream = ResidualStream(resid, w.eps, use_triton=True)
+def _standalone_layer(w, i, resid, keys, values, kv_len, workspace, choices, pdl=False):
+    stream = ResidualStream(resid, w.eps, use_triton=True, pdl=pdl)
     qkv = stream.normed_linear(w.input_norms[i], w.qkv[i], choices["qkv"])
     attn = triton_attention.decode_attention(qkv, keys, values, kv_len, w.slopes, w.shape, workspace)
     stream.residual_linear(attn, w.o[i], choices["o"], swiglu=False)
@@ -46,24 +53,32 @@ def _standalone_layer(w, i, resid, keys, values, kv_len, workspace, choices):
 @pytest.mark.parametrize("configs", list(CONFIG_SETS))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_one_launch_per_layer_equals_the_phases_and_the_standalone_kernels(dtype, configs):
+    """Against the standalone kernels launched plainly and, at 2-16 rows, as the plain step launches them there
+    (programmatic dependent launch: the same arithmetic)."""
+    rows = configs[0]
     model = _full_width(dtype)
     w = fuse_step1_projections(model)
     cache = 2560
-    layers = persistent_layer.build(w, {r: LinearChoice("gemv", (*c, 4, 1), True) for r, c in
-                                        zip(ROLES, CONFIG_SETS[configs])}, CUDA, dtype)
-    choices = {r: LinearChoice("gemv", (*c, persistent_layer.PERSISTENT_WARPS, 1), r != "o")
+    kernel = "gemv" if rows == 1 else "dot"
+    choices = {r: LinearChoice(kernel, (*c, persistent_layer.PERSISTENT_WARPS, 1), r != "o")
                for r, c in zip(ROLES, CONFIG_SETS[configs])}
-    workspace = triton_attention.AttentionWorkspace(1, w.shape, cache, CUDA)
+    layers = persistent_layer.build(w, rows, choices, CUDA, dtype)
+    workspace = triton_attention.AttentionWorkspace(rows, w.shape, cache, CUDA)
     gen = torch.Generator(device="cuda").manual_seed(1)
-    kv = torch.randn(2, 1, w.shape.num_groups, cache, w.shape.head_dim, device="cuda", generator=gen).to(dtype)
+    kv = torch.randn(2, rows, w.shape.num_groups, cache, w.shape.head_dim, device="cuda", generator=gen).to(dtype)
+    paths = ["persistent", "persistent", "phased", "standalone"]  # twice: the ticket counter moves on
+    if rows > 1 and triton_pdl.supported(CUDA):
+        paths.append("standalone, PDL")
     for length in LENGTHS:
-        kv_len = torch.tensor([length], dtype=torch.int32, device="cuda")
-        start = torch.randn(1, w.embed.shape[1], device="cuda", generator=gen).to(dtype)
+        kv_len = torch.tensor([max(1, length - 37 * r) for r in range(rows)], dtype=torch.int32, device="cuda")
+        if rows > 2:
+            kv_len[1] = 0  # a row that no longer runs
+        start = torch.randn(rows, w.embed.shape[1], device="cuda", generator=gen).to(dtype)
         outs = []
-        for path in ("persistent", "persistent", "phased", "standalone"):  # twice: the ticket counter moves on
+        for path in paths:
             resid, keys, values = start.clone(), kv[0].clone(), kv[1].clone()
-            if path == "standalone":
-                _standalone_layer(w, 1, resid, keys, values, kv_len, workspace, choices)
+            if path.startswith("standalone"):
+                _standalone_layer(w, 1, resid, keys, values, kv_len, workspace, choices, pdl=path.endswith("PDL"))
             else:
                 layers.run(1, resid, w, keys, values, kv_len, workspace, phased=path == "phased", programs=264)
             torch.cuda.synchronize()
@@ -78,7 +93,7 @@ def test_one_launch_per_layer_equals_the_phases_and_the_standalone_kernels(dtype
 def test_graph_replays_equal_eager_launches():
     model = _full_width(torch.bfloat16)
     w = fuse_step1_projections(model)
-    layers = persistent_layer.build(w, {r: LinearChoice("gemv", (8, 512, 4, 1), True) for r in ROLES}, CUDA,
+    layers = persistent_layer.build(w, 1, {r: LinearChoice("gemv", (8, 512, 4, 1), True) for r in ROLES}, CUDA,
                                     torch.bfloat16)
     workspace = triton_attention.AttentionWorkspace(1, w.shape, 1536, CUDA)
     kv = [(torch.randn(1, 4, 1536, 64, device="cuda").bfloat16(), torch.randn(1, 4, 1536, 64, device="cuda").bfloat16())
@@ -123,25 +138,25 @@ def _runs():
 
 
 def test_generation_gives_the_plain_steps_tokens_with_the_same_kernels():
-    """Batch 1 through the persistent kernel and through the plain step pinned to the same GEMV configurations:
-    the same ids for every seed and both official samplings; a batch of 4 still runs the plain step."""
+    """Single rows and a batch of 4 (whose finished rows hand over to the buckets of 2 and 1) through the
+    persistent kernel, and through the plain step pinned to the same matmul configurations: the same ids for
+    every seed and both official samplings."""
     model = small_step1()
     prompts, caps = _runs()
-    tokens = {}
+    runs = [([p], [c], [i]) for i, (p, c) in enumerate(zip(prompts, caps))] + [(prompts, caps, [0, 1, 2, 3])]
+    configs = (SamplingConfig(), SamplingConfig.original_path())
     session = get_decode_session(model, DecodeOptions(persistent=True))
-    for config in (SamplingConfig(), SamplingConfig.original_path()):
-        for i, (p, c) in enumerate(zip(prompts, caps)):
-            tokens[("persistent", config, i)] = generate(model, [p], [c], config, [i])[0].tokens
-    assert session.persistent and "+persistent" in session.mode
+    tokens = {(config, i): [o.tokens for o in generate(model, p, c, config, seeds)] for config in configs
+              for i, (p, c, seeds) in enumerate(runs)}
+    assert session.persistent and "+persistent" in session.mode and set(session._persistent) >= {1, 2, 4}
     pinned = dict(session._linear_choice)
-    batch = [o.tokens for o in generate(model, prompts, caps, SamplingConfig(), [0, 1, 2, 3])]
     plain = get_decode_session(model, DecodeOptions())
-    plain._linear_choice.update({1: pinned[1]})  # the same GEMV kernels, five launches per layer
-    for config in (SamplingConfig(), SamplingConfig.original_path()):
-        for i, (p, c) in enumerate(zip(prompts, caps)):
-            assert generate(model, [p], [c], config, [i])[0].tokens == tokens[("persistent", config, i)]
+    plain._linear_choice.update(pinned)  # the same kernels, five launches per layer
+    for config in configs:
+        for i, (p, c, seeds) in enumerate(runs):
+            assert [o.tokens for o in generate(model, p, c, config, seeds)] == tokens[(config, i)], (config, i)
     assert not plain.persistent
-    assert [len(t) for t in batch] == caps
+    assert [len(t) for t in tokens[(configs[0], len(runs) - 1)]] == caps
 
 
 def test_a_failing_launch_falls_back_to_the_plain_step(monkeypatch, caplog):
@@ -155,5 +170,5 @@ def test_a_failing_launch_falls_back_to_the_plain_step(monkeypatch, caplog):
     monkeypatch.setattr(persistent_layer, "resident_programs", refuse)
     session = get_decode_session(model, DecodeOptions(persistent=True))
     got = generate(model, prompts[:1], caps[:1], SamplingConfig(), [3])[0].tokens
-    assert not session.persistent and "persistent Step1 layer kernel failed" in caplog.text
+    assert not session.persistent and "launching each layer's kernels one by one" in caplog.text
     assert len(got) == len(want) == caps[0]

@@ -42,7 +42,7 @@ ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK
 MATMUL = dict(PROLOGUE=1, RESIDUAL=True)
 QUANT = dict(BITS=4, GROUP=128, **MATMUL)
 PERSISTENT = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128, BLOCK_N_ATTN=64,
-                  PRECISION="tf32", MERGE_AHEAD=True, QKV_BN=8, QKV_BK=512, QKV_EVEN=True, O_BN=4, O_BK=1024,
+                  PRECISION="tf32", MERGE_AHEAD=True, DOT=False, BLOCK_M=16, QKV_BN=8, QKV_BK=512, QKV_EVEN=True, O_BN=4, O_BK=1024,
                   O_EVEN=False, GU_BN=8, GU_BK=512, GU_EVEN=True, DOWN_BN=8, DOWN_BK=512, DOWN_EVEN=True, FIRST=0,
                   LAST=4, BARRIER=True)
 PERSISTENT_POINTERS = {name: "*bf16" for name in ("attn_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
@@ -62,6 +62,8 @@ CASES = {
     "attention_merge": (triton_attention._attn_merge_kernel, ATTENTION, False, {}),
     "gemv": (triton_decode._gemv_kernel, dict(MATMUL, BLOCK_N=8, BLOCK_K=512, EVEN=True, LINE=64), True, {}),
     "persistent_layer": (persistent_layer._layer_kernel, PERSISTENT, False, PERSISTENT_POINTERS),
+    "persistent_layer_rows": (persistent_layer._layer_kernel, dict(PERSISTENT, DOT=True, QKV_BN=32, QKV_BK=256),
+                              False, PERSISTENT_POINTERS),
     "skinny_linear": (triton_decode._skinny_linear_kernel,
                       dict(MATMUL, BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, EVEN=False, PRECISION="tf32", LINE=64),
                       True, {}),
@@ -250,28 +252,29 @@ def _summation_order(compiled) -> Counter:
     return found
 
 
-@pytest.mark.parametrize("blocks", [((8, 512),) * 4, ((8, 512), (4, 1024), (4, 1024), (8, 512))])
-def test_persistent_layer_sums_in_the_order_of_the_standalone_kernels(blocks):
+@pytest.mark.parametrize("rows, blocks", [(1, ((8, 512),) * 4), (1, ((8, 512), (4, 1024), (4, 1024), (8, 512))),
+                                          (16, ((32, 256),) * 4), (8, ((64, 128), (32, 256), (16, 512), (64, 128)))])
+def test_persistent_layer_sums_in_the_order_of_the_standalone_kernels(rows, blocks):
     """Same tile code is not enough for the same bits: the compiler lays each tile out from the alignment it can
     prove, and contracts products into FMAs as the code around them allows. Compiled with the divisibility the
     launchers see for Step1 (sizes and strides are multiples of 16), the persistent kernel's reductions and dots
-    have exactly the layouts of the standalone GEMV and attention kernels with the same configurations, and it
-    runs the same floating-point instructions (sm_90)."""
-    sizes = ("hidden", "qkv_rows", "attn_width", "inner", "stride_qkv_w", "stride_o_w", "stride_gu_w",
-             "stride_down_w", "stride_kb", "stride_kg", "stride_kl", "stride_qkv")
-    phases = dict(PERSISTENT)
+    have exactly the layouts of the standalone GEMV / tensor-core and attention kernels with the same
+    configurations, and it runs the same floating-point instructions (sm_90)."""
+    sizes = ("hidden", "qkv_rows", "attn_width", "gu_width", "inner", "stride_qkv_w", "stride_o_w", "stride_gu_w",
+             "stride_down_w", "stride_kb", "stride_kg", "stride_kl", "stride_qkv", "stride_w", "stride_x")
+    phases = dict(PERSISTENT, DOT=rows > 1)
     for name, (block_n, block_k) in zip(("QKV", "O", "GU", "DOWN"), blocks):
         phases.update({f"{name}_BN": block_n, f"{name}_BK": block_k, f"{name}_EVEN": True})
     fn, constexprs, _, pointers = CASES["persistent_layer"]
     fused = _summation_order(_compile(fn, phases, pointers, 90, aligned=True, divisible=sizes,
                                       **persistent_layer.LAUNCH_OPTIONS))
     want = Counter()
+    matmul, matmul_constexprs, _, matmul_pointers = CASES["gemv" if rows == 1 else "skinny_linear"]
     for (block_n, block_k), prologue, residual in zip(blocks, (1, 0, 1, 2), (False, True, False, True)):
-        gemv, gemv_constexprs, _, gemv_pointers = CASES["gemv"]
-        want += _summation_order(_compile(gemv, {**gemv_constexprs, "PROLOGUE": prologue, "RESIDUAL": residual,
-                                                 "PDL": False, "BLOCK_N": block_n, "BLOCK_K": block_k,
-                                                 "EVEN": True}, gemv_pointers, 90, aligned=True,
-                                          divisible=("stride_w",)))
+        want += _summation_order(_compile(matmul, {**matmul_constexprs, "PROLOGUE": prologue, "RESIDUAL": residual,
+                                                   "PDL": False, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                                                   "EVEN": True}, matmul_pointers, 90, aligned=True,
+                                          divisible=sizes))
     attention, attention_constexprs, _, attention_pointers = CASES["attention_split"]
     want += _summation_order(_compile(attention, {**attention_constexprs, "PDL": False}, attention_pointers, 90,
                                       aligned=True, divisible=sizes))

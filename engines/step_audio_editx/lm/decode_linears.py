@@ -152,9 +152,11 @@ def candidates(role: str, rows: int, mode: str, quantized: bool = False,
                interleaved: bool = False) -> list[LinearChoice]:
     """The choices worth timing for ``role`` at ``rows`` rows (``mode``: auto / cublas / triton / persistent).
     Quantized weights never time ``cublas`` (a dequantization per step) unless it is all there is.
-    "persistent": the one-row GEMVs the persistent layer kernel can run as its phases (``persistent_layer``)."""
+    "persistent": the matmuls the persistent layer kernel can run as its phases (``persistent_layer``): the
+    one-row GEMVs, or the tensor-core ones for 2-16 rows, with its warps and the norm / SwiGLU inside."""
     if mode == "persistent":
-        return [LinearChoice("gemv", c, PROLOGUE[role] is not None) for c in GEMV_CONFIGS
+        kernel, configs = ("gemv", GEMV_CONFIGS) if rows == 1 else ("dot", DOT_CONFIGS)
+        return [LinearChoice(kernel, c, PROLOGUE[role] is not None) for c in configs
                 if c[2] == persistent_layer.PERSISTENT_WARPS]
     if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
         return [CUBLAS]

@@ -75,8 +75,8 @@ class DecodeOptions:
     linear: str = "auto"  # "auto": time cuBLAS and the Triton matmuls per matrix; "cublas"; "triton"
     pdl: bool | None = None  # programmatic dependent launch (triton_pdl); None: where supported, from batch 2
     merge_ahead: bool = True  # attention's merge reads partials ahead (same arithmetic); False: the path before
-    # batch 1: each layer as one persistent launch (``persistent_layer``; bf16 / fp16 / fp32 weights). Opt-in:
-    # not yet timed on a GPU against the five launches per layer it replaces.
+    # each layer as one persistent launch at 1-16 rows (``persistent_layer``; bf16 / fp16 / fp32 weights).
+    # Opt-in: not yet timed on a GPU against the five launches per layer it replaces.
     persistent: bool = False
 
 
@@ -118,7 +118,7 @@ class DecodeSession:
                 self.pdl_min_rows = 1
         self.persistent = (self.options.persistent and self.use_triton and self.use_graphs
                            and not isinstance(self.weights.qkv[0], QuantMatrix))
-        self._persistent: persistent_layer.PersistentLayers | None = None
+        self._persistent: dict[int, persistent_layer.PersistentLayers] = {}  # per batch bucket
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.state: DecodeState | None = None
         self.capacity = (0, 0, 0, 0)  # slot rows, cache slots, output rows, output cols
@@ -157,7 +157,7 @@ class DecodeSession:
         self._graphs.clear()
         self._workspaces.clear()
         self._tables.clear()
-        self._persistent = None
+        self._persistent.clear()
         self.kv = []
         self.state = None
         self._pool = None
@@ -167,6 +167,9 @@ class DecodeSession:
     def use_pdl(self) -> bool:
         """True when some batch bucket launches its Triton kernels as programmatic dependents."""
         return self.pdl_min_rows is not None
+
+    def persistent_for(self, rows: int) -> bool:
+        return self.persistent and rows <= triton_decode.MIN_DOT_ROWS
 
     def pdl_for(self, rows: int) -> bool:
         return self.pdl_min_rows is not None and rows >= self.pdl_min_rows
@@ -215,12 +218,13 @@ class DecodeSession:
         """Ids [B] -> final normed hidden [B, C]; writes each running row's K/V at ``kv_len - 1``."""
         w = self.weights
         triton = self.use_triton
-        if rows == 1 and self.persistent:
-            if self._persistent is None:
-                self._select_linears(1)
-                self._persistent = persistent_layer.build(w, self._linear_choice[1], self.device, self.dtype)
-            return persistent_layer.run_layers(self._persistent, w, tokens, self.kv, kv_len, self._workspace(1),
-                                               self.options.merge_ahead)
+        if self.persistent_for(rows):
+            if rows not in self._persistent:
+                self._select_linears(rows)
+                self._persistent[rows] = persistent_layer.build(w, rows, self._linear_choice[rows], self.device,
+                                                                self.dtype)
+            return persistent_layer.run_layers(self._persistent[rows], w, tokens, self.kv, kv_len,
+                                               self._workspace(rows), self.options.merge_ahead)
         choice = self._linear_choice.get(rows, {}) if triton else {}
         cublas = LinearChoice()
         workspace = self._workspace(rows) if triton else None
@@ -258,8 +262,10 @@ class DecodeSession:
 
     def _select_linears(self, rows: int) -> None:
         if rows not in self._linear_choice and self.use_triton:
-            mode = "persistent" if rows == 1 and self.persistent else self.options.linear
-            self._linear_choice[rows] = select_linears(self.weights, rows, mode, self.pdl_for(rows))
+            if self.persistent_for(rows):  # its own launches: timed without PDL, as it launches them
+                self._linear_choice[rows] = select_linears(self.weights, rows, "persistent")
+            else:
+                self._linear_choice[rows] = select_linears(self.weights, rows, self.options.linear, self.pdl_for(rows))
 
     def _graph(self, rows: int, config: SamplingConfig) -> torch.cuda.CUDAGraph:
         key = (rows, config)
@@ -294,37 +300,28 @@ class DecodeSession:
         return graph
 
     def _prepare_graph(self, rows: int, config: SamplingConfig) -> None:
-        """Capture the step, falling back to torch ops inside the graph, then to no graph, if this GPU / install
-        cannot compile the Triton kernels or capture graphs (each said once in the log)."""
+        """Capture the step. Where this GPU / install cannot, give up the most specific feature still on (the
+        persistent layer kernel, programmatic dependent launch, the Triton kernels, then the graph itself),
+        say so once in the log, and try again."""
         try:
             self._graph(rows, config)
         except Exception as exc:
             self._graphs.clear()
-            if self.persistent and rows == 1:
-                logger.warning("The persistent Step1 layer kernel failed on %s (%s: %s); launching the layers' "
-                               "kernels one by one", self.device, type(exc).__name__, exc)
-                self.persistent, self._persistent = False, None
-                self._linear_choice.pop(1, None)
+            self._linear_choice.clear()
+            failed = self.mode
+            if self.persistent_for(rows):
+                self.persistent, instead = False, "launching each layer's kernels one by one"
+                self._persistent.clear()
+            elif self.use_pdl:
+                self.pdl_min_rows, instead = None, "launching the kernels plainly (no PDL)"
+            elif self.use_triton:
+                self.use_triton, self.pdl_min_rows, instead = False, None, "using torch ops in the CUDA graph"
+            else:
+                self.use_graphs, instead = False, "decoding step by step without graphs"
+            logger.warning("Step1 decode (%s) failed on %s (%s: %s); %s", failed, self.device, type(exc).__name__,
+                           exc, instead)
+            if self.use_graphs:
                 self._prepare_graph(rows, config)
-                return
-            if self.use_pdl:
-                logger.warning("Step1 decode kernels failed as programmatic dependent launches on %s (%s: %s); "
-                               "launching them plainly", self.device, type(exc).__name__, exc)
-                self.pdl_min_rows = None
-                self._linear_choice.clear()
-                self._prepare_graph(rows, config)
-                return
-            if self.use_triton:
-                logger.warning("Step1 fused decode kernels failed on %s (%s: %s); using torch ops in the CUDA graph",
-                               self.device, type(exc).__name__, exc)
-                self.use_triton = False
-                self.pdl_min_rows = None
-                self._linear_choice.clear()
-                self._prepare_graph(rows, config)
-                return
-            logger.warning("Step1 CUDA graph capture failed on %s (%s: %s); decoding step by step without graphs",
-                           self.device, type(exc).__name__, exc)
-            self.use_graphs = False
 
     # --- prefill ----------------------------------------------------------------------------------
 

@@ -157,11 +157,21 @@ if HAS_TRITON:
                               PRECISION: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr):
         """out[M, N] (+)= f(x)[M, K] @ W[N, K]^T on tensor cores (M <= BLOCK_M). RESIDUAL adds into out."""
         pid = tl.program_id(0)
-        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         if PDL:
-            triton_pdl.enter_rows(w_ptr, rn, N, K, stride_w, BLOCK_N, BLOCK_K, LINE)
-        nmask = rn < N
+            triton_pdl.enter_rows(w_ptr, pid * BLOCK_N + tl.arange(0, BLOCK_N), N, K, stride_w, BLOCK_N, BLOCK_K,
+                                  LINE)
         rm, mmask, factor = _rows_and_factor(x_ptr, M, stride_x, K, eps, PROLOGUE, BLOCK_M, BLOCK_K)
+        _skinny_tile(pid, rm, mmask, factor, x_ptr, w_ptr, out_ptr, norm_ptr, N, K, stride_x, stride_w, stride_out,
+                     PROLOGUE, RESIDUAL, BLOCK_M, BLOCK_N, BLOCK_K, EVEN, PRECISION, PDL)
+
+    @triton.jit
+    def _skinny_tile(tile, rm, mmask, factor, x_ptr, w_ptr, out_ptr, norm_ptr, N, K, stride_x, stride_w, stride_out,
+                     PROLOGUE: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, EVEN: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr):
+        """Columns ``[tile * BLOCK_N, +BLOCK_N)`` of ``_skinny_linear_kernel`` for rows ``rm`` (``factor``: their
+        RMSNorm scales for PROLOGUE 1): one program's work there, any program's in ``persistent_layer``."""
+        rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
