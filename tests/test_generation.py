@@ -12,7 +12,7 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_pdl
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeSession, batch_bucket
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions, DecodeSession, batch_bucket
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import (
     DECODE_SESSION_ATTR,
     GenerationRequestError,
@@ -257,3 +257,15 @@ def test_current_and_original_sampling_really_differ(model, prompts):
         original, _ = _run(model, prompts, caps, hot_original, seeds, fast=fast)
         assert current != original, f"fast={fast}"
         assert current == _run(model, prompts, caps, hot, seeds, fast=not fast)[0]
+
+
+def test_the_persistent_layer_kernel_is_a_gpu_mode_and_changes_nothing_elsewhere(model):
+    """``DecodeOptions(persistent=True)`` needs CUDA graphs and the Triton kernels: on the CPU the session runs
+    the plain step, with the same ids as the default session."""
+    prompt = [5, 9, 11, 42, 7]
+    want, _ = _run(model, [prompt], [10], SAMPLED, [3])
+    session = get_decode_session(model, DecodeOptions(persistent=True))
+    got, _ = _run(model, [prompt], [10], SAMPLED, [3])
+    assert not session.persistent and not session.persistent_for(1) and "persistent" not in session.mode
+    assert got == want
+    release_decode_session(model)
