@@ -12,7 +12,11 @@ import pytest
 import torch
 from comfyui_step_audio_editx.engines.step_audio_editx import constants as C
 from comfyui_step_audio_editx.engines.step_audio_editx.lm import triton_pdl
-from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions, DecodeSession, batch_bucket
+from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import (
+    DecodeOptions,
+    DecodeSession,
+    batch_bucket,
+)
 from comfyui_step_audio_editx.engines.step_audio_editx.lm.generation import (
     DECODE_SESSION_ATTR,
     GenerationRequestError,
