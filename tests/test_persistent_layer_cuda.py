@@ -1,8 +1,9 @@
 """The persistent layer kernel on the GPU (issue 19): one cooperative launch per layer with grid barriers gives
-the bits of the same phases launched one by one and of the standalone kernels with the same GEMV
-configurations (Step1's full width and a small model, every kv length class, repeated launches and graph
-replays on one ticket counter), whole generations give the same ids as the plain step with the same kernels,
-and a GPU or install where the launch fails falls back to the plain step. Skips without CUDA and triton."""
+the bits of the same phases launched one by one and of the standalone kernels with the same matmul
+configurations (Step1's full width at 1, 8 and 16 rows, every kv length class, a row that no longer runs,
+repeated launches and graph replays on one ticket counter), whole generations of a small model give the same
+ids as the plain step with the same kernels, and a GPU or install where the launch fails falls back to the
+plain step. Skips without CUDA and triton."""
 
 from __future__ import annotations
 
