@@ -307,6 +307,21 @@ def comparison_modes(args) -> list[tuple[dict | None, str, bool, str | None]]:
     return [(None, "fast", False, None)]
 
 
+def session_for(model, options, pinned: dict | None):
+    """The decode session a comparison row runs: the current one (``options`` None), else a fresh one with
+    ``options``, which times its own matmul kernels unless ``pinned`` (the first row's choices) is given. A
+    fresh session, because ``get_decode_session`` keeps a session whose options are unchanged, and with it the
+    kernels an earlier row pinned."""
+    if options is None:
+        session = get_decode_session(model)
+    else:
+        release_decode_session(model)
+        session = get_decode_session(model, options)
+    if pinned is not None:
+        session._linear_choice.update(pinned)
+    return session
+
+
 def main(argv: list[str] | None = None) -> list[RunResult]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -344,10 +359,8 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
         first_choice: dict = {}
         for options, label, same_kernels, prefill_gqa in modes:
             model.model.sdpa_gqa = prefill_gqa
-            session = get_decode_session(model, None if options is None else DecodeOptions(linear=args.linear,
-                                                                                           **options))
-            if same_kernels:
-                session._linear_choice.update(first_choice)
+            session_for(model, None if options is None else DecodeOptions(linear=args.linear, **options),
+                        first_choice if same_kernels else None)
             fast = time_call(model, prompts, new_tokens, config, True, device, step_bytes, label, kept)
             if not fast.error:
                 fast.path = f"{label} ({get_decode_session(model).mode})"

@@ -28,3 +28,18 @@ def test_bench_generation_compares_the_prefill_gqa_modes(tmp_path, load_bench):
         ("fast, prefill on expanded K/V", 1), ("fast, prefill with folded query heads", 1),
         ("fast, prefill on expanded K/V", 3), ("fast, prefill with folded query heads", 3)]
     assert [r.same_tokens_as_previous for r in results] == [None, True, None, True]
+
+
+def test_a_comparison_row_with_its_own_kernels_gets_a_fresh_session(load_bench):
+    """A row after a pinned one with the same options must not inherit the pinned kernels (it times its own)."""
+    import torch
+    from comfyui_step_audio_editx.engines.step_audio_editx.lm.decode_session import DecodeOptions
+
+    bench = load_bench("bench_generation")
+    model = bench.random_step1(bench.TINY_DIMS, torch.device("cpu"), torch.float32, "sdpa", 0)
+    pinned = {1: {"qkv": "stand-in choice"}}
+    first = bench.session_for(model, DecodeOptions(pdl=True), pinned)
+    assert first._linear_choice == pinned
+    again = bench.session_for(model, DecodeOptions(pdl=True), None)
+    assert again is not first and again._linear_choice == {}
+    assert bench.session_for(model, None, None) is again
