@@ -30,7 +30,7 @@ CUDA = torch.device("cuda")
 ROLES = ("qkv", "o", "gate_up", "down")
 # rows: (BLOCK_N, BLOCK_K) of qkv, o, gate_up, down: one row on the GEMV tiles, more on the tensor-core ones
 CONFIG_SETS = {(1, "8x512"): ((8, 512),) * 4, (1, "mixed"): ((8, 512), (4, 1024), (4, 1024), (8, 512)),
-               (8, "32x256"): ((32, 256),) * 4, (16, "mixed"): ((64, 128), (32, 256), (16, 512), (64, 128))}
+               (8, "32x256"): ((32, 256),) * 4, (16, "mixed"): ((64, 128), (32, 256), (64, 128), (32, 256))}
 LENGTHS = (1, 2, 129, 1300, 2049)  # the new token alone, one chunk, several, a partial last chunk
 
 

@@ -105,15 +105,18 @@ def test_persistent_layer_kernel_in_the_interpreter():
 @pytest.mark.parametrize("rows", [1, 2, 16])
 def test_configurations_come_from_the_matmul_configs_with_the_attention_kernels_warps(rows):
     """The persistent step runs every matmul phase with the attention kernel's warps, so its candidates are
-    exactly the configurations with that many warps (one-row GEMVs, or tensor-core tiles for 2-16 rows), fused
-    where the role has a prologue."""
+    exactly the configurations with that many warps (one-row GEMVs, or tensor-core tiles for 2-16 rows whose
+    k-step fits the register cap), fused where the role has a prologue."""
     from comfyui_step_audio_editx.engines.step_audio_editx.lm import decode_linears, persistent_layer
 
     kernel, configs = ("gemv", decode_linears.GEMV_CONFIGS) if rows == 1 else ("dot", decode_linears.DOT_CONFIGS)
+    wanted = {c for c in configs if c[2] == persistent_layer.PERSISTENT_WARPS
+              and (rows == 1 or c[1] <= persistent_layer.PERSISTENT_MAX_DOT_BLOCK_K)}
+    assert wanted and (rows == 1 or all(c[1] <= 256 for c in wanted))  # k-steps of 512 spill under the cap
     for role in decode_linears.ROLES:
         found = decode_linears.candidates(role, rows, "persistent")
-        assert found and all(c.kernel == kernel and c.config[2] == persistent_layer.PERSISTENT_WARPS for c in found)
-        assert {c.config for c in found} == {c for c in configs if c[2] == persistent_layer.PERSISTENT_WARPS}
+        assert found and all(c.kernel == kernel for c in found)
+        assert {c.config for c in found} == wanted
         assert all(c.fused == (decode_linears.PROLOGUE[role] is not None) for c in found)
 
 

@@ -42,9 +42,9 @@ ATTENTION = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK
 MATMUL = dict(PROLOGUE=1, RESIDUAL=True)
 QUANT = dict(BITS=4, GROUP=128, **MATMUL)
 PERSISTENT = dict(HEADS=48, GROUPS=4, DIM=64, DIM_PAD=64, QH=12, QH_PAD=16, CHUNK=128, BLOCK_N_ATTN=64,
-                  PRECISION="tf32", MERGE_AHEAD=True, DOT=False, BLOCK_M=16, QKV_BN=8, QKV_BK=512, QKV_EVEN=True, O_BN=4, O_BK=1024,
-                  O_EVEN=False, GU_BN=8, GU_BK=512, GU_EVEN=True, DOWN_BN=8, DOWN_BK=512, DOWN_EVEN=True, FIRST=0,
-                  LAST=4, BARRIER=True)
+                  PRECISION="tf32", MERGE_AHEAD=True, DOT=False, BLOCK_M=16, QKV_BN=8, QKV_BK=512, QKV_EVEN=True,
+                  O_BN=4, O_BK=1024, O_EVEN=False, GU_BN=8, GU_BK=512, GU_EVEN=True, DOWN_BN=8, DOWN_BK=512,
+                  DOWN_EVEN=True, FIRST=0, LAST=4, BARRIER=True)
 PERSISTENT_POINTERS = {name: "*bf16" for name in ("attn_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
                                                   "norm1_ptr", "norm2_ptr")} | {"bar_ptr": "*i64"}
 DIT_NORM = dict(AFFINE=False, MODULATE=False, PRE_BIAS=False, MISH=False, BLOCK_ROWS=16, BLOCK_W=512)
@@ -221,12 +221,15 @@ def test_every_operand_dot_configuration_keeps_the_operand_layout_and_fits_ada(b
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_persistent_layer_kernel_meets_between_phases_and_only_there(target):
-    """Four grid barriers per layer (one per phase boundary), each a release by one thread and acquire polls on
-    the int64 ticket counter; the phase-by-phase build (the interpreter's) has none."""
+    """Four grid barriers per layer (one per phase boundary), each a release by one thread, relaxed polls by
+    that thread (the first look and the loop's) and one acquire once the count is reached, on the int64 ticket
+    counter; the phase-by-phase build (the interpreter's) has none."""
     fn, constexprs, _, pointers = CASES["persistent_layer"]
     ptx = _compile(fn, constexprs, pointers, TARGETS[target]).asm["ptx"]
-    assert ptx.count("atom.global.gpu.release.add.u64") == persistent_layer.PHASES - 1
-    assert ptx.count("ld.global.gpu.acquire.b64") == 2 * (persistent_layer.PHASES - 1)  # first look + the poll loop
+    barriers = persistent_layer.PHASES - 1
+    assert ptx.count("atom.global.gpu.release.add.u64") == barriers
+    assert ptx.count("ld.global.gpu.relaxed.b64") == 2 * barriers
+    assert ptx.count("ld.global.gpu.acquire.b64") == barriers
     phased = _compile(fn, {**constexprs, "FIRST": 2, "LAST": 2, "BARRIER": False}, pointers, TARGETS[target])
     assert "gpu.release" not in phased.asm["ptx"] and "gpu.acquire" not in phased.asm["ptx"]
 

@@ -157,7 +157,7 @@ def candidates(role: str, rows: int, mode: str, quantized: bool = False,
     if mode == "persistent":
         kernel, configs = ("gemv", GEMV_CONFIGS) if rows == 1 else ("dot", DOT_CONFIGS)
         return [LinearChoice(kernel, c, PROLOGUE[role] is not None) for c in configs
-                if c[2] == persistent_layer.PERSISTENT_WARPS]
+                if persistent_layer.runs_config(c, rows)]
     if mode == "cublas" or rows > triton_decode.MIN_DOT_ROWS:
         return [CUBLAS]
     fusions = (True, False) if PROLOGUE[role] else (False,)

@@ -54,21 +54,35 @@ MAX_PROGRAMS_PER_SM = 8  # beyond this the barrier's arrivals cost more than the
 # (96) keep more loads in flight. The attention phase then spills ~100 bytes (sm_90 compile; same arithmetic).
 PERSISTENT_MAX_REGISTERS = 128
 LAUNCH_OPTIONS = dict(num_warps=PERSISTENT_WARPS, maxnreg=PERSISTENT_MAX_REGISTERS)
+# Tensor-core phases under that cap (ptxas, sm_90, every phase on one configuration, 16 rows): k-steps of 128
+# and 256 spill 16-36 bytes, 512 spills 7.7 KB (and takes 114 KB of shared memory), so it is not a candidate.
+PERSISTENT_MAX_DOT_BLOCK_K = 256
+
+
+def runs_config(config: tuple[int, ...], rows: int) -> bool:
+    """Whether a matmul configuration (BLOCK_N, BLOCK_K, warps, ...) is one the persistent kernel runs well:
+    the attention kernel's warps, and for 2-16 rows a k-step that fits the register cap."""
+    return config[2] == PERSISTENT_WARPS and (rows == 1 or config[1] <= PERSISTENT_MAX_DOT_BLOCK_K)
 
 if HAS_TRITON:
 
     @triton.jit
     def _grid_barrier(bar_ptr, programs):
         """Every program arrives before any goes on. The CTA's threads meet first, so one release by thread 0
-        publishes all their writes (the grid sync of CUDA's cooperative groups does the same); the acquire
-        that sees the count orders every later read of the CTA after them. Ticket t belongs to the barrier
+        publishes all their writes (the grid sync of CUDA's cooperative groups does the same). The count is
+        polled by thread 0 with relaxed loads (no L1 flush per look, one request per program); one acquire
+        once it is reached (which also drops the SM's stale L1 lines) orders every later read of the CTA after
+        all the releases. Ticket t belongs to the barrier
         that ends when the counter reaches the next multiple of ``programs``: a program can take a ticket of
         the next barrier only after this one ended, so the counter needs no reset."""
         tl.debug_barrier()
         ticket = tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
         target = (ticket // programs + 1) * programs
-        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
+        seen = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu")  # thread 0 looks; the others wait
         while seen < target:
+            seen = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu")
+        seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")  # orders this CTA's later reads
+        while seen < target:  # never loops (the count only grows); its use keeps the acquire in the code
             seen = tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
 

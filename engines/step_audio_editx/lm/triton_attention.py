@@ -196,7 +196,10 @@ if HAS_TRITON:
                 tl.store(part_ml_ptr + slot * 2, m_i, mask=hmask)
                 tl.store(part_ml_ptr + slot * 2 + 1, l_i, mask=hmask)
             if FUSED_MERGE:
-                done = tl.atomic_add(counter_ptr + pair, 1)  # acq_rel: the partials above are published
+                # every warp's partials are written before thread 0 reports them (acq_rel: published); Triton
+                # happened to place this barrier already, for its own shared-memory use: now it is asked for
+                tl.debug_barrier()
+                done = tl.atomic_add(counter_ptr + pair, 1)
                 if done == n_parts - 1:  # the last reporter merges and re-arms the counter
                     _attn_merge(b, g, cur, qkv_row, part_o_ptr, part_ml_ptr, out_ptr, stride_out, n_splits, scale,
                                 HEADS, GROUPS, DIM, DIM_PAD, QH, QH_PAD, CHUNK, MERGE_AHEAD)
