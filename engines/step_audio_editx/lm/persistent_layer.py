@@ -50,8 +50,8 @@ PERSISTENT_WARPS = 4  # the attention kernel's: every phase compiles as its stan
 PHASES = 5  # qkv, attention, o, gate_up, down
 MAX_PROGRAMS_PER_SM = 8  # beyond this the barrier's arrivals cost more than the extra loads in flight hide
 # Register cap: left alone, ptxas gives the kernel 254 registers for its attention phase (the standalone
-# attention kernel: 128), which leaves room for two programs per SM; at 128 four fit, and the GEMV phases
-# (96) keep more loads in flight. The attention phase then spills ~100 bytes (sm_90 compile; same arithmetic).
+# attention kernel: 128), which leaves room for two programs per SM; at 128 four fit, and the matmul phases
+# (96) keep more loads in flight. At the cap nothing spills at one row (sm_90 compile; same arithmetic).
 PERSISTENT_MAX_REGISTERS = 128
 LAUNCH_OPTIONS = dict(num_warps=PERSISTENT_WARPS, maxnreg=PERSISTENT_MAX_REGISTERS)
 # Tensor-core phases under that cap (ptxas, sm_90, every phase on one configuration, 16 rows): k-steps of 128
