@@ -14,6 +14,12 @@ from comfyui_step_audio_editx.engines.step_audio_editx.frontend.speaker import S
 pytestmark = pytest.mark.parity
 
 ATOL = 1e-4  # parity README: spk fbank and campplus embedding
+# The fbank's float32 FFT rounds relative to a frame's loudest bins, so a bin far below them carries that
+# error amplified in log space, and PyTorch's CPU FFT rounds differently per vector width: bins more than
+# EXACT_RANGE_NATS under their frame's peak differed by 1.8e-4 on an AVX-512 CPU (below 1e-4 on AVX2), every
+# other bin by at most 4e-5. Those quiet bins are held to the parity README's bound for an independent fbank.
+EXACT_RANGE_NATS = 10.0
+QUIET_BIN_ATOL = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +43,23 @@ def _wav16k(parity, name: str, sr: int) -> torch.Tensor:
     return wav
 
 
+def _assert_fbank_close(actual: np.ndarray, expected: np.ndarray, fbank: np.ndarray, name: str) -> None:
+    """ATOL on every bin within EXACT_RANGE_NATS of its frame's peak (in the un-centred ``fbank``),
+    QUIET_BIN_ATOL on the rest."""
+    loud = fbank >= fbank.max(axis=1, keepdims=True) - EXACT_RANGE_NATS
+    assert loud.mean() > 0.9, f"{name}: the fixture's frames should be mostly within {EXACT_RANGE_NATS} nats of peak"
+    np.testing.assert_allclose(actual[loud], expected[loud], atol=ATOL, rtol=0, err_msg=f"{name}, loud bins")
+    np.testing.assert_allclose(actual, expected, atol=QUIET_BIN_ATOL, rtol=0, err_msg=f"{name}, all bins")
+
+
 def test_fbank_and_embedding_match_official(parity, encoder):
     ref = parity.npz("spk_and_preprocess")
     cases = _cases(parity)
     wavs = {n: _wav16k(parity, n, sr) for n, sr in cases.items()}
     for name, wav in wavs.items():
-        np.testing.assert_allclose(
-            speaker_fbank(wav, subtract_mean=False).numpy(), ref[f"{name}_fbank"], atol=ATOL, rtol=0, err_msg=name
-        )
-        feats = encoder.features(wav)
-        np.testing.assert_allclose(
-            feats.numpy(), ref[f"{name}_fbank"] - ref[f"{name}_fbank"].mean(0, keepdims=True), atol=ATOL, rtol=0
-        )
+        expected = ref[f"{name}_fbank"]
+        _assert_fbank_close(speaker_fbank(wav, subtract_mean=False).numpy(), expected, expected, name)
+        _assert_fbank_close(encoder.features(wav).numpy(), expected - expected.mean(0, keepdims=True), expected, name)
     batch = encoder.embed(list(wavs.values()))
     assert batch.shape == (len(wavs), ref[f"{next(iter(cases))}_embedding"].shape[0]) and batch.dtype == torch.float32
     for row, name in zip(batch, wavs, strict=True):
