@@ -12,7 +12,7 @@
 #   e2e         30 s edit and batch_edit of 16, five launches per layer then the persistent kernel
 #   quant       int8 / int4 decode side by side with bf16 (and int4 without tinygemm)
 #   kernels     per-role times of every quantized decode kernel at 1 / 8 / 16 rows
-#   quant-e2e   int8 / int4 30 s edits, peak VRAM
+#   quant-e2e   int8 / int4 30 s edits, peak VRAM (bf16's is the e2e stage's)
 #
 # The pack must be importable as comfyui_step_audio_editx: an editable install, or this script links the
 # checkout into a temporary folder on PYTHONPATH. Wheels the machine lacks (soundfile and its cffi /
@@ -78,7 +78,7 @@ kernels)
         --json "$out/kernels4.json" --markdown "$out/kernels4.md"
     ;;
 quant-e2e)
-    run quant-e2e python3 bench/bench_quant.py --parts e2e --models "$models" \
+    run quant-e2e python3 bench/bench_quant.py --parts e2e --e2e-cases "int8 on load,int4 on load" --models "$models" \
         --json "$out/quant_e2e.json" --markdown "$out/quant_e2e.md"
     ;;
 *)

@@ -28,3 +28,19 @@ def test_bench_e2e_tiny_smoke(tmp_path, load_bench):
     assert report["truncation"]["truncated"] == 0
     text = out_md.read_text()
     assert "| batch_edit stage |" in text and "sequential edit calls" in text
+
+
+def test_bench_e2e_compares_the_persistent_layer_kernel(tmp_path, load_bench):
+    """--compare-persistent: the edit and batch_edit with five launches per layer, then with the persistent kernel
+    (on the CPU both run the plain step), the sequential side once, and whether the ids agree."""
+    bench = load_bench("bench_e2e")
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    assert bench.main(["--tiny", "--batch", "2", "--compare-persistent", "--models", str(tmp_path / "models"),
+                       "--json", str(out_json), "--markdown", str(out_md)]) == 0
+    report = json.loads(out_json.read_text())
+    before, after = (report["modes"][label] for _, label in bench.COMPARISONS["persistent"])
+    assert len(before["cases"]) == len(after["cases"]) == 2
+    assert [c["tokens"] for c in before["cases"]] == [c["tokens"] for c in after["cases"]]
+    assert before["batch"]["tokens"] == after["batch"]["tokens"]
+    assert "sequential_s" not in before["batch"] and after["batch"]["same_tokens_as_sequential"] is True
+    assert "long edit True, batch_edit True" in out_md.read_text()

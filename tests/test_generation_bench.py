@@ -43,3 +43,17 @@ def test_a_comparison_row_with_its_own_kernels_gets_a_fresh_session(load_bench):
     again = bench.session_for(model, DecodeOptions(pdl=True), None)
     assert again is not first and again._linear_choice == {}
     assert bench.session_for(model, None, None) is again
+
+
+def test_bench_generation_compares_the_persistent_layer_kernel(tmp_path, load_bench):
+    """--compare-persistent: the persistent kernel, the five launches with its kernels, then the default step,
+    per batch size, with same-ids checks against the first row (on the CPU every row runs the plain step)."""
+    bench = load_bench("bench_generation")
+    results = bench.main(["--tiny", "--batch-sizes", "1,3", "--new-tokens", "5", "--eager-new-tokens", "0",
+                          "--compare-persistent", "--out", str(tmp_path / "r.json")])
+    labels = ["fast, one persistent launch per layer", "fast, five launches per layer, same kernels",
+              "fast, five launches per layer (default)"]
+    assert [(r.path.split(" (static")[0], r.batch_size) for r in results] == [
+        (label, rows) for rows in (1, 3) for label in labels]
+    assert all(r.error is None and r.generated_tokens == 5 * r.batch_size for r in results)
+    assert [r.same_tokens_as_previous for r in results] == [None, True, True] * 2
