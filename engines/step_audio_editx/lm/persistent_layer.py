@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from ..triton_import import HAS_TRITON, tl, triton
 from . import triton_decode
 from .decode_ops import AttentionShape
-from .triton_attention import ATTN_BLOCK_N, AttentionWorkspace, _attn_item
-from .triton_decode import MIN_DOT_ROWS, _gemv_tile, _pow2, _precision, _rms_factor, _rows_and_factor, _skinny_tile
+from .triton_attention import ATTN_BLOCK_N, AttentionWorkspace, _attn_item, shape_constexprs
+from .triton_decode import (MIN_DOT_ROWS, _block_m, _even, _gemv_tile, _precision, _rms_factor, _rows_and_factor,
+                            _skinny_tile)
 
 logger = logging.getLogger(__name__)
 
@@ -182,16 +183,14 @@ class PersistentLayers:
     def _constexprs(self, dtype: torch.dtype) -> dict:
         """The kernel's compile-time numbers: a phase's EVEN and BLOCK_M are what ``triton_decode.gemv`` /
         ``skinny_linear`` pass for its matrix."""
-        s, c = self.shape, self.configs
-        found = dict(HEADS=s.num_heads, GROUPS=s.num_groups, DIM=s.head_dim,
-                     DIM_PAD=max(MIN_DOT_ROWS, _pow2(s.head_dim)), QH=s.heads_per_group,
-                     QH_PAD=max(MIN_DOT_ROWS, _pow2(s.heads_per_group)), BLOCK_N_ATTN=ATTN_BLOCK_N,
-                     PRECISION=_precision(dtype), DOT=self.rows > 1, BLOCK_M=max(MIN_DOT_ROWS, _pow2(self.rows)))
+        c = self.configs
+        found = dict(shape_constexprs(self.shape), BLOCK_N_ATTN=ATTN_BLOCK_N, PRECISION=_precision(dtype),
+                     DOT=self.rows > 1, BLOCK_M=_block_m(self.rows))
         phases = {"QKV": (c.qkv, self.qkv_rows, self.hidden), "O": (c.o, self.hidden, self.attn.shape[1]),
                   "GU": (c.gate_up, 2 * self.inner, self.hidden), "DOWN": (c.down, self.hidden, self.inner)}
         for name, ((block_n, block_k), n, k) in phases.items():
             found.update({f"{name}_BN": block_n, f"{name}_BK": block_k,
-                          f"{name}_EVEN": n % block_n == 0 and k % block_k == 0})
+                          f"{name}_EVEN": _even(n, k, block_n, block_k)})
         return found
 
     def run(self, layer: int, resid: torch.Tensor, weights, keys: torch.Tensor, values: torch.Tensor,

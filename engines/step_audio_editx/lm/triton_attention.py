@@ -238,6 +238,14 @@ class AttentionWorkspace:
         self.counters = torch.zeros(batch * shape.num_groups, dtype=torch.int32, device=device)
 
 
+def shape_constexprs(shape: AttentionShape) -> dict:
+    """The attention programs' compile-time numbers for ``shape`` (heads, groups, head dim and their padded
+    tiles), shared by every kernel that runs ``_attn_item``."""
+    return dict(HEADS=shape.num_heads, GROUPS=shape.num_groups, DIM=shape.head_dim,
+                DIM_PAD=max(MIN_DOT_ROWS, _pow2(shape.head_dim)), QH=shape.heads_per_group,
+                QH_PAD=max(MIN_DOT_ROWS, _pow2(shape.heads_per_group)))
+
+
 def decode_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kv_len: torch.Tensor,
                      slopes: torch.Tensor, shape: AttentionShape, workspace: AttentionWorkspace,
                      fused_merge: bool = True, pdl: bool = False, merge_ahead: bool = True) -> torch.Tensor:
@@ -245,10 +253,9 @@ def decode_attention(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ``pdl``: launched as a programmatic dependent (``triton_pdl``; only with the fused merge).
     ``merge_ahead``: the merge reads its partials four ahead (same arithmetic; False: the path before)."""
     batch = qkv.shape[0]
-    heads, groups, dim, per_group = shape.num_heads, shape.num_groups, shape.head_dim, shape.heads_per_group
+    heads, groups, dim = shape.num_heads, shape.num_groups, shape.head_dim
     out = torch.empty(batch, heads * dim, dtype=qkv.dtype, device=qkv.device)
-    common = dict(HEADS=heads, GROUPS=groups, DIM=dim, DIM_PAD=max(MIN_DOT_ROWS, _pow2(dim)), QH=per_group,
-                  QH_PAD=max(MIN_DOT_ROWS, _pow2(per_group)), CHUNK=workspace.chunk, MERGE_AHEAD=merge_ahead)
+    common = dict(shape_constexprs(shape), CHUNK=workspace.chunk, MERGE_AHEAD=merge_ahead)
     pdl = pdl and fused_merge  # the separate merge kernel is an ordinary launch: keep the split one ordinary too
     line = triton_pdl.line_elements(keys.dtype)
     _attn_split_kernel[(batch * groups, workspace.n_splits)](

@@ -41,6 +41,16 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def _block_m(rows: int) -> int:
+    """The tensor-core kernels' row tile for ``rows`` rows (at least the smallest MMA tile)."""
+    return max(MIN_DOT_ROWS, _pow2(rows))
+
+
+def _even(n: int, k: int, block_n: int, block_k: int) -> bool:
+    """Whether an [n, k] matrix is whole tiles of [block_n, block_k], so its loads need no masks."""
+    return n % block_n == 0 and k % block_k == 0
+
+
 if HAS_TRITON:
 
     # --- norms and SwiGLU -------------------------------------------------------------------------
@@ -284,8 +294,8 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int,
     _skinny_linear_kernel[(triton.cdiv(n, block_n),)](
         x, weight, out, norm_weight if norm_weight is not None else weight, rows, n, k, eps,
         x.stride(0), weight.stride(0), out.stride(0),
-        PROLOGUE=prologue, RESIDUAL=residual is not None, BLOCK_M=max(MIN_DOT_ROWS, _pow2(rows)),
-        BLOCK_N=block_n, BLOCK_K=block_k, EVEN=(n % block_n == 0 and k % block_k == 0),
+        PROLOGUE=prologue, RESIDUAL=residual is not None, BLOCK_M=_block_m(rows),
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN=_even(n, k, block_n, block_k),
         PRECISION=_precision(weight.dtype), num_warps=warps, num_stages=stages,
         LINE=triton_pdl.line_elements(weight.dtype), **_pdl(pdl),
     )
@@ -303,7 +313,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int, int
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, out, norm_weight if norm_weight is not None else weight, n, k, eps, weight.stride(0),
         PROLOGUE=prologue, RESIDUAL=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k,
-        EVEN=(n % block_n == 0 and k % block_k == 0), num_warps=warps, num_stages=stages,
+        EVEN=_even(n, k, block_n, block_k), num_warps=warps, num_stages=stages,
         LINE=triton_pdl.line_elements(weight.dtype), **_pdl(pdl),
     )
     return out
